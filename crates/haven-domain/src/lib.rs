@@ -1,0 +1,15 @@
+//! Haven's domain vocabulary: the small value types every layer speaks.
+//!
+//! Everything here is pure (no I/O, no async) and follows "parse, don't validate": a
+//! [`ResourceId`] or [`VersionId`] can only exist if it is valid, so code further down never
+//! re-checks. Access decisions and principals will join this crate with the identity and
+//! authorization work; they belong here because they are rules, not plumbing.
+
+mod ids;
+mod interaction;
+mod time;
+
+pub use haven_fhir::ResourceType;
+pub use ids::{IdError, ResourceId, VersionId};
+pub use interaction::Interaction;
+pub use time::{Timestamp, TimestampError};

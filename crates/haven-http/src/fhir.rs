@@ -1,0 +1,231 @@
+//! The FHIR REST endpoint: one handler for every interaction under `/fhir`.
+//!
+//! Routing is done by the service's own router (the same one Bundle entries use), so this
+//! handler only translates HTTP into a [`FhirRequest`] and the answer back into HTTP, and
+//! records metrics and the access log line.
+
+use std::time::Instant;
+
+use axum::body::{Body, to_bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, Method as HttpMethod, header};
+use axum::response::Response;
+use haven_domain::Interaction;
+use haven_service::{
+    FhirRequest, FhirService, Method, RequestBody, RequestContext, Route, ServiceError, route,
+    split_url,
+};
+
+use crate::negotiate::{self, BodyKind};
+use crate::render::{error_response, fhir_response, native_binary};
+use crate::{AppState, FHIR_BASE, RequestId};
+
+pub(crate) async fn handle(State(state): State<AppState>, req: Request) -> Response {
+    let started = Instant::now();
+    let request_id = req
+        .extensions()
+        .get::<RequestId>()
+        .map(|r| r.0.clone())
+        .unwrap_or_default();
+    let (parts, body) = req.into_parts();
+    let query = parts.uri.query().unwrap_or("").to_owned();
+    let path = parts
+        .uri
+        .path()
+        .strip_prefix(FHIR_BASE)
+        .unwrap_or("")
+        .to_owned();
+
+    let mut labels = Labels::default();
+    let pretty_hint = query.contains("_pretty=true");
+    let resp = match serve(
+        &state.service,
+        &request_id,
+        &parts.method,
+        &parts.headers,
+        &path,
+        &query,
+        body,
+        &mut labels,
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            if e.status() >= 500 {
+                tracing::error!(error = %e, "request failed");
+            }
+            error_response(&e, pretty_hint)
+        }
+    };
+    let status = resp.status().as_u16();
+    let elapsed = started.elapsed().as_secs_f64();
+    let interaction = labels.interaction.map_or("unknown", Interaction::as_str);
+    // Label values come from closed sets only: never an id or any client text.
+    let resource_type = labels.resource_type.unwrap_or("none");
+    metrics::counter!(
+        "haven_http_requests_total",
+        "interaction" => interaction,
+        "resource_type" => resource_type,
+        "status" => status.to_string()
+    )
+    .increment(1);
+    metrics::histogram!(
+        "haven_http_request_duration_seconds",
+        "interaction" => interaction,
+        "resource_type" => resource_type
+    )
+    .record(elapsed);
+    let span = tracing::Span::current();
+    span.record("interaction", interaction);
+    span.record("resource_type", resource_type);
+    tracing::info!(status, duration_ms = elapsed * 1000.0, "request completed");
+    resp
+}
+
+#[derive(Default)]
+struct Labels {
+    interaction: Option<Interaction>,
+    resource_type: Option<&'static str>,
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: header::HeaderName) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve(
+    service: &FhirService,
+    request_id: &str,
+    http_method: &HttpMethod,
+    headers: &HeaderMap,
+    path: &str,
+    query: &str,
+    body: Body,
+    labels: &mut Labels,
+) -> Result<Response, ServiceError> {
+    let (segments, mut params) = split_url(&format!("{path}?{query}"))?;
+    let mut format = None;
+    let mut pretty = false;
+    params.retain(|(k, v)| match k.as_str() {
+        "_format" => {
+            format = Some(v.clone());
+            false
+        }
+        "_pretty" => {
+            pretty = v == "true";
+            false
+        }
+        _ => true,
+    });
+    let accept = header_str(headers, header::ACCEPT);
+    let out = negotiate::output(format.as_deref(), accept, pretty)?;
+
+    let method = Method::parse(http_method.as_str()).ok_or_else(|| {
+        ServiceError::MethodNotAllowed(format!(
+            "{} is not a FHIR interaction method; use GET, HEAD, POST, PUT, PATCH or DELETE",
+            http_method.as_str().chars().take(16).collect::<String>()
+        ))
+    })?;
+    let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let route = route(method, &segs)?;
+    labels.interaction = Some(route.interaction());
+    labels.resource_type = route.resource_type().map(|t| t.as_str());
+
+    let body = if route.takes_body() {
+        read_body(service, headers, &route, body).await?
+    } else {
+        RequestBody::None
+    };
+    if let (Route::Bundle, RequestBody::Resource(b)) = (&route, &body)
+        && b.get("type").and_then(|t| t.as_str()) == Some("transaction")
+    {
+        labels.interaction = Some(Interaction::Transaction);
+    }
+    let ctx = RequestContext {
+        request_id: request_id.to_owned(),
+        prefer: negotiate::return_preference(header_str(
+            headers,
+            header::HeaderName::from_static("prefer"),
+        )),
+    };
+    let is_binary_read =
+        matches!(&route, Route::Read(t, _) | Route::Vread(t, _, _) if t.as_str() == "Binary");
+    let head = method == Method::Head;
+    let resp = service
+        .handle(
+            &ctx,
+            FhirRequest {
+                route,
+                query: params,
+                if_match: header_str(headers, header::IF_MATCH).map(str::to_owned),
+                body,
+            },
+        )
+        .await?;
+
+    // Binary: native content unless the client asked for a FHIR format (http.html#binary).
+    if is_binary_read
+        && !out.fhir_requested
+        && let Some(bytes) = &resp.body
+        && let Some((ct, data)) = haven_service::binary_content(bytes)
+    {
+        if !negotiate::accepts_native(accept, &ct) {
+            return Err(ServiceError::NotAcceptable(format!(
+                "this Binary holds {ct}; ask for it (or */*) in Accept, or for application/fhir+json"
+            )));
+        }
+        return Ok(native_binary(&ct, data, &resp, head));
+    }
+    Ok(fhir_response(resp, out, head))
+}
+
+async fn read_body(
+    service: &FhirService,
+    headers: &HeaderMap,
+    route: &Route,
+    body: Body,
+) -> Result<RequestBody, ServiceError> {
+    let limit = service.limits().max_body_bytes;
+    let too_large = || {
+        ServiceError::TooLarge(format!(
+            "the request body exceeds the limit of {limit} bytes; split the request (e.g. smaller Bundles)"
+        ))
+    };
+    if let Some(len) =
+        header_str(headers, header::CONTENT_LENGTH).and_then(|l| l.parse::<u64>().ok())
+        && len > limit as u64
+    {
+        return Err(too_large());
+    }
+    let kind = negotiate::body_kind(header_str(headers, header::CONTENT_TYPE))?;
+    let bytes = to_bytes(body, limit).await.map_err(|_| too_large())?;
+    let is_binary_write =
+        matches!(route, Route::Create(t) | Route::Update(t, _) if t.as_str() == "Binary");
+    match kind {
+        BodyKind::JsonPatch if matches!(route, Route::Patch(..)) => {
+            Ok(RequestBody::JsonPatch(service.parse_json_patch(&bytes)?))
+        }
+        BodyKind::JsonPatch => Err(ServiceError::UnsupportedMedia(
+            "application/json-patch+json is only accepted by PATCH".into(),
+        )),
+        BodyKind::FhirJson if matches!(route, Route::Patch(..)) => Err(ServiceError::UnsupportedMedia(
+            "PATCH takes a JSON Patch document with Content-Type application/json-patch+json; FHIRPath Patch is not supported"
+                .into(),
+        )),
+        BodyKind::FhirJson => Ok(RequestBody::Resource(service.parse_resource(&bytes)?)),
+        BodyKind::Other(ct) if is_binary_write => Ok(RequestBody::Raw {
+            content_type: ct,
+            data: bytes,
+            security_context: header_str(headers, header::HeaderName::from_static("x-security-context"))
+                .map(str::to_owned),
+        }),
+        BodyKind::Other(ct) => Err(ServiceError::UnsupportedMedia(format!(
+            "Content-Type {} is not supported; send FHIR JSON (application/fhir+json)",
+            ct.chars().take(60).collect::<String>()
+        ))),
+        BodyKind::Missing => Err(ServiceError::UnsupportedMedia(
+            "a Content-Type header is required; send FHIR JSON as application/fhir+json".into(),
+        )),
+    }
+}

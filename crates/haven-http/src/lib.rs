@@ -1,0 +1,67 @@
+//! Haven's HTTP layer (axum): the only crate that knows about HTTP.
+//!
+//! It owns routing of URLs to the service, content negotiation (`Accept`, `_format`,
+//! `Content-Type`, `Prefer`), request limits, the error-to-OperationOutcome rendering, security
+//! headers, request ids, metrics and the health endpoints. It never touches storage: every FHIR
+//! request goes through [`haven_service::FhirService`].
+
+mod fhir;
+mod middleware;
+mod negotiate;
+mod ops;
+mod render;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::{any, get};
+use haven_service::FhirService;
+
+pub use middleware::RequestId;
+
+/// Renders the Prometheus exposition text; supplied by the binary, which owns the recorder.
+pub type MetricsRender = Arc<dyn Fn() -> String + Send + Sync>;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub service: Arc<FhirService>,
+    pub metrics: MetricsRender,
+    /// When set, `/metrics` requires `Authorization: Bearer <token>`.
+    pub metrics_token: Option<Arc<str>>,
+}
+
+/// Which modules this process serves (`haven serve --role`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Modules {
+    /// The FHIR REST API under `/fhir`.
+    pub fhir: bool,
+}
+
+impl Modules {
+    pub const ALL: Modules = Modules { fhir: true };
+}
+
+/// Path prefix of the FHIR base.
+pub const FHIR_BASE: &str = "/fhir";
+
+/// Builds the application router for the given modules.
+pub fn app(state: AppState, modules: Modules) -> Router {
+    let mut router = Router::new()
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics));
+    if modules.fhir {
+        router = router
+            .route(FHIR_BASE, any(fhir::handle))
+            .route(&format!("{FHIR_BASE}/"), any(fhir::handle))
+            .route(&format!("{FHIR_BASE}/{{*rest}}"), any(fhir::handle));
+    }
+    router
+        .fallback(ops::not_found)
+        .layer(axum::middleware::from_fn(middleware::security_headers))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            render::panic_response,
+        ))
+        .layer(axum::middleware::from_fn(middleware::request_id))
+        .with_state(state)
+}

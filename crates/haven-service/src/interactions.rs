@@ -1,0 +1,275 @@
+//! The single-resource interactions (R4 http.html: read, vread, create, update, patch, delete),
+//! each written once as a step inside a unit of work, so the REST endpoint and every entry of a
+//! transaction Bundle run exactly the same code.
+
+use bytes::Bytes;
+use haven_domain::{ResourceType, Timestamp, VersionId};
+use haven_store::{ChangeKind, NewVersion, StoredVersion, WriteTx};
+use serde_json::Value;
+
+use crate::prepare::{Op, check_resource, finalize};
+use crate::{FhirResponse, FhirService, RequestContext, ReturnPreference, ServiceError, outcome};
+
+/// What a step did, before it is shaped into an HTTP response or a Bundle entry.
+#[derive(Debug)]
+pub(crate) struct Done {
+    pub status: u16,
+    pub version: Option<StoredVersion>,
+    /// Whether `Location` should point at the version (create, and update-as-create).
+    pub located: bool,
+    /// Whether the step changed data (so `Prefer: return=` applies).
+    pub write: bool,
+}
+
+fn gone(v: &StoredVersion) -> ServiceError {
+    ServiceError::Gone {
+        message: format!(
+            "{}/{} was deleted (version {}); its history is still readable",
+            v.resource_type, v.id, v.version
+        ),
+        version: Some(v.version),
+        last_updated: Some(v.last_updated),
+    }
+}
+
+fn not_found(ty: ResourceType, id: &haven_domain::ResourceId) -> ServiceError {
+    ServiceError::NotFound(format!("{ty}/{id} does not exist"))
+}
+
+fn stale(current: VersionId, expected: VersionId) -> ServiceError {
+    ServiceError::PreconditionFailed(format!(
+        "If-Match expected version {expected} but the current version is {current}; read the resource again and re-apply your change"
+    ))
+}
+
+/// Runs one operation inside a unit of work. Reads see the unit's earlier writes.
+pub(crate) async fn apply(tx: &mut dyn WriteTx, op: Op) -> Result<Done, ServiceError> {
+    let now = Timestamp::now();
+    match op {
+        Op::Create { ty, id, body } => {
+            let version = VersionId::FIRST;
+            let bytes = finalize(ty, body, &id, version, now)?;
+            let stored = append(tx, ty, id, version, now, ChangeKind::Create, Some(bytes)).await?;
+            Ok(Done {
+                status: 201,
+                version: Some(stored),
+                located: true,
+                write: true,
+            })
+        }
+        Op::Update {
+            ty,
+            id,
+            body,
+            if_match,
+        } => {
+            let current = tx.current(ty, &id).await?;
+            let (version, at, created) = match (current, if_match) {
+                (Some(c), Some(expected)) if c.version != expected => {
+                    return Err(stale(c.version, expected));
+                }
+                (None, Some(expected)) => {
+                    return Err(ServiceError::PreconditionFailed(format!(
+                        "If-Match expected version {expected} but {ty}/{id} does not exist"
+                    )));
+                }
+                (Some(c), _) => (c.version.next(), now.max(c.last_updated.succ()), c.deleted),
+                (None, None) => (VersionId::FIRST, now, true),
+            };
+            let bytes = finalize(ty, body, &id, version, at)?;
+            let stored = append(tx, ty, id, version, at, ChangeKind::Update, Some(bytes)).await?;
+            Ok(Done {
+                status: if created { 201 } else { 200 },
+                version: Some(stored),
+                located: created,
+                write: true,
+            })
+        }
+        Op::Patch {
+            ty,
+            id,
+            patch,
+            if_match,
+        } => {
+            let current = tx
+                .read_current(ty, &id)
+                .await?
+                .ok_or_else(|| not_found(ty, &id))?;
+            if current.is_deleted() {
+                return Err(gone(&current));
+            }
+            if let Some(expected) = if_match
+                && current.version != expected
+            {
+                return Err(stale(current.version, expected));
+            }
+            let body = current.body.as_deref().ok_or(ServiceError::Internal)?;
+            let mut doc: Value =
+                serde_json::from_slice(body).map_err(|_| ServiceError::Internal)?;
+            json_patch::patch(&mut doc, &patch).map_err(|e| {
+                ServiceError::Unprocessable(format!("the JSON Patch cannot be applied: {e}"))
+            })?;
+            let Value::Object(mut patched) = doc else {
+                return Err(ServiceError::Unprocessable(
+                    "the JSON Patch must leave a JSON object".into(),
+                ));
+            };
+            if patched.get("resourceType").and_then(Value::as_str) != Some(ty.as_str())
+                || patched.get("id").and_then(Value::as_str) != Some(id.as_str())
+            {
+                return Err(ServiceError::Unprocessable(
+                    "a patch may not change a resource's resourceType or id".into(),
+                ));
+            }
+            // meta.versionId/lastUpdated are the server's: drop any patched values.
+            if let Some(Value::Object(meta)) = patched.get_mut("meta") {
+                meta.remove("versionId");
+                meta.remove("lastUpdated");
+            }
+            let checked = check_resource(ty, patched, Some(&id))?;
+            let version = current.version.next();
+            let at = now.max(current.last_updated.succ());
+            let bytes = finalize(ty, checked, &id, version, at)?;
+            let stored = append(tx, ty, id, version, at, ChangeKind::Patch, Some(bytes)).await?;
+            Ok(Done {
+                status: 200,
+                version: Some(stored),
+                located: false,
+                write: true,
+            })
+        }
+        Op::Delete { ty, id } => {
+            // Deleting what does not exist, or is already deleted, succeeds without a new
+            // version (http.html#delete).
+            match tx.current(ty, &id).await? {
+                Some(c) if !c.deleted => {
+                    let version = c.version.next();
+                    let at = now.max(c.last_updated.succ());
+                    let stored = append(tx, ty, id, version, at, ChangeKind::Delete, None).await?;
+                    Ok(Done {
+                        status: 204,
+                        version: Some(stored),
+                        located: false,
+                        write: true,
+                    })
+                }
+                _ => Ok(Done {
+                    status: 204,
+                    version: None,
+                    located: false,
+                    write: true,
+                }),
+            }
+        }
+        Op::Read { ty, id } => {
+            let v = tx
+                .read_current(ty, &id)
+                .await?
+                .ok_or_else(|| not_found(ty, &id))?;
+            read_result(v)
+        }
+        Op::Vread { ty, id, version } => {
+            let v = tx.read_version(ty, &id, version).await?.ok_or_else(|| {
+                ServiceError::NotFound(format!("{ty}/{id} has no version {version}"))
+            })?;
+            read_result(v)
+        }
+    }
+}
+
+pub(crate) fn read_result(v: StoredVersion) -> Result<Done, ServiceError> {
+    if v.is_deleted() {
+        return Err(gone(&v));
+    }
+    Ok(Done {
+        status: 200,
+        version: Some(v),
+        located: false,
+        write: false,
+    })
+}
+
+async fn append(
+    tx: &mut dyn WriteTx,
+    ty: ResourceType,
+    id: haven_domain::ResourceId,
+    version: VersionId,
+    last_updated: Timestamp,
+    change: ChangeKind,
+    body: Option<Bytes>,
+) -> Result<StoredVersion, ServiceError> {
+    let nv = NewVersion {
+        resource_type: ty,
+        id: id.clone(),
+        version,
+        last_updated,
+        change,
+        body: body.clone(),
+    };
+    tx.append(nv).await?;
+    Ok(StoredVersion {
+        resource_type: ty,
+        id,
+        version,
+        last_updated,
+        change,
+        body,
+    })
+}
+
+impl FhirService {
+    /// Runs one prepared operation: reads on the read path, writes as one unit of work.
+    pub(crate) async fn execute_single(
+        &self,
+        ctx: &RequestContext,
+        op: Op,
+    ) -> Result<FhirResponse, ServiceError> {
+        let done = self.execute_op(op).await?;
+        Ok(self.respond(ctx, done))
+    }
+
+    /// Shapes a step's result as a REST response, honouring `Prefer: return=`.
+    pub(crate) fn respond(&self, ctx: &RequestContext, done: Done) -> FhirResponse {
+        let Some(v) = done.version else {
+            return FhirResponse {
+                status: done.status,
+                body: None,
+                location: None,
+                version: None,
+                last_modified: None,
+                resource_type: None,
+            };
+        };
+        let location = done.located.then(|| {
+            format!(
+                "{}/{}/{}/_history/{}",
+                self.config.base_url, v.resource_type, v.id, v.version
+            )
+        });
+        let body = if done.status == 204 {
+            None
+        } else if !done.write {
+            v.body.clone()
+        } else {
+            match ctx.prefer {
+                ReturnPreference::Representation => v.body.clone(),
+                ReturnPreference::Minimal => None,
+                ReturnPreference::OperationOutcome => Some(Bytes::from(
+                    serde_json::to_vec(&outcome::information(&format!(
+                        "{}/{} is now at version {}",
+                        v.resource_type, v.id, v.version
+                    )))
+                    .unwrap_or_default(),
+                )),
+            }
+        };
+        FhirResponse {
+            status: done.status,
+            resource_type: body.as_ref().map(|_| v.resource_type),
+            body,
+            location,
+            version: Some(v.version),
+            last_modified: Some(v.last_updated),
+        }
+    }
+}

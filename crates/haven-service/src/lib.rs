@@ -1,0 +1,227 @@
+//! Haven's service layer: the FHIR use cases, independent of HTTP and of any database.
+//!
+//! Each interaction follows one path: parse (already done by the caller) -> validate against the
+//! R4 definitions -> assign id, version and `lastUpdated` -> run one unit of work against the
+//! store -> shape the response. Authorization and audit will sit on this same path, inside the
+//! same unit of work, which is why no other crate talks to the store directly.
+//!
+//! The service speaks FHIR's own vocabulary, including status codes (they appear in Bundle
+//! `response.status`), but knows nothing of sockets, headers or axum.
+
+mod bundle;
+mod capabilities;
+mod error;
+mod history;
+mod interactions;
+pub mod outcome;
+mod prepare;
+mod route;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use haven_domain::{ResourceType, Timestamp, VersionId};
+use haven_store::ResourceStore;
+
+pub use error::ServiceError;
+pub use haven_domain::Interaction;
+pub use haven_fhir::json::{JsonError, JsonLimits};
+pub use haven_fhir::{Issue, IssueCode, Severity};
+pub use route::{Method, Route, route, split_url};
+
+/// Limits on what a client may send; every one is configurable.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub max_body_bytes: usize,
+    pub max_json_depth: usize,
+    pub max_bundle_entries: usize,
+    pub default_page_size: u32,
+    pub max_page_size: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 8 * 1024 * 1024,
+            max_json_depth: 64,
+            max_bundle_entries: 1000,
+            default_page_size: 50,
+            max_page_size: 1000,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ServiceConfig {
+    pub limits: Limits,
+    /// Absolute base URL of the FHIR endpoint, used in `Location` and `Bundle.entry.fullUrl`.
+    pub base_url: String,
+}
+
+/// What the client asked to get back after a write (`Prefer: return=`, http.html#ops).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ReturnPreference {
+    Minimal,
+    #[default]
+    Representation,
+    OperationOutcome,
+}
+
+/// Per-request facts the service needs besides the request itself.
+#[derive(Clone, Debug, Default)]
+pub struct RequestContext {
+    pub request_id: String,
+    pub prefer: ReturnPreference,
+}
+
+/// A request body, already checked against its media type by the caller.
+#[derive(Debug)]
+pub enum RequestBody {
+    None,
+    /// A FHIR resource in JSON.
+    Resource(serde_json::Map<String, serde_json::Value>),
+    /// An RFC 6902 JSON Patch document.
+    JsonPatch(serde_json::Value),
+    /// Raw content for `Binary` (http.html#binary): stored as received.
+    Raw {
+        content_type: String,
+        data: Bytes,
+        security_context: Option<String>,
+    },
+}
+
+#[derive(Debug)]
+pub struct FhirRequest {
+    pub route: Route,
+    pub query: Vec<(String, String)>,
+    pub if_match: Option<String>,
+    pub body: RequestBody,
+}
+
+/// The outcome of an interaction, in FHIR terms.
+#[derive(Debug)]
+pub struct FhirResponse {
+    pub status: u16,
+    /// Serialized FHIR JSON (compact), or empty.
+    pub body: Option<Bytes>,
+    /// `Location`, absolute.
+    pub location: Option<String>,
+    /// Version of the resource concerned, for `ETag`.
+    pub version: Option<VersionId>,
+    pub last_modified: Option<Timestamp>,
+    /// Type of the resource in `body`, when it is a single resource.
+    pub resource_type: Option<ResourceType>,
+}
+
+impl FhirResponse {
+    fn json(status: u16, body: Bytes) -> Self {
+        Self {
+            status,
+            body: Some(body),
+            location: None,
+            version: None,
+            last_modified: None,
+            resource_type: None,
+        }
+    }
+}
+
+pub struct FhirService {
+    store: Arc<dyn ResourceStore>,
+    config: ServiceConfig,
+}
+
+impl std::fmt::Debug for FhirService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FhirService")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl FhirService {
+    #[must_use]
+    pub fn new(store: Arc<dyn ResourceStore>, config: ServiceConfig) -> Self {
+        Self { store, config }
+    }
+
+    #[must_use]
+    pub fn config(&self) -> &ServiceConfig {
+        &self.config
+    }
+
+    #[must_use]
+    pub fn limits(&self) -> &Limits {
+        &self.config.limits
+    }
+
+    /// Whether the database answers, for readiness probes.
+    pub async fn ready(&self) -> Result<(), ServiceError> {
+        self.store.ping().await.map_err(ServiceError::from)
+    }
+
+    /// Stops the store after in-flight work has finished.
+    pub async fn shutdown(&self) {
+        self.store.close().await;
+    }
+
+    /// Parses a request body as a FHIR JSON resource, with the configured limits.
+    pub fn parse_resource(
+        &self,
+        bytes: &[u8],
+    ) -> Result<serde_json::Map<String, serde_json::Value>, ServiceError> {
+        let limits = JsonLimits {
+            max_depth: self.config.limits.max_json_depth,
+        };
+        haven_fhir::json::parse_resource_json(bytes, &limits)
+            .map_err(|e| ServiceError::Malformed(e.to_string()))
+    }
+
+    /// Parses a JSON Patch body.
+    pub fn parse_json_patch(&self, bytes: &[u8]) -> Result<serde_json::Value, ServiceError> {
+        let limits = JsonLimits {
+            max_depth: self.config.limits.max_json_depth,
+        };
+        haven_fhir::json::parse_json(bytes, &limits)
+            .map_err(|e| ServiceError::Malformed(e.to_string()))
+    }
+
+    /// Runs one FHIR interaction.
+    pub async fn handle(
+        &self,
+        ctx: &RequestContext,
+        req: FhirRequest,
+    ) -> Result<FhirResponse, ServiceError> {
+        match req.route {
+            Route::Capabilities => Ok(FhirResponse::json(200, self.capabilities())),
+            Route::Bundle => match req.body {
+                RequestBody::Resource(bundle) => self.process_bundle(ctx, bundle).await,
+                _ => Err(ServiceError::BadRequest(
+                    "POST to the base expects a batch or transaction Bundle".into(),
+                )),
+            },
+            Route::HistorySystem | Route::HistoryType(_) | Route::HistoryInstance(..) => {
+                self.history(&req.route, &req.query).await
+            }
+            Route::Validate(ty, id) => self.validate_operation(ty, id, req.body, &req.query).await,
+            route => {
+                let op = self.prepare_single(route, req.if_match.as_deref(), req.body)?;
+                self.execute_single(ctx, op).await
+            }
+        }
+    }
+}
+
+/// Decodes a stored `Binary` resource into its content type and raw bytes, for serving the
+/// native content (http.html#binary). `None` if the body is not a Binary with data.
+#[must_use]
+pub fn binary_content(body: &[u8]) -> Option<(String, Vec<u8>)> {
+    use base64::Engine as _;
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let ct = v.get("contentType")?.as_str()?.to_owned();
+    let data = match v.get("data").and_then(|d| d.as_str()) {
+        Some(d) => base64::engine::general_purpose::STANDARD.decode(d).ok()?,
+        None => Vec::new(),
+    };
+    Some((ct, data))
+}

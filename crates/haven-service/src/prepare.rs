@@ -1,0 +1,298 @@
+//! Turning a request into a checked operation: the resource validated against R4, ids and
+//! preconditions parsed. Everything here runs before the store is touched.
+
+use base64::Engine as _;
+use bytes::Bytes;
+use haven_domain::{ResourceId, ResourceType, Timestamp, VersionId};
+use serde_json::{Map, Value};
+
+use crate::{FhirService, RequestBody, Route, ServiceError};
+
+/// A single interaction ready to run inside a unit of work.
+#[derive(Debug)]
+pub(crate) enum Op {
+    Create {
+        ty: ResourceType,
+        id: ResourceId,
+        body: Map<String, Value>,
+    },
+    Update {
+        ty: ResourceType,
+        id: ResourceId,
+        body: Map<String, Value>,
+        if_match: Option<VersionId>,
+    },
+    Patch {
+        ty: ResourceType,
+        id: ResourceId,
+        patch: json_patch::Patch,
+        if_match: Option<VersionId>,
+    },
+    Delete {
+        ty: ResourceType,
+        id: ResourceId,
+    },
+    Read {
+        ty: ResourceType,
+        id: ResourceId,
+    },
+    Vread {
+        ty: ResourceType,
+        id: ResourceId,
+        version: VersionId,
+    },
+}
+
+impl Op {
+    /// The resource this operation touches.
+    pub(crate) fn target(&self) -> (ResourceType, &ResourceId) {
+        match self {
+            Op::Create { ty, id, .. }
+            | Op::Update { ty, id, .. }
+            | Op::Patch { ty, id, .. }
+            | Op::Delete { ty, id }
+            | Op::Read { ty, id }
+            | Op::Vread { ty, id, .. } => (*ty, id),
+        }
+    }
+
+    pub(crate) fn is_write(&self) -> bool {
+        !matches!(self, Op::Read { .. } | Op::Vread { .. })
+    }
+}
+
+pub(crate) fn parse_if_match(value: Option<&str>) -> Result<Option<VersionId>, ServiceError> {
+    value
+        .map(|v| {
+            VersionId::parse_etag(v).map_err(|_| {
+                ServiceError::BadRequest(format!(
+                    "If-Match must be a version ETag such as W/\"3\", not '{}'",
+                    v.chars().take(40).collect::<String>()
+                ))
+            })
+        })
+        .transpose()
+}
+
+/// Wraps raw content as a Binary resource (http.html#binary).
+pub(crate) fn binary_resource(
+    content_type: &str,
+    data: &[u8],
+    security_context: Option<&str>,
+) -> Result<Map<String, Value>, ServiceError> {
+    let mut m = Map::new();
+    m.insert("resourceType".into(), Value::from("Binary"));
+    m.insert("contentType".into(), Value::from(content_type));
+    if let Some(sc) = security_context {
+        m.insert(
+            "securityContext".into(),
+            serde_json::json!({ "reference": sc }),
+        );
+    }
+    if !data.is_empty() {
+        m.insert(
+            "data".into(),
+            Value::from(base64::engine::general_purpose::STANDARD.encode(data)),
+        );
+    }
+    Ok(m)
+}
+
+/// Checks a resource body for a write to `ty`: its type matches, its id obeys `id_rule`, and it
+/// conforms to the R4 definitions. Returns the body with server-owned fields cleared.
+pub(crate) fn check_resource(
+    ty: ResourceType,
+    mut body: Map<String, Value>,
+    expected_id: Option<&ResourceId>,
+) -> Result<Map<String, Value>, ServiceError> {
+    match body.get("resourceType").and_then(Value::as_str) {
+        Some(t) if t == ty.as_str() => {}
+        Some(t) => {
+            return Err(ServiceError::BadRequest(format!(
+                "the body is a {} but the URL names {ty}; send a {ty} or use the {}/ endpoint",
+                t.chars().take(64).collect::<String>(),
+                t.chars().take(64).collect::<String>()
+            )));
+        }
+        None => {
+            return Err(ServiceError::BadRequest(
+                "the body has no resourceType; FHIR JSON resources must name their type".into(),
+            ));
+        }
+    }
+    match expected_id {
+        // Update: the body's id must be present and equal the URL's (http.html#update).
+        Some(id) => match body.get("id") {
+            Some(Value::String(s)) if s == id.as_str() => {}
+            Some(Value::String(s)) => {
+                return Err(ServiceError::BadRequest(format!(
+                    "the body's id '{}' does not match the id '{id}' in the URL",
+                    s.chars().take(64).collect::<String>()
+                )));
+            }
+            Some(_) => {
+                return Err(ServiceError::BadRequest(
+                    "the body's id must be a string".into(),
+                ));
+            }
+            None => {
+                return Err(ServiceError::BadRequest(format!(
+                    "an update must carry the resource's id in the body (\"id\": \"{id}\")"
+                )));
+            }
+        },
+        // Create: the server assigns the id and ignores any the client sent (http.html#create).
+        None => {
+            body.remove("id");
+        }
+    }
+    // The server owns versionId and lastUpdated; a client's values are replaced, not validated.
+    if let Some(Value::Object(meta)) = body.get_mut("meta") {
+        meta.remove("versionId");
+        meta.remove("lastUpdated");
+        if meta.is_empty() {
+            body.remove("meta");
+        }
+    }
+    let issues: Vec<_> = haven_fhir::validate_resource(&body)
+        .into_iter()
+        .filter(|i| {
+            matches!(
+                i.severity,
+                haven_fhir::Severity::Error | haven_fhir::Severity::Fatal
+            )
+        })
+        .collect();
+    if !issues.is_empty() {
+        return Err(ServiceError::Invalid(issues));
+    }
+    Ok(body)
+}
+
+/// Sets id, `meta.versionId` and `meta.lastUpdated`, and serializes with `resourceType`, `id`
+/// and `meta` first, as FHIR JSON is conventionally written.
+pub(crate) fn finalize(
+    ty: ResourceType,
+    mut body: Map<String, Value>,
+    id: &ResourceId,
+    version: VersionId,
+    last_updated: Timestamp,
+) -> Result<Bytes, ServiceError> {
+    let mut meta = match body.remove("meta") {
+        Some(Value::Object(m)) => m,
+        _ => Map::new(),
+    };
+    meta.remove("versionId");
+    meta.remove("lastUpdated");
+    let mut new_meta = Map::new();
+    new_meta.insert("versionId".into(), Value::from(version.to_string()));
+    new_meta.insert(
+        "lastUpdated".into(),
+        Value::from(last_updated.to_instant_string()),
+    );
+    new_meta.extend(meta);
+    body.remove("resourceType");
+    body.remove("id");
+    let mut out = Map::with_capacity(body.len() + 3);
+    out.insert("resourceType".into(), Value::from(ty.as_str()));
+    out.insert("id".into(), Value::from(id.as_str()));
+    out.insert("meta".into(), Value::Object(new_meta));
+    out.extend(body);
+    serde_json::to_vec(&out)
+        .map(Bytes::from)
+        .map_err(|_| ServiceError::Internal)
+}
+
+impl FhirService {
+    /// Prepares a single REST interaction (not history, bundles or operations).
+    pub(crate) fn prepare_single(
+        &self,
+        route: Route,
+        if_match: Option<&str>,
+        body: RequestBody,
+    ) -> Result<Op, ServiceError> {
+        let if_match = parse_if_match(if_match)?;
+        Ok(match route {
+            Route::Create(ty) => {
+                let body = resource_body(ty, body, None)?;
+                Op::Create {
+                    ty,
+                    id: ResourceId::generate(),
+                    body: check_resource(ty, body, None)?,
+                }
+            }
+            Route::Update(ty, id) => {
+                let body = resource_body(ty, body, Some(&id))?;
+                Op::Update {
+                    ty,
+                    body: check_resource(ty, body, Some(&id))?,
+                    id,
+                    if_match,
+                }
+            }
+            Route::Patch(ty, id) => match body {
+                RequestBody::JsonPatch(doc) => Op::Patch {
+                    ty,
+                    id,
+                    patch: parse_patch(doc)?,
+                    if_match,
+                },
+                _ => {
+                    return Err(ServiceError::UnsupportedMedia(
+                        "PATCH takes a JSON Patch document (Content-Type: application/json-patch+json)"
+                            .into(),
+                    ));
+                }
+            },
+            Route::Delete(ty, id) => Op::Delete { ty, id },
+            Route::Read(ty, id) => Op::Read { ty, id },
+            Route::Vread(ty, id, version) => Op::Vread { ty, id, version },
+            other => {
+                return Err(ServiceError::MethodNotAllowed(format!(
+                    "{} cannot be part of this request",
+                    other.interaction().as_str()
+                )));
+            }
+        })
+    }
+}
+
+/// The resource a create/update carries, from JSON or (for Binary) raw content.
+pub(crate) fn resource_body(
+    ty: ResourceType,
+    body: RequestBody,
+    id: Option<&ResourceId>,
+) -> Result<Map<String, Value>, ServiceError> {
+    match body {
+        RequestBody::Resource(m) => Ok(m),
+        RequestBody::Raw {
+            content_type,
+            data,
+            security_context,
+        } if ty.as_str() == "Binary" => {
+            let mut m = binary_resource(&content_type, &data, security_context.as_deref())?;
+            if let Some(id) = id {
+                m.insert("id".into(), Value::from(id.as_str()));
+            }
+            Ok(m)
+        }
+        RequestBody::Raw { .. } => Err(ServiceError::UnsupportedMedia(format!(
+            "{ty} must be sent as FHIR JSON (Content-Type: application/fhir+json); only Binary accepts other content"
+        ))),
+        RequestBody::JsonPatch(_) => Err(ServiceError::UnsupportedMedia(
+            "a JSON Patch document is only accepted by PATCH".into(),
+        )),
+        RequestBody::None => Err(ServiceError::BadRequest(
+            "this interaction needs a resource in the request body".into(),
+        )),
+    }
+}
+
+pub(crate) fn parse_patch(doc: Value) -> Result<json_patch::Patch, ServiceError> {
+    serde_json::from_value(doc).map_err(|e| {
+        ServiceError::BadRequest(format!(
+            "the body is not a valid JSON Patch (RFC 6902) document: {}",
+            e.to_string().chars().take(200).collect::<String>()
+        ))
+    })
+}

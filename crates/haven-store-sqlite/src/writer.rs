@@ -1,0 +1,193 @@
+//! The writer task: the only read-write connection, running units of work with group commit.
+
+use std::panic::AssertUnwindSafe;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use futures::FutureExt;
+use haven_domain::{ResourceId, ResourceType, VersionId};
+use haven_store::{
+    CurrentState, ErasedOutcome, ErasedWriteFn, NewVersion, StoreError, StoredVersion, WriteTx,
+};
+use sqlx::{Connection, Row, SqliteConnection};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::reads::{self, map_err};
+
+pub(crate) struct Job {
+    pub work: ErasedWriteFn,
+    pub reply: oneshot::Sender<Result<ErasedOutcome, StoreError>>,
+}
+
+type Ack = (
+    oneshot::Sender<Result<ErasedOutcome, StoreError>>,
+    ErasedOutcome,
+);
+
+pub(crate) async fn run(
+    mut conn: SqliteConnection,
+    mut jobs: mpsc::Receiver<Job>,
+    max_batch: usize,
+) {
+    while let Some(first) = jobs.recv().await {
+        if let Err(e) = exec(&mut conn, "BEGIN IMMEDIATE").await {
+            tracing::error!(error = %e, "cannot begin a write transaction");
+            let _ = first
+                .reply
+                .send(Err(StoreError::Unavailable(e.to_string())));
+            continue;
+        }
+        let started = Instant::now();
+        let mut acks: Vec<Ack> = Vec::new();
+        run_unit(&mut conn, first, &mut acks).await;
+        // Everything that queued while the previous commit was syncing joins this one.
+        while acks.len() < max_batch {
+            match jobs.try_recv() {
+                Ok(job) => run_unit(&mut conn, job, &mut acks).await,
+                Err(_) => break,
+            }
+        }
+        let committed = if acks.is_empty() {
+            exec(&mut conn, "ROLLBACK").await
+        } else {
+            exec(&mut conn, "COMMIT").await
+        };
+        metrics::histogram!("haven_store_commit_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("haven_store_commit_units").record(acks.len() as f64);
+        match committed {
+            Ok(()) => {
+                for (reply, outcome) in acks {
+                    let _ = reply.send(Ok(outcome));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, units = acks.len(), "group commit failed");
+                let _ = exec(&mut conn, "ROLLBACK").await;
+                for (reply, _) in acks {
+                    let _ = reply.send(Err(StoreError::Unavailable("commit failed".into())));
+                }
+            }
+        }
+    }
+    let _ = conn.close().await;
+}
+
+/// Runs one unit inside a savepoint. Successful units wait in `acks` for the commit; failed or
+/// panicking units are rolled back to their savepoint and answered at once.
+async fn run_unit(conn: &mut SqliteConnection, job: Job, acks: &mut Vec<Ack>) {
+    if let Err(e) = exec(conn, "SAVEPOINT unit").await {
+        let _ = job.reply.send(Err(StoreError::Unavailable(e.to_string())));
+        return;
+    }
+    let result = {
+        let mut tx = SqliteTx { conn: &mut *conn };
+        AssertUnwindSafe((job.work)(&mut tx)).catch_unwind().await
+    };
+    match result {
+        Ok(Ok(value)) => match exec(conn, "RELEASE unit").await {
+            Ok(()) => acks.push((job.reply, Ok(value))),
+            Err(e) => {
+                let _ = exec(conn, "ROLLBACK TO unit").await;
+                let _ = exec(conn, "RELEASE unit").await;
+                let _ = job.reply.send(Err(StoreError::internal(e)));
+            }
+        },
+        Ok(Err(unit_error)) => {
+            let _ = exec(conn, "ROLLBACK TO unit").await;
+            let _ = exec(conn, "RELEASE unit").await;
+            let _ = job.reply.send(Ok(Err(unit_error)));
+        }
+        Err(_panic) => {
+            tracing::error!("a unit of work panicked; it was rolled back");
+            let _ = exec(conn, "ROLLBACK TO unit").await;
+            let _ = exec(conn, "RELEASE unit").await;
+            let _ = job
+                .reply
+                .send(Err(StoreError::Internal("unit of work panicked".into())));
+        }
+    }
+}
+
+async fn exec(conn: &mut SqliteConnection, sql: &'static str) -> Result<(), sqlx::Error> {
+    sqlx::raw_sql(sql).execute(&mut *conn).await.map(|_| ())
+}
+
+struct SqliteTx<'c> {
+    conn: &'c mut SqliteConnection,
+}
+
+#[async_trait]
+impl WriteTx for SqliteTx<'_> {
+    async fn current(
+        &mut self,
+        ty: ResourceType,
+        id: &ResourceId,
+    ) -> Result<Option<CurrentState>, StoreError> {
+        reads::current_state(self.conn, ty, id).await
+    }
+
+    async fn read_current(
+        &mut self,
+        ty: ResourceType,
+        id: &ResourceId,
+    ) -> Result<Option<StoredVersion>, StoreError> {
+        reads::read_current(self.conn, ty, id).await
+    }
+
+    async fn read_version(
+        &mut self,
+        ty: ResourceType,
+        id: &ResourceId,
+        version: VersionId,
+    ) -> Result<Option<StoredVersion>, StoreError> {
+        reads::read_version(self.conn, ty, id, version).await
+    }
+
+    async fn append(&mut self, v: NewVersion) -> Result<(), StoreError> {
+        let current: Option<i64> =
+            sqlx::query("SELECT version FROM resource WHERE resource_type = ?1 AND id = ?2")
+                .bind(v.resource_type.as_str())
+                .bind(v.id.as_str())
+                .fetch_optional(&mut *self.conn)
+                .await
+                .map_err(map_err)?
+                .map(|r| r.try_get::<i64, _>(0))
+                .transpose()
+                .map_err(map_err)?;
+        let version = i64::try_from(v.version.get()).map_err(StoreError::internal)?;
+        if version != current.unwrap_or(0) + 1 {
+            return Err(StoreError::VersionConflict(format!(
+                "{}/{} version {}",
+                v.resource_type, v.id, v.version
+            )));
+        }
+        let seq: i64 = sqlx::query(
+            "INSERT INTO resource_version \
+             (resource_type, id, version, last_updated, change_kind, body) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING seq",
+        )
+        .bind(v.resource_type.as_str())
+        .bind(v.id.as_str())
+        .bind(version)
+        .bind(v.last_updated.micros())
+        .bind(v.change.code())
+        .bind(v.body.as_deref())
+        .fetch_one(&mut *self.conn)
+        .await
+        .map_err(map_err)?
+        .try_get(0)
+        .map_err(map_err)?;
+        sqlx::query(
+            "INSERT INTO resource (resource_type, id, version, seq) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT (resource_type, id) DO UPDATE SET version = excluded.version, seq = excluded.seq",
+        )
+        .bind(v.resource_type.as_str())
+        .bind(v.id.as_str())
+        .bind(version)
+        .bind(seq)
+        .execute(&mut *self.conn)
+        .await
+        .map_err(map_err)?;
+        Ok(())
+    }
+}

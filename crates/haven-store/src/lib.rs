@@ -1,0 +1,137 @@
+//! Storage traits: the narrow set of operations the service layer may ask of a database.
+//!
+//! The traits know FHIR only as opaque, versioned JSON documents keyed by (type, id, version);
+//! they do not parse bodies, decide access or assign versions. Those are the service's job, so
+//! both implementations (SQLite now, PostgreSQL later) stay small and behave identically, which
+//! the shared contract suite (`haven-store-tests`) checks.
+//!
+//! Writes are *units of work*: the service hands the store a closure that runs against a
+//! [`WriteTx`]; the store runs it inside a transaction and acknowledges it only once it is
+//! durable. Expressing writes this way lets a store group many requests' units into one durable
+//! commit (group commit) without the service noticing, and makes "partly written" impossible to
+//! express: a unit either commits whole or leaves no trace.
+
+mod error;
+mod history;
+mod write;
+
+pub use error::StoreError;
+pub use history::{HistoryCursor, HistoryEntry, HistoryPage, HistoryQuery, HistoryScope, Period};
+pub use write::{ErasedOutcome, ErasedWriteFn, WriteFuture, WriteTx, run_write};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use haven_domain::{ResourceId, ResourceType, Timestamp, VersionId};
+
+/// How a version came to be; shown as `Bundle.entry.request.method` in history.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ChangeKind {
+    Create,
+    Update,
+    Patch,
+    Delete,
+}
+
+impl ChangeKind {
+    #[must_use]
+    pub fn code(self) -> i64 {
+        match self {
+            ChangeKind::Create => 0,
+            ChangeKind::Update => 1,
+            ChangeKind::Patch => 2,
+            ChangeKind::Delete => 3,
+        }
+    }
+
+    pub fn from_code(code: i64) -> Result<Self, StoreError> {
+        Ok(match code {
+            0 => ChangeKind::Create,
+            1 => ChangeKind::Update,
+            2 => ChangeKind::Patch,
+            3 => ChangeKind::Delete,
+            other => return Err(StoreError::Corrupt(format!("unknown change kind {other}"))),
+        })
+    }
+
+    /// The HTTP method that produces this kind of change.
+    #[must_use]
+    pub fn method(self) -> &'static str {
+        match self {
+            ChangeKind::Create => "POST",
+            ChangeKind::Update => "PUT",
+            ChangeKind::Patch => "PATCH",
+            ChangeKind::Delete => "DELETE",
+        }
+    }
+}
+
+/// One stored version of a resource. `body` is `None` exactly for deletions.
+#[derive(Clone, Debug)]
+pub struct StoredVersion {
+    pub resource_type: ResourceType,
+    pub id: ResourceId,
+    pub version: VersionId,
+    pub last_updated: Timestamp,
+    pub change: ChangeKind,
+    /// The resource as stored: compact JSON with `meta.versionId` and `meta.lastUpdated` set.
+    pub body: Option<Bytes>,
+}
+
+impl StoredVersion {
+    #[must_use]
+    pub fn is_deleted(&self) -> bool {
+        self.change == ChangeKind::Delete
+    }
+}
+
+/// The head of a resource's history, without its body: enough to check preconditions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CurrentState {
+    pub version: VersionId,
+    pub last_updated: Timestamp,
+    pub deleted: bool,
+}
+
+/// A version to append. The store refuses it with [`StoreError::VersionConflict`] unless
+/// `version` is exactly one more than the current version (or 1 for a new resource).
+#[derive(Clone, Debug)]
+pub struct NewVersion {
+    pub resource_type: ResourceType,
+    pub id: ResourceId,
+    pub version: VersionId,
+    pub last_updated: Timestamp,
+    pub change: ChangeKind,
+    pub body: Option<Bytes>,
+}
+
+/// Read access and units of work against one database.
+#[async_trait]
+pub trait ResourceStore: Send + Sync + 'static {
+    /// The current version of a resource (including a deletion marker), if it ever existed.
+    async fn read_current(
+        &self,
+        ty: ResourceType,
+        id: &ResourceId,
+    ) -> Result<Option<StoredVersion>, StoreError>;
+
+    /// One specific version.
+    async fn read_version(
+        &self,
+        ty: ResourceType,
+        id: &ResourceId,
+        version: VersionId,
+    ) -> Result<Option<StoredVersion>, StoreError>;
+
+    /// A page of history, newest first.
+    async fn history(&self, query: &HistoryQuery) -> Result<HistoryPage, StoreError>;
+
+    /// Runs a unit of work in one transaction and returns once it is durable (or rolled back).
+    /// Use the typed wrapper [`run_write`] rather than calling this directly.
+    async fn write_erased(&self, work: ErasedWriteFn) -> Result<ErasedOutcome, StoreError>;
+
+    /// Cheap liveness check of the database, for `/readyz`.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Stops accepting work, finishes what was accepted and closes connections.
+    async fn close(&self);
+}

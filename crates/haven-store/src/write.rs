@@ -1,0 +1,79 @@
+//! Units of work: closures that run against a [`WriteTx`] inside one transaction.
+
+use std::any::Any;
+
+use async_trait::async_trait;
+use futures::future::BoxFuture;
+use haven_domain::{ResourceId, ResourceType, VersionId};
+
+use crate::{CurrentState, NewVersion, ResourceStore, StoreError, StoredVersion};
+
+/// Operations available inside a write transaction. Reads here see the unit's own writes.
+#[async_trait]
+pub trait WriteTx: Send {
+    async fn current(
+        &mut self,
+        ty: ResourceType,
+        id: &ResourceId,
+    ) -> Result<Option<CurrentState>, StoreError>;
+
+    async fn read_current(
+        &mut self,
+        ty: ResourceType,
+        id: &ResourceId,
+    ) -> Result<Option<StoredVersion>, StoreError>;
+
+    async fn read_version(
+        &mut self,
+        ty: ResourceType,
+        id: &ResourceId,
+        version: VersionId,
+    ) -> Result<Option<StoredVersion>, StoreError>;
+
+    /// Appends a version. Fails with [`StoreError::VersionConflict`] unless `version` directly
+    /// follows the current one.
+    async fn append(&mut self, version: NewVersion) -> Result<(), StoreError>;
+}
+
+/// The future a unit of work returns; it borrows the transaction for its whole run.
+pub type WriteFuture<'t, T> = BoxFuture<'t, T>;
+
+/// A unit of work with its result types erased, so `ResourceStore` stays object-safe.
+pub type ErasedWriteFn = Box<
+    dyn for<'t> FnOnce(
+            &'t mut dyn WriteTx,
+        ) -> WriteFuture<'t, Result<Box<dyn Any + Send>, Box<dyn Any + Send>>>
+        + Send,
+>;
+
+/// `Ok` when the unit succeeded and was committed, `Err` when it returned its own error and was
+/// rolled back. Store-level failures are the outer `Result`.
+pub type ErasedOutcome = Result<Box<dyn Any + Send>, Box<dyn Any + Send>>;
+
+/// Runs a typed unit of work. `T` is returned only after the commit is durable; `E` is the
+/// unit's own error (the transaction is rolled back), and store failures become `E` through
+/// `From<StoreError>`.
+pub async fn run_write<T, E, F>(store: &dyn ResourceStore, work: F) -> Result<T, E>
+where
+    T: Send + 'static,
+    E: From<StoreError> + Send + 'static,
+    F: for<'t> FnOnce(&'t mut dyn WriteTx) -> WriteFuture<'t, Result<T, E>> + Send + 'static,
+{
+    let erased: ErasedWriteFn = Box::new(move |tx| {
+        Box::pin(async move {
+            match work(tx).await {
+                Ok(v) => Ok(Box::new(v) as Box<dyn Any + Send>),
+                Err(e) => Err(Box::new(e) as Box<dyn Any + Send>),
+            }
+        })
+    });
+    match store.write_erased(erased).await {
+        Ok(Ok(v)) => Ok(*v.downcast::<T>().map_err(|_| {
+            StoreError::Internal("unit of work returned an unexpected type".into())
+        })?),
+        Ok(Err(e)) => Err(*e.downcast::<E>().map_err(|_| {
+            StoreError::Internal("unit of work failed with an unexpected type".into())
+        })?),
+        Err(store_err) => Err(E::from(store_err)),
+    }
+}

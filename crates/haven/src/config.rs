@@ -1,0 +1,467 @@
+//! Configuration: typed, layered, validated once at start-up.
+//!
+//! Layers, later wins: built-in defaults -> TOML file (`--config` / `HAVEN_CONFIG`) ->
+//! `HAVEN_*` environment (`__` separates sections: `HAVEN_LIMITS__MAX_BODY_BYTES`) ->
+//! `HAVEN_*_FILE` (the value is read from that file, for secrets mounted by Kubernetes) ->
+//! command-line flags. Unknown keys are errors, so a typo cannot silently fall back to a default.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Format, Serialized, Toml};
+use figment::value::{Dict, Value as FigValue};
+use serde::{Deserialize, Serialize, Serializer};
+
+/// A secret setting: never printed, logged or serialized in clear.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("[redacted]")
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address to listen on. Only loopback addresses are accepted until authentication exists.
+    pub listen: SocketAddr,
+    /// Directory holding the embedded database (created with owner-only permissions).
+    pub data_dir: PathBuf,
+    /// Public base URL of the FHIR API (used in `Location` and `fullUrl`); defaults to
+    /// `http://<listen>/fhir`.
+    pub public_url: Option<String>,
+    /// Seconds to let in-flight requests finish after SIGTERM before exiting.
+    pub shutdown_grace_seconds: u64,
+    pub limits: LimitsConfig,
+    pub log: LogConfig,
+    pub metrics: MetricsConfig,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    pub max_body_bytes: usize,
+    pub max_json_depth: usize,
+    pub max_bundle_entries: usize,
+    pub default_page_size: u32,
+    pub max_page_size: u32,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `tracing` filter, e.g. `info` or `haven=debug,info`.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Bearer token required on `/metrics` (secret; use `HAVEN_METRICS__TOKEN_FILE`).
+    pub token: Option<Secret>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("./haven-data"),
+            public_url: None,
+            shutdown_grace_seconds: 30,
+            limits: LimitsConfig::default(),
+            log: LogConfig::default(),
+            metrics: MetricsConfig::default(),
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        let l = haven_service::Limits::default();
+        Self {
+            max_body_bytes: l.max_body_bytes,
+            max_json_depth: l.max_json_depth,
+            max_bundle_entries: l.max_bundle_entries,
+            default_page_size: l.default_page_size,
+            max_page_size: l.max_page_size,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Json,
+        }
+    }
+}
+
+/// Values given on the command line; they override every other layer.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub config_file: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration file {0} does not exist")]
+    MissingFile(PathBuf),
+    #[error("cannot read {var} ({path}): {reason}")]
+    SecretFile {
+        var: String,
+        path: String,
+        reason: String,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+const PREFIX: &str = "HAVEN_";
+
+/// Loads the configuration from every layer, using the process environment.
+pub fn load(overrides: &Overrides) -> Result<Config, ConfigError> {
+    load_from(overrides, &std::env::vars().collect::<Vec<_>>())
+}
+
+/// Loads the configuration with an explicit environment (testable without touching the process).
+pub fn load_from(overrides: &Overrides, env: &[(String, String)]) -> Result<Config, ConfigError> {
+    let mut fig = Figment::from(Serialized::defaults(Config::default()));
+    let file = overrides.config_file.clone().or_else(|| {
+        env.iter()
+            .find(|(k, _)| k == "HAVEN_CONFIG")
+            .map(|(_, v)| PathBuf::from(v))
+    });
+    if let Some(path) = file {
+        if !path.exists() {
+            return Err(ConfigError::MissingFile(path));
+        }
+        fig = fig.merge(Toml::file_exact(path));
+    }
+    let vars: Vec<(String, String)> = env
+        .iter()
+        .filter(|(k, _)| k.starts_with(PREFIX) && k != "HAVEN_CONFIG")
+        .cloned()
+        .collect();
+    // Plain HAVEN_* variables.
+    let plain: Vec<(String, String)> = vars
+        .iter()
+        .filter(|(k, _)| !k.ends_with("_FILE"))
+        .cloned()
+        .collect();
+    fig = fig.merge(env_provider(&plain));
+    // HAVEN_*_FILE: the value comes from the named file.
+    let mut from_files = Vec::new();
+    for (k, path) in vars.iter().filter(|(k, _)| k.ends_with("_FILE")) {
+        let content = std::fs::read_to_string(path).map_err(|e| ConfigError::SecretFile {
+            var: k.clone(),
+            path: path.clone(),
+            reason: e.kind().to_string(),
+        })?;
+        let key = k.trim_end_matches("_FILE").to_owned();
+        from_files.push((key, content.trim_end_matches(['\n', '\r']).to_owned()));
+    }
+    fig = fig.merge(env_provider(&from_files));
+    // Command-line flags.
+    let mut cli = Dict::new();
+    if let Some(l) = &overrides.listen {
+        cli.insert("listen".into(), FigValue::from(l.clone()));
+    }
+    if let Some(d) = &overrides.data_dir {
+        cli.insert("data_dir".into(), FigValue::from(d.display().to_string()));
+    }
+    fig = fig.merge(Serialized::defaults(cli));
+
+    let config: Config = fig
+        .extract()
+        .map_err(|e| ConfigError::Invalid(describe(e)))?;
+    config.validate()?;
+    Ok(config)
+}
+
+/// A figment provider over a fixed set of `HAVEN_*` pairs (not the live process environment).
+fn env_provider(pairs: &[(String, String)]) -> Serialized<Dict> {
+    let mut root = Dict::new();
+    for (k, v) in pairs {
+        let path: Vec<String> = k[PREFIX.len()..]
+            .split("__")
+            .map(str::to_ascii_lowercase)
+            .collect();
+        insert_path(&mut root, &path, parse_env_value(v));
+    }
+    Serialized::defaults(root)
+}
+
+fn parse_env_value(v: &str) -> FigValue {
+    // Same typing rules as figment's Env provider: numbers and booleans are recognised.
+    v.parse::<FigValue>()
+        .unwrap_or_else(|_| FigValue::from(v.to_owned()))
+}
+
+fn insert_path(dict: &mut Dict, path: &[String], value: FigValue) {
+    match path {
+        [] => {}
+        [last] => {
+            dict.insert(last.clone(), value);
+        }
+        [head, rest @ ..] => {
+            let entry = dict
+                .entry(head.clone())
+                .or_insert_with(|| FigValue::from(Dict::new()));
+            if let FigValue::Dict(_, inner) = entry {
+                insert_path(inner, rest, value);
+            } else {
+                let mut inner = Dict::new();
+                insert_path(&mut inner, rest, value);
+                *entry = FigValue::from(inner);
+            }
+        }
+    }
+}
+
+fn describe(e: figment::Error) -> String {
+    let mut out = Vec::new();
+    for err in e {
+        let key = if err.path.is_empty() {
+            String::new()
+        } else {
+            format!("'{}': ", err.path.join("."))
+        };
+        let source = err
+            .metadata
+            .as_ref()
+            .map(|m| format!(" (from {})", m.name))
+            .unwrap_or_default();
+        out.push(format!("{key}{}{source}", err.kind));
+    }
+    format!("invalid configuration: {}", out.join("; "))
+}
+
+impl Config {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if !self.listen.ip().is_loopback() {
+            return bad(format!(
+                "refusing to listen on {}: Haven has no authentication yet, so it binds only loopback \
+                 addresses (127.0.0.1 or [::1]); put it behind a gateway on the same host",
+                self.listen
+            ));
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return bad("data_dir must not be empty".into());
+        }
+        let l = &self.limits;
+        if !(1024..=1 << 30).contains(&l.max_body_bytes) {
+            return bad(format!(
+                "limits.max_body_bytes must be between 1024 and 1073741824, not {}",
+                l.max_body_bytes
+            ));
+        }
+        if !(8..=512).contains(&l.max_json_depth) {
+            return bad(format!(
+                "limits.max_json_depth must be between 8 and 512, not {}",
+                l.max_json_depth
+            ));
+        }
+        if !(1..=100_000).contains(&l.max_bundle_entries) {
+            return bad(format!(
+                "limits.max_bundle_entries must be between 1 and 100000, not {}",
+                l.max_bundle_entries
+            ));
+        }
+        if l.max_page_size == 0 || l.default_page_size == 0 || l.default_page_size > l.max_page_size
+        {
+            return bad("limits: need 0 < default_page_size <= max_page_size".into());
+        }
+        if let Some(url) = &self.public_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return bad(format!(
+                "public_url must start with http:// or https://, not '{url}'"
+            ));
+        }
+        if self.log.level.trim().is_empty() {
+            return bad("log.level must not be empty (e.g. info)".into());
+        }
+        if let Some(t) = &self.metrics.token
+            && t.expose().len() < 16
+        {
+            return bad("metrics.token must be at least 16 characters".into());
+        }
+        Ok(())
+    }
+
+    /// The database file inside the data directory.
+    pub fn database_path(&self) -> PathBuf {
+        self.data_dir.join("haven.db")
+    }
+
+    pub fn limits(&self) -> haven_service::Limits {
+        haven_service::Limits {
+            max_body_bytes: self.limits.max_body_bytes,
+            max_json_depth: self.limits.max_json_depth,
+            max_bundle_entries: self.limits.max_bundle_entries,
+            default_page_size: self.limits.default_page_size,
+            max_page_size: self.limits.max_page_size,
+        }
+    }
+
+    /// The configuration as TOML, with secrets redacted.
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+/// Creates the data directory with owner-only permissions if it does not exist.
+pub fn ensure_data_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+    }
+    let meta = std::fs::metadata(dir)?;
+    if !meta.is_dir() {
+        return Err(std::io::Error::other(format!(
+            "{} is not a directory",
+            dir.display()
+        )));
+    }
+    if meta.permissions().mode() & 0o077 != 0 {
+        tracing::warn!(
+            dir = %dir.display(),
+            "the data directory is readable by other users; run: chmod 700 {}",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = load_from(&Overrides::default(), &[]).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.data_dir, PathBuf::from("./haven-data"));
+        assert_eq!(c.limits.max_body_bytes, 8 * 1024 * 1024);
+        assert_eq!(c.limits.max_bundle_entries, 1000);
+    }
+
+    #[test]
+    fn layers_apply_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("haven.toml");
+        std::fs::write(&file, "listen = \"127.0.0.1:9000\"\ndata_dir = \"/from/file\"\n[limits]\nmax_bundle_entries = 10\n").unwrap();
+        let secret = dir.path().join("token");
+        std::fs::write(&secret, "s3cret-token-0123456789\n").unwrap();
+        let e = env(&[
+            ("HAVEN_DATA_DIR", "/from/env"),
+            ("HAVEN_LIMITS__MAX_BUNDLE_ENTRIES", "20"),
+            ("HAVEN_METRICS__TOKEN_FILE", secret.to_str().unwrap()),
+            ("UNRELATED", "x"),
+        ]);
+        let o = Overrides {
+            config_file: Some(file.clone()),
+            listen: None,
+            data_dir: None,
+        };
+        let c = load_from(&o, &e).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:9000"); // file over default
+        assert_eq!(c.data_dir, PathBuf::from("/from/env")); // env over file
+        assert_eq!(c.limits.max_bundle_entries, 20);
+        assert_eq!(
+            c.metrics.token.as_ref().unwrap().expose(),
+            "s3cret-token-0123456789"
+        );
+        let o = Overrides {
+            config_file: Some(file),
+            listen: Some("127.0.0.1:9100".into()),
+            data_dir: Some("/from/cli".into()),
+        };
+        let c = load_from(&o, &e).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:9100"); // flag over everything
+        assert_eq!(c.data_dir, PathBuf::from("/from/cli"));
+        // Secrets never appear in the printed configuration.
+        let printed = c.to_redacted_toml();
+        assert!(!printed.contains("s3cret"), "{printed}");
+        assert!(printed.contains("[redacted]"));
+        assert!(!format!("{c:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn bad_values_are_explained() {
+        let err = |pairs: &[(&str, &str)]| {
+            load_from(&Overrides::default(), &env(pairs))
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(err(&[("HAVEN_LISTEN", "0.0.0.0:8080")]).contains("loopback"));
+        assert!(err(&[("HAVEN_LISTEN", "not-an-address")]).contains("listen"));
+        assert!(err(&[("HAVEN_LISTN", "127.0.0.1:1")]).contains("listn"));
+        assert!(err(&[("HAVEN_LIMITS__MAX_JSON_DEPTH", "2")]).contains("max_json_depth"));
+        assert!(err(&[("HAVEN_LIMITS__MAX_BODY_BYTES", "lots")]).contains("max_body_bytes"));
+        assert!(
+            err(&[("HAVEN_METRICS__TOKEN_FILE", "/nonexistent/token")])
+                .contains("HAVEN_METRICS__TOKEN_FILE")
+        );
+        assert!(err(&[("HAVEN_METRICS__TOKEN", "short")]).contains("16"));
+        let missing = load_from(
+            &Overrides {
+                config_file: Some("/nonexistent.toml".into()),
+                ..Overrides::default()
+            },
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(missing.contains("does not exist"));
+    }
+
+    #[test]
+    fn ipv6_loopback_is_accepted() {
+        let c = load_from(
+            &Overrides::default(),
+            &env(&[("HAVEN_LISTEN", "[::1]:8081")]),
+        )
+        .unwrap();
+        assert!(c.listen.ip().is_loopback());
+    }
+}

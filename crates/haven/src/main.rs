@@ -1,0 +1,113 @@
+//! `haven`: the one binary. Composition root (configuration, wiring) and the command line.
+
+mod config;
+mod healthcheck;
+mod serve;
+mod telemetry;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Haven: a secure FHIR R4 health-record server.
+#[derive(Parser, Debug)]
+#[command(name = "haven", version, about, propagate_version = true)]
+struct Cli {
+    /// TOML configuration file (also HAVEN_CONFIG).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address to listen on, e.g. 127.0.0.1:8080 (also HAVEN_LISTEN).
+    #[arg(long, global = true, value_name = "ADDR")]
+    listen: Option<String>,
+    /// Data directory for the embedded database (also HAVEN_DATA_DIR).
+    #[arg(long, global = true, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the server.
+    Serve {
+        /// Which module(s) this process runs; `all` runs everything in one process.
+        #[arg(long, value_enum, default_value_t = Role::All)]
+        role: Role,
+    },
+    /// Inspect the configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Probe a running server's /healthz (for container health checks); exit 0 when healthy.
+    Healthcheck,
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCommand {
+    /// Validate the configuration from every layer and print it, secrets redacted.
+    Check,
+}
+
+/// A deployable module set. Each role can run as its own container from the same image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Role {
+    /// Every module in one process (the default for a single machine).
+    All,
+    /// The FHIR REST API.
+    Fhir,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let overrides = config::Overrides {
+        config_file: cli.config.clone(),
+        listen: cli.listen.clone(),
+        data_dir: cli.data_dir.clone(),
+    };
+    let config = match config::load(&overrides) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("haven: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command {
+        Command::Config {
+            command: ConfigCommand::Check,
+        } => {
+            print!("{}", config.to_redacted_toml());
+            eprintln!("haven: configuration is valid");
+            ExitCode::SUCCESS
+        }
+        Command::Healthcheck => healthcheck::run(&config),
+        Command::Migrate => run_async(async move { serve::migrate(&config).await }),
+        Command::Serve { role } => run_async(async move { serve::run(config, role).await }),
+    }
+}
+
+fn run_async<F>(f: F) -> ExitCode
+where
+    F: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("haven: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(f) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("haven: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

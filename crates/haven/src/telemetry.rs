@@ -1,0 +1,64 @@
+//! Logs and metrics set-up.
+//!
+//! Logs are JSON lines on stdout (one event per line) so a collector can ship them; each line
+//! written while serving a request carries that request's id through the request span.
+//! Metrics use the `metrics` facade with a Prometheus recorder; latency is a histogram with
+//! fixed buckets so it can be aggregated across replicas.
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{Config, LogFormat};
+
+pub fn init_logging(config: &Config) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_new(&config.log.level).map_err(|e| {
+        anyhow::anyhow!(
+            "log.level '{}' is not a valid filter: {e}",
+            config.log.level
+        )
+    })?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
+    let result = match config.log.format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+    result.map_err(|e| anyhow::anyhow!("cannot install the logger: {e}"))
+}
+
+pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
+    const LATENCY: [f64; 14] = [
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ];
+    const UNITS: [f64; 10] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY)?
+        .set_buckets_for_metric(Matcher::Full("haven_store_commit_units".into()), &UNITS)?
+        .install_recorder()
+        .map_err(|e| anyhow::anyhow!("cannot install the metrics recorder: {e}"))?;
+    metrics::describe_counter!(
+        "haven_http_requests_total",
+        "FHIR requests by interaction, resource type and status"
+    );
+    metrics::describe_histogram!(
+        "haven_http_request_duration_seconds",
+        metrics::Unit::Seconds,
+        "FHIR request latency by interaction and resource type"
+    );
+    metrics::describe_histogram!(
+        "haven_store_commit_seconds",
+        metrics::Unit::Seconds,
+        "Time to run and durably commit one group of units of work"
+    );
+    metrics::describe_histogram!(
+        "haven_store_commit_units",
+        "Units of work made durable by one commit (group commit)"
+    );
+    Ok(handle)
+}
