@@ -378,13 +378,13 @@ impl FhirService {
                 Route::Update(ty, id) => Some(format!("{ty}/{id}")),
                 _ => None,
             };
-            if let (Some(full), Some(t)) = (&p.full_url, target) {
-                if mapping.insert(full.clone(), t).is_some() {
-                    return Err(in_entry(
-                        ServiceError::BadRequest(format!("fullUrl {full} appears more than once")),
-                        p.index,
-                    ));
-                }
+            if let (Some(full), Some(t)) = (&p.full_url, target)
+                && mapping.insert(full.clone(), t).is_some()
+            {
+                return Err(in_entry(
+                    ServiceError::BadRequest(format!("fullUrl {full} appears more than once")),
+                    p.index,
+                ));
             }
         }
         // 2. Rewrite references between entries.
@@ -639,5 +639,73 @@ impl FhirService {
             last_modified: None,
             resource_type: None,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn references_are_rewritten_everywhere_and_unresolved_ones_reported() {
+        let map: HashMap<String, String> = [("urn:uuid:a".to_owned(), "Patient/1".to_owned())]
+            .into_iter()
+            .collect();
+        let mut v = json!({
+            "subject": {"reference": "urn:uuid:a"},
+            "performer": [{"reference": "urn:uuid:a"}, {"reference": "Practitioner/x"}],
+            "note": [{"text": "urn:uuid:a"}],
+            "contained": [{"resourceType": "Provenance", "target": [{"reference": "urn:uuid:a"}]}]
+        });
+        assert_eq!(rewrite_references(&mut v, &map), None);
+        assert_eq!(v["subject"]["reference"], "Patient/1");
+        assert_eq!(v["performer"][0]["reference"], "Patient/1");
+        assert_eq!(v["performer"][1]["reference"], "Practitioner/x");
+        assert_eq!(
+            v["note"][0]["text"], "urn:uuid:a",
+            "only Reference.reference is rewritten"
+        );
+        assert_eq!(v["contained"][0]["target"][0]["reference"], "Patient/1");
+        let mut w = json!({"subject": {"reference": "urn:uuid:missing"}});
+        assert_eq!(
+            rewrite_references(&mut w, &map).as_deref(),
+            Some("urn:uuid:missing")
+        );
+    }
+
+    #[test]
+    fn entry_errors_name_the_entry() {
+        let e = in_entry(ServiceError::BadRequest("bad".into()), 3);
+        assert_eq!(e.status(), 400);
+        assert!(e.issues()[0].message.starts_with("Bundle.entry[3]: "));
+        let issue = haven_fhir::Issue {
+            severity: haven_fhir::Severity::Error,
+            code: haven_fhir::IssueCode::Structure,
+            location: "Patient.name[0]".into(),
+            message: "m".into(),
+        };
+        let ServiceError::Invalid(issues) = in_entry(ServiceError::Invalid(vec![issue]), 2) else {
+            panic!("stays Invalid");
+        };
+        assert_eq!(issues[0].location, "Bundle.entry[2].resource.name[0]");
+        assert_eq!(in_entry(ServiceError::Unavailable, 1).status(), 503);
+    }
+
+    #[test]
+    fn phases_follow_the_spec_order() {
+        let mut methods = [
+            Method::Get,
+            Method::Put,
+            Method::Post,
+            Method::Delete,
+            Method::Patch,
+            Method::Head,
+        ];
+        methods.sort_by_key(|m| phase(*m));
+        assert_eq!(methods[0], Method::Delete);
+        assert_eq!(methods[1], Method::Post);
+        assert!(matches!(methods[2], Method::Put | Method::Patch));
+        assert!(matches!(methods[5], Method::Get | Method::Head));
     }
 }

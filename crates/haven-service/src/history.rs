@@ -168,7 +168,7 @@ impl FhirService {
                     })?;
                     at = Some(Period {
                         start: Timestamp::from_datetime(dt.start()),
-                        end: Timestamp::from_datetime(dt.end()),
+                        end: Timestamp::from_datetime(dt.end_exclusive()),
                     });
                     kept.push(("_at", v.clone()));
                 }

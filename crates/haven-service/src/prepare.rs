@@ -296,3 +296,95 @@ pub(crate) fn parse_patch(doc: Value) -> Result<json_patch::Patch, ServiceError>
         ))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn ty(s: &str) -> ResourceType {
+        ResourceType::parse(s).unwrap()
+    }
+
+    fn obj(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn create_drops_client_id_and_server_meta() {
+        let body = obj(
+            json!({"resourceType": "Patient", "id": "client", "meta": {"versionId": "9", "lastUpdated": "2020-01-01T00:00:00Z", "tag": [{"code": "t"}]}}),
+        );
+        let checked = check_resource(ty("Patient"), body, None).unwrap();
+        assert!(checked.get("id").is_none());
+        assert_eq!(checked["meta"], json!({"tag": [{"code": "t"}]}));
+    }
+
+    #[test]
+    fn update_requires_matching_id_and_type() {
+        let id = ResourceId::parse("p1").unwrap();
+        let ok = obj(json!({"resourceType": "Patient", "id": "p1"}));
+        assert!(check_resource(ty("Patient"), ok, Some(&id)).is_ok());
+        for bad in [
+            json!({"resourceType": "Patient", "id": "p2"}),
+            json!({"resourceType": "Patient"}),
+            json!({"resourceType": "Observation", "id": "p1"}),
+            json!({"id": "p1"}),
+            json!({"resourceType": "Patient", "id": 7}),
+        ] {
+            assert_eq!(
+                check_resource(ty("Patient"), obj(bad.clone()), Some(&id))
+                    .unwrap_err()
+                    .status(),
+                400,
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn invalid_resources_report_every_issue() {
+        let body = obj(json!({"resourceType": "Patient", "foo": 1, "birthDate": "1970-13-01"}));
+        match check_resource(ty("Patient"), body, None) {
+            Err(ServiceError::Invalid(issues)) => assert_eq!(issues.len(), 2, "{issues:?}"),
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn finalize_puts_type_id_meta_first() {
+        let body = obj(
+            json!({"gender": "female", "meta": {"tag": [{"code": "t"}], "versionId": "7"}, "resourceType": "Patient"}),
+        );
+        let id = ResourceId::parse("abc").unwrap();
+        let bytes = finalize(
+            ty("Patient"),
+            body,
+            &id,
+            VersionId::FIRST.next(),
+            Timestamp::from_micros(0),
+        )
+        .unwrap();
+        let text = std::str::from_utf8(&bytes).unwrap();
+        assert!(
+            text.starts_with(r#"{"resourceType":"Patient","id":"abc","meta":{"versionId":"2","lastUpdated":"1970-01-01T00:00:00.000000Z","tag":[{"code":"t"}]},"gender":"female"}"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn raw_content_becomes_a_binary() {
+        let m = binary_resource("application/pdf", b"%PDF-1.4", Some("Patient/1")).unwrap();
+        assert_eq!(m["contentType"], "application/pdf");
+        assert_eq!(m["data"], "JVBERi0xLjQ=");
+        assert_eq!(m["securityContext"]["reference"], "Patient/1");
+        assert!(haven_fhir::validate_resource(&m).is_empty());
+    }
+
+    #[test]
+    fn if_match_must_be_an_etag() {
+        assert_eq!(parse_if_match(Some("W/\"3\"")).unwrap().unwrap().get(), 3);
+        assert!(parse_if_match(None).unwrap().is_none());
+        assert_eq!(parse_if_match(Some("W/\"x\"")).unwrap_err().status(), 400);
+    }
+}

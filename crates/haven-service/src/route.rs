@@ -221,9 +221,12 @@ pub fn route(method: Method, segments: &[&str]) -> Result<Route, ServiceError> {
     }
 }
 
+/// Decoded query-string pairs, in order.
+pub type QueryPairs = Vec<(String, String)>;
+
 /// Splits a relative URL (as in `Bundle.entry.request.url`) into decoded path segments and
 /// query pairs.
-pub fn split_url(url: &str) -> Result<(Vec<String>, Vec<(String, String)>), ServiceError> {
+pub fn split_url(url: &str) -> Result<(Vec<String>, QueryPairs), ServiceError> {
     let (path, query) = match url.split_once('?') {
         Some((p, q)) => (p, q),
         None => (url, ""),

@@ -455,6 +455,30 @@ mod tests {
         assert!(missing.contains("does not exist"));
     }
 
+    /// docs/configuration.md must describe every key the configuration has.
+    #[test]
+    fn reference_documents_every_key() {
+        let doc = include_str!("../../../docs/configuration.md");
+        let mut c = Config::default();
+        c.public_url = Some("http://x".into());
+        c.metrics.token = Some(Secret("0123456789abcdef".into()));
+        let value = toml::Value::try_from(&c).unwrap();
+        let mut keys = Vec::new();
+        for (k, v) in value.as_table().unwrap() {
+            match v.as_table() {
+                Some(t) => keys.extend(t.keys().map(|sub| format!("{k}.{sub}"))),
+                None => keys.push(k.clone()),
+            }
+        }
+        assert!(keys.len() >= 12, "{keys:?}");
+        for key in keys {
+            assert!(
+                doc.contains(&format!("| `{key}` |")),
+                "docs/configuration.md lacks `{key}`"
+            );
+        }
+    }
+
     #[test]
     fn ipv6_loopback_is_accepted() {
         let c = load_from(
