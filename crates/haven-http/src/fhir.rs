@@ -55,7 +55,11 @@ pub(crate) async fn handle(State(state): State<AppState>, req: Request) -> Respo
             if e.status() >= 500 {
                 tracing::error!(error = %e, "request failed");
             }
-            error_response(&e, pretty_hint)
+            let mut resp = error_response(&e, pretty_hint);
+            if e.status() == 405 {
+                set_allow(&mut resp, &path);
+            }
+            resp
         }
     };
     let status = resp.status().as_u16();
@@ -81,6 +85,21 @@ pub(crate) async fn handle(State(state): State<AppState>, req: Request) -> Respo
     span.record("resource_type", resource_type);
     tracing::info!(status, duration_ms = elapsed * 1000.0, "request completed");
     resp
+}
+
+/// `Allow` on a 405: the methods the router accepts at this path (RFC 9110 15.5.6).
+fn set_allow(resp: &mut Response, path: &str) {
+    let Ok((segments, _)) = split_url(path) else {
+        return;
+    };
+    let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let allowed: Vec<&str> = haven_service::allowed_methods(&segs)
+        .into_iter()
+        .map(Method::as_str)
+        .collect();
+    if let Ok(v) = axum::http::HeaderValue::from_str(&allowed.join(", ")) {
+        resp.headers_mut().insert(header::ALLOW, v);
+    }
 }
 
 #[derive(Default)]
@@ -118,9 +137,6 @@ async fn serve(
         }
         _ => true,
     });
-    let accept = header_str(headers, header::ACCEPT);
-    let out = negotiate::output(format.as_deref(), accept, pretty)?;
-
     let method = Method::parse(http_method.as_str()).ok_or_else(|| {
         ServiceError::MethodNotAllowed(format!(
             "{} is not a FHIR interaction method; use GET, HEAD, POST, PUT, PATCH or DELETE",
@@ -131,6 +147,21 @@ async fn serve(
     let route = route(method, &segs)?;
     labels.interaction = Some(route.interaction());
     labels.resource_type = route.resource_type().map(|t| t.as_str());
+
+    let accept = header_str(headers, header::ACCEPT);
+    let is_binary_read =
+        matches!(&route, Route::Read(t, _) | Route::Vread(t, _, _) if t.as_str() == "Binary");
+    // A Binary read may ask for its native type (`Accept: application/pdf`); that is decided once
+    // the content type is known, so a non-FHIR Accept is not refused here (http.html#binary).
+    let out = match negotiate::output(format.as_deref(), accept, pretty) {
+        Ok(out) => out,
+        Err(_) if is_binary_read && format.is_none() => negotiate::Output {
+            mime: negotiate::FHIR_JSON,
+            pretty,
+            fhir_requested: false,
+        },
+        Err(e) => return Err(e),
+    };
 
     let body = if route.takes_body() {
         read_body(service, headers, &route, body).await?
@@ -149,9 +180,6 @@ async fn serve(
             header::HeaderName::from_static("prefer"),
         )),
     };
-    let is_binary_read =
-        matches!(&route, Route::Read(t, _) | Route::Vread(t, _, _) if t.as_str() == "Binary");
-    let head = method == Method::Head;
     let resp = service
         .handle(
             &ctx,
@@ -175,9 +203,10 @@ async fn serve(
                 "this Binary holds {ct}; ask for it (or */*) in Accept, or for application/fhir+json"
             )));
         }
-        return Ok(native_binary(&ct, data, &resp, head));
+        // HEAD: axum strips the body and keeps its length (RFC 9110 9.3.2).
+        return Ok(native_binary(&ct, data, &resp));
     }
-    Ok(fhir_response(resp, out, head))
+    Ok(fhir_response(resp, out))
 }
 
 async fn read_body(
@@ -198,8 +227,12 @@ async fn read_body(
     {
         return Err(too_large());
     }
-    let kind = negotiate::body_kind(header_str(headers, header::CONTENT_TYPE))?;
     let bytes = to_bytes(body, limit).await.map_err(|_| too_large())?;
+    // `$validate` with mode=delete may come without a body.
+    if bytes.is_empty() && matches!(route, Route::Validate(..)) {
+        return Ok(RequestBody::None);
+    }
+    let kind = negotiate::body_kind(header_str(headers, header::CONTENT_TYPE))?;
     let is_binary_write =
         matches!(route, Route::Create(t) | Route::Update(t, _) if t.as_str() == "Binary");
     match kind {

@@ -28,15 +28,8 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
             "{\"status\":\"ready\"}",
         )
             .into_response(),
-        Err(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            [
-                (header::CONTENT_TYPE, "application/json"),
-                (header::RETRY_AFTER, "5"),
-            ],
-            "{\"status\":\"unavailable\",\"reason\":\"database unreachable\"}",
-        )
-            .into_response(),
+        // Every error is an OperationOutcome, with Retry-After, like any 503 of the API.
+        Err(e) => error_response(&e, false),
     }
 }
 

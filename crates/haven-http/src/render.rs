@@ -38,7 +38,7 @@ pub(crate) fn error_response(e: &ServiceError, pretty: bool) -> Response<Body> {
     resp
 }
 
-pub(crate) fn fhir_response(r: FhirResponse, out: Output, head: bool) -> Response<Body> {
+pub(crate) fn fhir_response(r: FhirResponse, out: Output) -> Response<Body> {
     let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::OK);
     let body = match r.body {
         Some(b) if out.pretty => pretty_print(&b).map(Bytes::from).unwrap_or(b),
@@ -46,11 +46,7 @@ pub(crate) fn fhir_response(r: FhirResponse, out: Output, head: bool) -> Respons
         None => Bytes::new(),
     };
     let has_body = !body.is_empty();
-    let mut resp = Response::new(if head {
-        Body::empty()
-    } else {
-        Body::from(body)
-    });
+    let mut resp = Response::new(Body::from(body));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
     if has_body {
@@ -81,17 +77,8 @@ pub(crate) fn fhir_response(r: FhirResponse, out: Output, head: bool) -> Respons
 
 /// Native Binary content. Served inert: a sandboxing CSP and nosniff stop an uploaded HTML or
 /// SVG document from running script in the API's origin.
-pub(crate) fn native_binary(
-    content_type: &str,
-    data: Vec<u8>,
-    r: &FhirResponse,
-    head: bool,
-) -> Response<Body> {
-    let mut resp = Response::new(if head {
-        Body::empty()
-    } else {
-        Body::from(data)
-    });
+pub(crate) fn native_binary(content_type: &str, data: Vec<u8>, r: &FhirResponse) -> Response<Body> {
+    let mut resp = Response::new(Body::from(data));
     let h = resp.headers_mut();
     if let Ok(v) = HeaderValue::from_str(content_type) {
         h.insert(header::CONTENT_TYPE, v);

@@ -50,6 +50,47 @@ impl From<StoreError> for EntryFailure {
     }
 }
 
+/// Lost write races (two writers creating the same version at once, which only a replicated
+/// database can produce) are retried: the next attempt sees the winner's version and then
+/// succeeds, or fails with the precondition error the client should see.
+pub(crate) async fn retry_on_race<T, E, F, Fut>(mut attempt: F) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+    E: IsRace,
+{
+    const ATTEMPTS: usize = 3;
+    let mut n = 0;
+    loop {
+        n += 1;
+        match attempt().await {
+            Err(e) if e.is_race() && n < ATTEMPTS => {
+                tracing::debug!(
+                    attempt = n,
+                    "retrying a unit of work after a lost write race"
+                );
+            }
+            other => return other,
+        }
+    }
+}
+
+pub(crate) trait IsRace {
+    fn is_race(&self) -> bool;
+}
+
+impl IsRace for ServiceError {
+    fn is_race(&self) -> bool {
+        matches!(self, ServiceError::Conflict(_))
+    }
+}
+
+impl IsRace for EntryFailure {
+    fn is_race(&self) -> bool {
+        self.error.is_race()
+    }
+}
+
 /// The order category of an entry (http.html#trules).
 fn phase(method: Method) -> u8 {
     match method {
@@ -338,7 +379,7 @@ impl FhirService {
                     if_match,
                 }
             }
-            Route::Delete(ty, id) => Op::Delete { ty, id },
+            Route::Delete(ty, id) => Op::Delete { ty, id, if_match },
             Route::Read(ty, id) => Op::Read { ty, id },
             Route::Vread(ty, id, version) => Op::Vread { ty, id, version },
             _ => {
@@ -439,17 +480,20 @@ impl FhirService {
         ops.sort_by_key(|(index, ph, _)| (*ph, *index));
 
         // 4. Run every entry in one unit of work.
-        let results = run_write(self.store.as_ref(), move |tx: &mut dyn WriteTx| {
-            Box::pin(async move {
-                let mut done = Vec::with_capacity(ops.len());
-                for (index, _, op) in ops {
-                    let d = apply(tx, op).await.map_err(|error| EntryFailure {
-                        index: Some(index),
-                        error,
-                    })?;
-                    done.push((index, d));
-                }
-                Ok::<_, EntryFailure>(done)
+        let results = retry_on_race(|| {
+            let ops = ops.clone();
+            run_write(self.store.as_ref(), move |tx: &mut dyn WriteTx| {
+                Box::pin(async move {
+                    let mut done = Vec::with_capacity(ops.len());
+                    for (index, _, op) in ops {
+                        let d = apply(tx, op).await.map_err(|error| EntryFailure {
+                            index: Some(index),
+                            error,
+                        })?;
+                        done.push((index, d));
+                    }
+                    Ok::<_, EntryFailure>(done)
+                })
             })
         })
         .await
@@ -551,8 +595,11 @@ impl FhirService {
                 crate::interactions::read_result(v)
             }
             write => {
-                run_write(self.store.as_ref(), move |tx: &mut dyn WriteTx| {
-                    Box::pin(apply(tx, write))
+                retry_on_race(|| {
+                    let op = write.clone();
+                    run_write(self.store.as_ref(), move |tx: &mut dyn WriteTx| {
+                        Box::pin(apply(tx, op))
+                    })
                 })
                 .await
             }

@@ -99,12 +99,17 @@ impl FhirService {
             .iter()
             .find(|(k, _)| k == "mode")
             .map(|(_, v)| v.clone());
-        let body = resource_body(ty, body, id.as_ref())?;
-        // The body is either the resource or a Parameters wrapping it (`resource`, `mode`).
-        let resource = if body.get("resourceType").and_then(Value::as_str) == Some("Parameters")
+        // The body is the resource, or a Parameters with `resource` and `mode`; `resource` may be
+        // absent only for mode=delete (R4 Resource-validate), and then there may be no body.
+        let mut resource = match body {
+            RequestBody::None => None,
+            other => Some(resource_body(ty, other, id.as_ref())?),
+        };
+        if let Some(b) = &resource
+            && b.get("resourceType").and_then(Value::as_str) == Some("Parameters")
             && ty.as_str() != "Parameters"
         {
-            let params = body
+            let params = b
                 .get("parameter")
                 .and_then(Value::as_array)
                 .cloned()
@@ -124,14 +129,8 @@ impl FhirService {
                     _ => {}
                 }
             }
-            found.ok_or_else(|| {
-                ServiceError::BadRequest(
-                    "the Parameters carry no 'resource' parameter to validate".into(),
-                )
-            })?
-        } else {
-            body
-        };
+            resource = found;
+        }
         if mode.as_deref() == Some("delete") {
             let id = id.ok_or_else(|| {
                 ServiceError::BadRequest(
@@ -143,6 +142,11 @@ impl FhirService {
                 _ => Err(ServiceError::NotFound(format!("{ty}/{id} does not exist"))),
             };
         }
+        let resource = resource.ok_or_else(|| {
+            ServiceError::BadRequest(
+                "send the resource to validate, or a Parameters with a 'resource' parameter".into(),
+            )
+        })?;
         if !matches!(mode.as_deref(), None | Some("create") | Some("update")) {
             return Err(ServiceError::BadRequest(
                 "mode must be one of create, update, delete".into(),

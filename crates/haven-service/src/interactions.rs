@@ -138,10 +138,22 @@ pub(crate) async fn apply(tx: &mut dyn WriteTx, op: Op) -> Result<Done, ServiceE
                 write: true,
             })
         }
-        Op::Delete { ty, id } => {
+        Op::Delete { ty, id, if_match } => {
             // Deleting what does not exist, or is already deleted, succeeds without a new
-            // version (http.html#delete).
-            match tx.current(ty, &id).await? {
+            // version (http.html#delete) -- unless If-Match names a version that is not current.
+            let current = tx.current(ty, &id).await?;
+            if let Some(expected) = if_match {
+                match current {
+                    Some(c) if c.version == expected => {}
+                    Some(c) => return Err(stale(c.version, expected)),
+                    None => {
+                        return Err(ServiceError::PreconditionFailed(format!(
+                            "If-Match expected version {expected} but {ty}/{id} does not exist"
+                        )));
+                    }
+                }
+            }
+            match current {
                 Some(c) if !c.deleted => {
                     let version = c.version.next();
                     let at = now.max(c.last_updated.succ());

@@ -27,7 +27,7 @@ pub use error::ServiceError;
 pub use haven_domain::Interaction;
 pub use haven_fhir::json::{JsonError, JsonLimits};
 pub use haven_fhir::{Issue, IssueCode, Severity};
-pub use route::{Method, Route, route, split_url};
+pub use route::{Method, Route, allowed_methods, route, split_url};
 
 /// Limits on what a client may send; every one is configurable.
 #[derive(Clone, Debug)]

@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 use crate::{FhirService, RequestBody, Route, ServiceError};
 
 /// A single interaction ready to run inside a unit of work.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) enum Op {
     Create {
         ty: ResourceType,
@@ -31,6 +31,7 @@ pub(crate) enum Op {
     Delete {
         ty: ResourceType,
         id: ResourceId,
+        if_match: Option<VersionId>,
     },
     Read {
         ty: ResourceType,
@@ -50,7 +51,7 @@ impl Op {
             Op::Create { ty, id, .. }
             | Op::Update { ty, id, .. }
             | Op::Patch { ty, id, .. }
-            | Op::Delete { ty, id }
+            | Op::Delete { ty, id, .. }
             | Op::Read { ty, id }
             | Op::Vread { ty, id, .. } => (*ty, id),
         }
@@ -244,7 +245,7 @@ impl FhirService {
                     ));
                 }
             },
-            Route::Delete(ty, id) => Op::Delete { ty, id },
+            Route::Delete(ty, id) => Op::Delete { ty, id, if_match },
             Route::Read(ty, id) => Op::Read { ty, id },
             Route::Vread(ty, id, version) => Op::Vread { ty, id, version },
             other => {

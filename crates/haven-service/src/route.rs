@@ -221,6 +221,22 @@ pub fn route(method: Method, segments: &[&str]) -> Result<Route, ServiceError> {
     }
 }
 
+/// The methods `route` accepts for a path, for the `Allow` header of a 405 (RFC 9110 15.5.6).
+#[must_use]
+pub fn allowed_methods(segments: &[&str]) -> Vec<Method> {
+    [
+        Method::Get,
+        Method::Head,
+        Method::Post,
+        Method::Put,
+        Method::Patch,
+        Method::Delete,
+    ]
+    .into_iter()
+    .filter(|m| route(*m, segments).is_ok())
+    .collect()
+}
+
 /// Decoded query-string pairs, in order.
 pub type QueryPairs = Vec<(String, String)>;
 

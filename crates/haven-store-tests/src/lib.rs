@@ -25,6 +25,7 @@ macro_rules! store_contract_tests {
             unit_is_atomic_across_resources,
             panicking_unit_is_rolled_back,
             racing_writers_have_one_winner,
+            racing_creators_of_one_id_have_one_winner,
             concurrent_units_are_all_durable,
             history_is_newest_first_and_scoped,
             history_pages_neither_skip_nor_repeat,
@@ -369,6 +370,31 @@ pub async fn racing_writers_have_one_winner(store: &dyn ResourceStore) {
         .unwrap()
         .unwrap();
     assert_eq!(cur.version.get(), 2);
+}
+
+pub async fn racing_creators_of_one_id_have_one_winner(store: &dyn ResourceStore) {
+    // Update-as-create from several clients at once: version 1 can be written only once.
+    let tasks = (0..6).map(|i| {
+        append(
+            store,
+            new_version("Patient", "newcomer", 1, i, ChangeKind::Update),
+        )
+    });
+    let results = futures::future::join_all(tasks).await;
+    let wins = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(wins, 1, "{results:?}");
+    for r in results.iter().filter(|r| r.is_err()) {
+        assert!(
+            matches!(r, Err(TestError::Store(StoreError::VersionConflict(_)))),
+            "{r:?}"
+        );
+    }
+    let cur = store
+        .read_current(ty("Patient"), &rid("newcomer"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(cur.version.get(), 1);
 }
 
 pub async fn concurrent_units_are_all_durable(store: &dyn ResourceStore) {

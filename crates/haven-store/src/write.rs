@@ -11,12 +11,15 @@ use crate::{CurrentState, NewVersion, ResourceStore, StoreError, StoredVersion};
 /// Operations available inside a write transaction. Reads here see the unit's own writes.
 #[async_trait]
 pub trait WriteTx: Send {
+    /// The head of a resource. It stays locked against other writers until the unit ends, so a
+    /// check made on it (e.g. `If-Match`) still holds when the unit appends.
     async fn current(
         &mut self,
         ty: ResourceType,
         id: &ResourceId,
     ) -> Result<Option<CurrentState>, StoreError>;
 
+    /// The current version with its body, locked like [`WriteTx::current`].
     async fn read_current(
         &mut self,
         ty: ResourceType,

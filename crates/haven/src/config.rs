@@ -44,6 +44,9 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Directory holding the embedded database (created with owner-only permissions).
     pub data_dir: PathBuf,
+    /// PostgreSQL connection URL (`postgres://user@host/db`). When set, Haven stores data in
+    /// PostgreSQL instead of the embedded SQLite database. Secret: it may hold a password.
+    pub database_url: Option<Secret>,
     /// Public base URL of the FHIR API (used in `Location` and `fullUrl`); defaults to
     /// `http://<listen>/fhir`.
     pub public_url: Option<String>,
@@ -91,6 +94,7 @@ impl Default for Config {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: PathBuf::from("./haven-data"),
+            database_url: None,
             public_url: None,
             shutdown_grace_seconds: 30,
             limits: LimitsConfig::default(),
@@ -274,6 +278,15 @@ impl Config {
                 self.listen
             ));
         }
+        if let Some(url) = &self.database_url
+            && !(url.expose().starts_with("postgres://")
+                || url.expose().starts_with("postgresql://"))
+        {
+            return bad(
+                "database_url must be a PostgreSQL URL (postgres://user@host:5432/db); leave it unset for the embedded database"
+                    .into(),
+            );
+        }
         if self.data_dir.as_os_str().is_empty() {
             return bad("data_dir must not be empty".into());
         }
@@ -328,7 +341,8 @@ impl Config {
             max_body_bytes: self.limits.max_body_bytes,
             max_json_depth: self.limits.max_json_depth,
             max_bundle_entries: self.limits.max_bundle_entries,
-            default_page_size: self.limits.default_page_size,
+            // A default above the maximum is clamped like any `_count`.
+            default_page_size: self.limits.default_page_size.min(self.limits.max_page_size),
             max_page_size: self.limits.max_page_size,
         }
     }
@@ -396,6 +410,10 @@ mod tests {
             ("HAVEN_DATA_DIR", "/from/env"),
             ("HAVEN_LIMITS__MAX_BUNDLE_ENTRIES", "20"),
             ("HAVEN_METRICS__TOKEN_FILE", secret.to_str().unwrap()),
+            (
+                "HAVEN_DATABASE_URL",
+                "postgres://haven:pa55word@db.internal:5432/haven",
+            ),
             ("UNRELATED", "x"),
         ]);
         let o = Overrides {
@@ -422,6 +440,8 @@ mod tests {
         // Secrets never appear in the printed configuration.
         let printed = c.to_redacted_toml();
         assert!(!printed.contains("s3cret"), "{printed}");
+        assert!(!printed.contains("pa55word"), "{printed}");
+        assert!(c.database_url.is_some());
         assert!(printed.contains("[redacted]"));
         assert!(!format!("{c:?}").contains("s3cret"));
     }
@@ -443,6 +463,7 @@ mod tests {
                 .contains("HAVEN_METRICS__TOKEN_FILE")
         );
         assert!(err(&[("HAVEN_METRICS__TOKEN", "short")]).contains("16"));
+        assert!(err(&[("HAVEN_DATABASE_URL", "mysql://x/y")]).contains("PostgreSQL URL"));
         let missing = load_from(
             &Overrides {
                 config_file: Some("/nonexistent.toml".into()),
@@ -459,9 +480,14 @@ mod tests {
     #[test]
     fn reference_documents_every_key() {
         let doc = include_str!("../../../docs/configuration.md");
-        let mut c = Config::default();
-        c.public_url = Some("http://x".into());
-        c.metrics.token = Some(Secret("0123456789abcdef".into()));
+        let c = Config {
+            public_url: Some("http://x".into()),
+            database_url: Some(Secret("postgres://h/db".into())),
+            metrics: MetricsConfig {
+                token: Some(Secret("0123456789abcdef".into())),
+            },
+            ..Config::default()
+        };
         let value = toml::Value::try_from(&c).unwrap();
         let mut keys = Vec::new();
         for (k, v) in value.as_table().unwrap() {

@@ -7,6 +7,7 @@ use anyhow::Context;
 use haven_http::{AppState, Modules};
 use haven_service::{FhirService, ServiceConfig};
 use haven_store::ResourceStore;
+use haven_store_postgres::{PgOptions, PgStore};
 use haven_store_sqlite::{SqliteOptions, SqliteStore};
 use tokio::net::TcpListener;
 
@@ -21,6 +22,12 @@ fn modules(role: Role) -> Modules {
 }
 
 async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn ResourceStore>> {
+    if let Some(url) = &config.database_url {
+        let store = PgStore::connect(url.expose(), PgOptions::default())
+            .await
+            .context("cannot open the PostgreSQL database (check database_url and that the server is reachable)")?;
+        return Ok(Arc::new(store));
+    }
     config::ensure_data_dir(&config.data_dir).with_context(|| {
         format!(
             "cannot use the data directory {}",
@@ -34,6 +41,13 @@ async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn ResourceStore>> {
 }
 
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
+    if let Some(url) = &config.database_url {
+        let n = PgStore::migrate(url.expose())
+            .await
+            .context("cannot migrate the PostgreSQL database")?;
+        println!("PostgreSQL database is at the latest schema ({n} migrations)");
+        return Ok(());
+    }
     config::ensure_data_dir(&config.data_dir).with_context(|| {
         format!(
             "cannot use the data directory {}",
@@ -49,6 +63,9 @@ pub async fn migrate(config: &Config) -> anyhow::Result<()> {
 }
 
 pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
+    // Signal handlers first: a SIGTERM that arrives right after start-up must still mean a
+    // graceful shutdown, not the default action (termination).
+    let shutdown = shutdown_signal()?;
     telemetry::init_logging(&config)?;
     let metrics = telemetry::init_metrics()?;
     let store = open_store(&config).await?;
@@ -75,7 +92,12 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
         metrics_token: config.metrics.token.as_ref().map(|t| Arc::from(t.expose())),
     };
     let app = haven_http::app(state, modules(role));
-    tracing::info!(address = %local, base_url = %base_url, role = ?role, data_dir = %config.data_dir.display(), "haven listening");
+    let backend = if config.database_url.is_some() {
+        "postgres"
+    } else {
+        "sqlite"
+    };
+    tracing::info!(address = %local, base_url = %base_url, role = ?role, backend, "haven listening");
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
@@ -85,7 +107,7 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
             })
             .await
     });
-    shutdown_signal().await;
+    shutdown.await;
     tracing::info!("shutdown requested; finishing in-flight requests");
     let _ = stop_tx.send(());
     let grace = Duration::from_secs(config.shutdown_grace_seconds);
@@ -103,23 +125,15 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// Installs the SIGTERM and SIGINT handlers now and returns a future that completes on either.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
+    })
 }

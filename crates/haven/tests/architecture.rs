@@ -33,6 +33,11 @@ const RULES: &[(&str, &[&str], &[&str])] = &[
         &["axum", "hyper", "tower", "reqwest"],
     ),
     (
+        "haven-store-postgres",
+        &["haven-domain", "haven-store"],
+        &["axum", "hyper", "tower", "reqwest"],
+    ),
+    (
         "haven-store-tests",
         &["haven-domain", "haven-store"],
         &["sqlx", "axum", "hyper"],
@@ -55,6 +60,7 @@ const RULES: &[(&str, &[&str], &[&str])] = &[
             "haven-http",
             "haven-store",
             "haven-store-sqlite",
+            "haven-store-postgres",
         ],
         &[],
     ),
