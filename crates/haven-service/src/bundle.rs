@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 
 use crate::history::{BundleOut, Entry, EntryResponse, bundle_meta, raw, status_line};
 use crate::interactions::{Done, apply};
-use crate::prepare::{Op, check_resource, parse_if_match, parse_patch};
+use crate::prepare::{Op, check_resource, conformance_errors, parse_if_match, parse_patch};
 use crate::route::{Method, Route, route, split_url};
 use crate::{FhirResponse, FhirService, RequestContext, ReturnPreference, ServiceError, outcome};
 
@@ -220,18 +220,7 @@ impl FhirService {
         match kind {
             Kind::Transaction => {
                 // The envelope and every entry are checked against R4 before anything runs.
-                let issues: Vec<_> = haven_fhir::validate_resource(&bundle)
-                    .into_iter()
-                    .filter(|i| {
-                        matches!(
-                            i.severity,
-                            haven_fhir::Severity::Error | haven_fhir::Severity::Fatal
-                        )
-                    })
-                    .collect();
-                if !issues.is_empty() {
-                    return Err(ServiceError::Invalid(issues));
-                }
+                conformance_errors(&bundle)?;
                 self.transaction(ctx, bundle).await
             }
             Kind::Batch => self.batch(ctx, bundle).await,

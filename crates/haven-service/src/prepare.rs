@@ -155,7 +155,13 @@ pub(crate) fn check_resource(
             body.remove("meta");
         }
     }
-    let issues: Vec<_> = haven_fhir::validate_resource(&body)
+    conformance_errors(&body)?;
+    Ok(body)
+}
+
+/// Validates against the R4 definitions; every error- or fatal-level issue is reported at once.
+pub(crate) fn conformance_errors(resource: &Map<String, Value>) -> Result<(), ServiceError> {
+    let issues: Vec<_> = haven_fhir::validate_resource(resource)
         .into_iter()
         .filter(|i| {
             matches!(
@@ -164,10 +170,11 @@ pub(crate) fn check_resource(
             )
         })
         .collect();
-    if !issues.is_empty() {
-        return Err(ServiceError::Invalid(issues));
+    if issues.is_empty() {
+        Ok(())
+    } else {
+        Err(ServiceError::Invalid(issues))
     }
-    Ok(body)
 }
 
 /// Sets id, `meta.versionId` and `meta.lastUpdated`, and serializes with `resourceType`, `id`

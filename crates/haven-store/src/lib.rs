@@ -13,6 +13,7 @@
 
 mod error;
 mod history;
+pub mod sql;
 mod write;
 
 pub use error::StoreError;
