@@ -9,9 +9,10 @@
 //! - `model.json`: the compact model, read by `src/model/load.rs` (format documented there).
 //! - `resource_types.rs`: a sorted `const` array of concrete resource type names, so that
 //!   `ResourceType::parse` is a binary search that never touches the lazily built model.
-//!
-//! `search-parameters.json.xz` and `compartmentdefinition-patient.json.xz` are vendored for later
-//! work and deliberately not read yet.
+//! - `search.json`: the R4 search parameters and the Patient compartment, read by
+//!   `src/search/load.rs` (format documented there). Parameters not from 4.0.1 are dropped
+//!   (the Medplum package carries one R5 snapshot, `DeviceDefinition-classification`), and so
+//!   is everything the server does not need (descriptions, xpath, contacts).
 
 use std::env;
 use std::fmt::Write as _;
@@ -33,7 +34,11 @@ fn main() {
         .join("definitions");
     println!("cargo:rerun-if-changed=build.rs");
     let inputs = ["profiles-types.json.xz", "profiles-resources.json.xz"];
-    for name in inputs {
+    let search_inputs = [
+        "search-parameters.json.xz",
+        "compartmentdefinition-patient.json.xz",
+    ];
+    for name in inputs.iter().chain(&search_inputs) {
         println!("cargo:rerun-if-changed={}", dir.join(name).display());
     }
 
@@ -79,6 +84,97 @@ fn main() {
     }
     rs.push_str("];\n");
     fs::write(out.join("resource_types.rs"), rs).expect("write resource_types.rs");
+
+    let search = json!({
+        "params": compact_search_params(&read_xz_json(&dir.join(search_inputs[0]))),
+        "patientCompartment": compartment_rows(&read_xz_json(&dir.join(search_inputs[1]))),
+    });
+    fs::write(out.join("search.json"), search.to_string()).expect("write search.json");
+}
+
+/// The SearchParameter fields search needs, for every R4 (4.0.1) parameter of the bundle.
+fn compact_search_params(bundle: &Value) -> Vec<Value> {
+    const KEEP: [&str; 10] = [
+        "url",
+        "code",
+        "type",
+        "base",
+        "expression",
+        "target",
+        "component",
+        "multipleOr",
+        "multipleAnd",
+        "comparator",
+    ];
+    let entries = bundle["entry"]
+        .as_array()
+        .expect("search bundle has entries");
+    let params: Vec<Value> = entries
+        .iter()
+        .map(|e| &e["resource"])
+        .filter(|sp| sp["resourceType"] == "SearchParameter" && sp["version"] == FHIR_VERSION)
+        .map(|sp| {
+            let kept = KEEP
+                .iter()
+                .filter_map(|&k| Some((k.to_owned(), sp.get(k)?.clone())));
+            Value::Object(kept.collect())
+        })
+        .collect();
+    assert!(
+        params.len() > 1300,
+        "too few search parameters: {}",
+        params.len()
+    );
+    params
+}
+
+/// `[{"code", "param"}]` from the Patient CompartmentDefinition.
+///
+/// The Medplum package changed two rows: Encounter links to the patient through `subject`
+/// where R4 says `patient`, and Task was added (`patient`, `focus`) although R4 lists it
+/// among the resources never in the compartment. The definition's own narrative still shows
+/// the R4 values, so the build restores them, and fails if any other row disagrees with the
+/// narrative table (a row not in the table must be empty).
+fn compartment_rows(def: &Value) -> Vec<Value> {
+    const RESTORED: [(&str, &[&str], &[&str]); 2] = [
+        ("Encounter", &["subject"], &["patient"]),
+        ("Task", &["patient", "focus"], &[]),
+    ];
+    let narrative = def["text"]["div"].as_str().expect("compartment narrative");
+    let mut rows = Vec::new();
+    for row in def["resource"].as_array().expect("compartment resources") {
+        let code = row["code"].as_str().expect("compartment resource code");
+        let mut params: Vec<&str> = row["param"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| p.as_str().expect("compartment param code"))
+            .collect();
+        for (ty, changed, r4) in RESTORED {
+            if code == ty && params == changed {
+                params = r4.to_vec();
+            }
+        }
+        // The narrative lists each row as `<a href=...>Type</a></td><td>p1, p2</td>`.
+        let marker = format!(">{code}</a></td><td>");
+        let listed: Vec<&str> = narrative.find(&marker).map_or_else(Vec::new, |at| {
+            let rest = &narrative[at + marker.len()..];
+            let text = &rest[..rest.find('<').expect("narrative cell ends")];
+            text.split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .collect()
+        });
+        assert_eq!(
+            params, listed,
+            "Patient compartment row {code} differs from R4"
+        );
+        if !params.is_empty() {
+            rows.push(json!({ "code": code, "param": params }));
+        }
+    }
+    assert!(rows.len() > 60, "too few compartment rows: {}", rows.len());
+    rows
 }
 
 fn read_xz_json(path: &Path) -> Value {

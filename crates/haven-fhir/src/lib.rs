@@ -7,14 +7,19 @@
 //!   [`ResourceType`], the closed set of concrete resource type names.
 //! - [`primitives`]: `id` and the calendar types, with the checks a regex cannot make.
 //! - [`validate`]: structural validation of a resource against the model.
+//! - [`fhirpath`]: the FHIRPath subset the R4 search parameters are written in.
+//! - [`search`]: the R4 search parameters and the Patient compartment, and the extraction
+//!   of a resource's index values (no storage, no query evaluation).
 //!
 //! Architecture invariant: this crate does no I/O at run time and has no async code. The
 //! definitions are compiled in by `build.rs` (see `definitions/README.md` for their origin),
 //! so every binary validates against exactly the same model, and tests need no files.
 
+pub mod fhirpath;
 pub mod json;
 pub mod model;
 pub mod primitives;
+pub mod search;
 pub mod validate;
 
 pub use model::{Definitions, ResourceType, definitions};

@@ -4,8 +4,6 @@
 //! handler only translates HTTP into a [`FhirRequest`] and the answer back into HTTP, and
 //! records metrics and the access log line.
 
-use std::time::Instant;
-
 use axum::body::{Body, to_bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method as HttpMethod, header};
@@ -16,12 +14,12 @@ use haven_service::{
     split_url,
 };
 
+use crate::middleware::RequestLabels;
 use crate::negotiate::{self, BodyKind};
 use crate::render::{error_response, fhir_response, native_binary};
 use crate::{AppState, FHIR_BASE, RequestId};
 
 pub(crate) async fn handle(State(state): State<AppState>, req: Request) -> Response {
-    let started = Instant::now();
     let request_id = req
         .extensions()
         .get::<RequestId>()
@@ -62,28 +60,13 @@ pub(crate) async fn handle(State(state): State<AppState>, req: Request) -> Respo
             resp
         }
     };
-    let status = resp.status().as_u16();
-    let elapsed = started.elapsed().as_secs_f64();
-    let interaction = labels.interaction.map_or("unknown", Interaction::as_str);
-    // Label values come from closed sets only: never an id or any client text.
-    let resource_type = labels.resource_type.unwrap_or("none");
-    metrics::counter!(
-        "haven_http_requests_total",
-        "interaction" => interaction,
-        "resource_type" => resource_type,
-        "status" => status.to_string()
-    )
-    .increment(1);
-    metrics::histogram!(
-        "haven_http_request_duration_seconds",
-        "interaction" => interaction,
-        "resource_type" => resource_type
-    )
-    .record(elapsed);
-    let span = tracing::Span::current();
-    span.record("interaction", interaction);
-    span.record("resource_type", resource_type);
-    tracing::info!(status, duration_ms = elapsed * 1000.0, "request completed");
+    // Metrics and the access log line are written by the outer middleware, which also sees
+    // responses of panicking handlers; it reads the labels from this extension.
+    let mut resp = resp;
+    resp.extensions_mut().insert(RequestLabels {
+        interaction: labels.interaction.map_or("unknown", Interaction::as_str),
+        resource_type: labels.resource_type.unwrap_or("none"),
+    });
     resp
 }
 

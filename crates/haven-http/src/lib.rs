@@ -2,8 +2,8 @@
 //!
 //! It owns routing of URLs to the service, content negotiation (`Accept`, `_format`,
 //! `Content-Type`, `Prefer`), request limits, the error-to-OperationOutcome rendering, security
-//! headers, request ids, metrics and the health endpoints. It never touches storage: every FHIR
-//! request goes through [`haven_service::FhirService`].
+//! headers, request ids, client addresses, metrics and the health endpoints. It never touches
+//! storage: every FHIR request goes through [`haven_service::FhirService`].
 
 mod fhir;
 mod middleware;
@@ -17,7 +17,7 @@ use axum::Router;
 use axum::routing::{any, get};
 use haven_service::FhirService;
 
-pub use middleware::RequestId;
+pub use middleware::{ClientAddress, InvalidTrustedProxy, RequestId, TrustedProxies};
 
 /// Renders the Prometheus exposition text; supplied by the binary, which owns the recorder.
 pub type MetricsRender = Arc<dyn Fn() -> String + Send + Sync>;
@@ -28,6 +28,8 @@ pub struct AppState {
     pub metrics: MetricsRender,
     /// When set, `/metrics` requires `Authorization: Bearer <token>`.
     pub metrics_token: Option<Arc<str>>,
+    /// Peers whose `X-Forwarded-For` names the client (the gateway); empty trusts none.
+    pub trusted_proxies: TrustedProxies,
 }
 
 /// Which modules this process serves (`haven serve --role`).
@@ -62,6 +64,9 @@ pub fn app(state: AppState, modules: Modules) -> Router {
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             render::panic_response,
         ))
-        .layer(axum::middleware::from_fn(middleware::request_id))
+        .layer(axum::middleware::from_fn_with_state(
+            state.trusted_proxies.clone(),
+            middleware::request_id,
+        ))
         .with_state(state)
 }

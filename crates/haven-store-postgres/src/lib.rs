@@ -85,7 +85,9 @@ impl PgStore {
             .max_connections(options.max_connections.max(1))
             .min_connections(0)
             .acquire_timeout(options.acquire_timeout)
-            .test_before_acquire(true)
+            // No ping per acquire: it costs a round trip on every request. A connection broken
+            // by an outage fails its next statement (503) and is dropped from the pool.
+            .test_before_acquire(false)
             .connect_with(opts)
             .await
             .map_err(|e| StoreError::Unavailable(format!("cannot connect to PostgreSQL: {e}")))?;

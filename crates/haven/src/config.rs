@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
 use figment::value::{Dict, Value as FigValue};
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A secret setting: never printed, logged or serialized in clear.
 #[derive(Clone, Deserialize, PartialEq, Eq)]
@@ -52,6 +52,11 @@ pub struct Config {
     pub public_url: Option<String>,
     /// Seconds to let in-flight requests finish after SIGTERM before exiting.
     pub shutdown_grace_seconds: u64,
+    /// Addresses or CIDR blocks of the gateway(s) in front of Haven: only a peer in this list
+    /// may name the client in `X-Forwarded-For`. A TOML array, or one comma-separated string
+    /// (`HAVEN_TRUSTED_PROXIES=127.0.0.1,10.0.0.0/8`). Empty: the TCP peer is the client.
+    #[serde(deserialize_with = "list_or_comma_separated")]
+    pub trusted_proxies: Vec<String>,
     pub limits: LimitsConfig,
     pub log: LogConfig,
     pub metrics: MetricsConfig,
@@ -97,6 +102,7 @@ impl Default for Config {
             database_url: None,
             public_url: None,
             shutdown_grace_seconds: 30,
+            trusted_proxies: Vec::new(),
             limits: LimitsConfig::default(),
             log: LogConfig::default(),
             metrics: MetricsConfig::default(),
@@ -250,6 +256,39 @@ fn insert_path(dict: &mut Dict, path: &[String], value: FigValue) {
     }
 }
 
+/// A list given as an array (TOML file, `HAVEN_X=[a,b]`) or as one comma-separated string
+/// (`HAVEN_X=a,b`, the usual form in an environment).
+fn list_or_comma_separated<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    struct ListVisitor;
+    impl<'de> serde::de::Visitor<'de> for ListVisitor {
+        type Value = Vec<String>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a list of strings or one comma-separated string")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(v.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect())
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(item) = seq.next_element::<String>()? {
+                out.push(item);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_any(ListVisitor)
+}
+
 fn describe(e: figment::Error) -> String {
     let mut out = Vec::new();
     for err in e {
@@ -320,6 +359,7 @@ impl Config {
                 "public_url must start with http:// or https://, not '{url}'"
             ));
         }
+        self.trusted_proxies()?;
         if self.log.level.trim().is_empty() {
             return bad("log.level must not be empty (e.g. info)".into());
         }
@@ -329,6 +369,12 @@ impl Config {
             return bad("metrics.token must be at least 16 characters".into());
         }
         Ok(())
+    }
+
+    /// The parsed `trusted_proxies` (checked by `validate`, so an error here means a bad entry).
+    pub fn trusted_proxies(&self) -> Result<haven_http::TrustedProxies, ConfigError> {
+        haven_http::TrustedProxies::parse(self.trusted_proxies.iter().map(String::as_str))
+            .map_err(|e| ConfigError::Invalid(format!("trusted_proxies: {e}")))
     }
 
     /// The database file inside the data directory.
@@ -503,6 +549,71 @@ mod tests {
                 "docs/configuration.md lacks `{key}`"
             );
         }
+    }
+
+    #[test]
+    fn trusted_proxies_from_every_layer() {
+        let proxies = |file: Option<&str>, pairs: &[(&str, &str)]| {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("haven.toml");
+            let o = Overrides {
+                config_file: file.map(|f| {
+                    std::fs::write(&path, f).unwrap();
+                    path.clone()
+                }),
+                ..Overrides::default()
+            };
+            load_from(&o, &env(pairs)).map(|c| c.trusted_proxies)
+        };
+        assert!(proxies(None, &[]).unwrap().is_empty());
+        assert_eq!(
+            proxies(
+                None,
+                &[("HAVEN_TRUSTED_PROXIES", "127.0.0.1, 10.0.0.0/8,fd00::/8")]
+            )
+            .unwrap(),
+            ["127.0.0.1", "10.0.0.0/8", "fd00::/8"]
+        );
+        assert_eq!(
+            proxies(None, &[("HAVEN_TRUSTED_PROXIES", "::1")]).unwrap(),
+            ["::1"]
+        );
+        assert_eq!(
+            proxies(None, &[("HAVEN_TRUSTED_PROXIES", "[127.0.0.1, \"::1\"]")]).unwrap(),
+            ["127.0.0.1", "::1"]
+        );
+        assert!(
+            proxies(None, &[("HAVEN_TRUSTED_PROXIES", "")])
+                .unwrap()
+                .is_empty()
+        );
+        let file = "trusted_proxies = [\"10.1.0.0/16\", \"::1\"]\n";
+        assert_eq!(proxies(Some(file), &[]).unwrap(), ["10.1.0.0/16", "::1"]);
+        // The environment replaces the file's list.
+        assert_eq!(
+            proxies(Some(file), &[("HAVEN_TRUSTED_PROXIES", "192.0.2.1")]).unwrap(),
+            ["192.0.2.1"]
+        );
+        let c = load_from(
+            &Overrides::default(),
+            &env(&[("HAVEN_TRUSTED_PROXIES", "127.0.0.1")]),
+        )
+        .unwrap();
+        assert!(!c.trusted_proxies().unwrap().is_empty());
+        // A bad entry is named, with the reason.
+        let err = |pairs: &[(&str, &str)]| proxies(None, pairs).unwrap_err().to_string();
+        let e = err(&[("HAVEN_TRUSTED_PROXIES", "127.0.0.1,gateway.local")]);
+        assert!(
+            e.contains("trusted_proxies") && e.contains("'gateway.local'"),
+            "{e}"
+        );
+        assert!(err(&[("HAVEN_TRUSTED_PROXIES", "10.0.0.0/40")]).contains("prefix length"));
+        assert!(err(&[("HAVEN_TRUSTED_PROXIES", "0.0.0.0/0")]).contains("every address"));
+        assert!(err(&[("HAVEN_TRUSTED_PROXIES", "7")]).contains("trusted_proxies"));
+        let e = proxies(Some("trusted_proxies = 5\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("trusted_proxies"), "{e}");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! `haven serve` and `haven migrate`: wiring the store, service and HTTP layer together.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -90,8 +91,11 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
         service: service.clone(),
         metrics: Arc::new(move || metrics.render()),
         metrics_token: config.metrics.token.as_ref().map(|t| Arc::from(t.expose())),
+        trusted_proxies: config.trusted_proxies()?,
     };
-    let app = haven_http::app(state, modules(role));
+    // Connect info gives the middleware each request's TCP peer (see `trusted_proxies`).
+    let app =
+        haven_http::app(state, modules(role)).into_make_service_with_connect_info::<SocketAddr>();
     let backend = if config.database_url.is_some() {
         "postgres"
     } else {

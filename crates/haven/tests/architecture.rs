@@ -52,6 +52,8 @@ const RULES: &[(&str, &[&str], &[&str])] = &[
         &["haven-domain", "haven-service"],
         &["sqlx", "reqwest"],
     ),
+    // The benchmark harness drives the binary over HTTP only; it never links Haven or a store.
+    ("haven-bench", &[], &["sqlx", "axum"]),
     (
         "haven",
         &[

@@ -1,0 +1,169 @@
+//! How much CPU other processes used while a scenario ran: a noise gauge for the report.
+//!
+//! On a 2-core machine one `cargo build` elsewhere halves the figures, so the report states, for
+//! each measurement, the share of the machine's CPU time spent by processes that are not part of
+//! the run (the harness, the server under test, and the PostgreSQL processes working for the
+//! benchmark database), plus the time the
+//! hypervisor gave to other guests (steal). From `/proc/stat` (all CPUs) minus
+//! `/proc/<pid>/stat` of the processes that are ours.
+
+use std::path::Path;
+
+/// Clock ticks at one moment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Sample {
+    busy: u64,
+    steal: u64,
+    total: u64,
+    ours: u64,
+}
+
+/// The processes that belong to a measurement.
+#[derive(Debug, Clone, Copy)]
+pub struct Ours<'a> {
+    pub server: u32,
+    /// The benchmark database, when PostgreSQL is under test: its server's background processes
+    /// and the client backends of this database are ours; other databases' backends are not.
+    pub postgres_db: Option<&'a str>,
+}
+
+/// Whether a `postgres` process with this title works for the database `db`:
+/// `postgres: 15/main: user db 127.0.0.1(5432) idle` is a client backend of `db`,
+/// `postgres: 15/main: walwriter` a background process working for every database.
+fn postgres_works_for(title: &str, db: &str) -> bool {
+    let client_backend = title.contains('(') || title.contains("[local]");
+    !client_backend || title.split_whitespace().any(|word| word == db)
+}
+
+fn title_of(pid: u32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+        .unwrap_or_default()
+}
+
+/// utime + stime of one process, in clock ticks.
+fn process_ticks(stat: &str) -> Option<u64> {
+    // The command name may hold spaces or ')': the fields that follow start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // `state` is field 3 of the file; utime and stime are fields 14 and 15.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+fn comm_of(stat: &str) -> Option<&str> {
+    Some(&stat[stat.find('(')? + 1..stat.rfind(')')?])
+}
+
+pub fn sample(ours: Ours<'_>) -> Sample {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let cpu: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal. Interrupt time is left out of `busy`: the
+    // loopback traffic of the run itself is handled there and is charged to no process.
+    let at = |i: usize| cpu.get(i).copied().unwrap_or(0);
+    let busy = at(0) + at(1) + at(2);
+    let steal = at(7);
+    let total = (0..8).map(at).sum();
+
+    let me = std::process::id();
+    let mut own = 0;
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Ok(text) =
+                std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("stat"))
+            else {
+                continue;
+            };
+            let counted = pid == me
+                || pid == ours.server
+                || ours.postgres_db.is_some_and(|db| {
+                    comm_of(&text) == Some("postgres") && postgres_works_for(&title_of(pid), db)
+                });
+            if counted {
+                own += process_ticks(&text).unwrap_or(0);
+            }
+        }
+    }
+    Sample {
+        busy,
+        steal,
+        total,
+        ours: own,
+    }
+}
+
+/// The share of the machine's CPU time (0..1) that went elsewhere between two samples: to other
+/// processes, or to other guests of the hypervisor (steal time).
+pub fn others_share(before: Sample, after: Sample) -> f64 {
+    let total = after.total.saturating_sub(before.total);
+    if total == 0 {
+        return 0.0;
+    }
+    let busy = after.busy.saturating_sub(before.busy);
+    let ours = after.ours.saturating_sub(before.ours);
+    let steal = after.steal.saturating_sub(before.steal);
+    (busy.saturating_sub(ours) + steal) as f64 / total as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn process_ticks_are_read_after_the_command_name() {
+        let stat = "1234 (tokio (rt) x) S 1 1234 1234 0 -1 4194560 500 0 0 0 70 30 0 0 20 0 3 0";
+        assert_eq!(process_ticks(stat), Some(100));
+        assert_eq!(comm_of(stat), Some("tokio (rt) x"));
+    }
+
+    #[test]
+    fn only_the_benchmark_database_backends_are_ours() {
+        let db = "haven_bench_1_2";
+        assert!(postgres_works_for("postgres: 15/main: walwriter ", db));
+        assert!(postgres_works_for(
+            "postgres: 15/main: postgres haven_bench_1_2 127.0.0.1(40112) idle",
+            db
+        ));
+        assert!(!postgres_works_for(
+            "postgres: 15/main: postgres test 127.0.0.1(40113) idle",
+            db
+        ));
+        assert!(!postgres_works_for(
+            "postgres: 15/main: postgres test [local] idle",
+            db
+        ));
+    }
+
+    #[test]
+    fn our_own_work_is_not_noise() {
+        let before = Sample {
+            busy: 100,
+            steal: 0,
+            total: 1000,
+            ours: 50,
+        };
+        let after = Sample {
+            busy: 600,
+            steal: 10,
+            total: 1500,
+            ours: 500,
+        };
+        // 500 busy - 450 ours + 10 stolen, of 500 ticks.
+        assert!((others_share(before, after) - 0.12).abs() < 1e-9);
+    }
+}

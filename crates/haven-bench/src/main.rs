@@ -1,0 +1,486 @@
+//! `haven-bench`: Haven's benchmark harness.
+//!
+//! One run measures every selected server side by side on this machine, over loopback: the
+//! trivial-handler ceiling (`crates/haven-http/examples/ceiling.rs`, the fastest a read could be
+//! with the same runtime and HTTP stack) and Haven on each storage backend, each started fresh by
+//! the harness. Each scenario runs a bounded time with a fixed number of connections; the result
+//! is a markdown report on stdout and in `bench/out/`. `bench/README.md` explains how to read it.
+//!
+//! The harness depends on no Haven crate on purpose: it sees Haven only as a client would, over
+//! HTTP, so it measures the shipped binary and cannot reach around the API.
+
+mod clinical;
+mod cpu;
+mod load;
+mod machine;
+mod postgres;
+mod report;
+mod scenarios;
+mod server;
+mod synth;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, ValueEnum};
+
+use crate::load::{Recorded, Shape};
+use crate::report::{Report, Row, ServerRun};
+use crate::scenarios::{FHIR, Setup, Workload};
+use crate::server::Server;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    Read,
+    Crud,
+    History,
+    Import,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Sqlite => "sqlite",
+            Self::Postgres => "postgres",
+        }
+    }
+}
+
+/// Benchmark Haven against the trivial-handler ceiling, side by side, on loopback.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Seconds measured per scenario and server.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    duration: u64,
+    /// Seconds of load before measuring starts (run, not recorded).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(0..=600))]
+    warmup: u64,
+    /// Concurrent connections, each with one request in flight.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    connections: u64,
+    /// Concurrent connections for the import scenario (each Bundle is 100 resources).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    import_connections: u64,
+    /// Threads of the load generator (default: the number of CPUs).
+    #[arg(long)]
+    client_threads: Option<usize>,
+    /// Scenarios to run, in this order.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "read,crud,history,import"
+    )]
+    scenarios: Vec<Scenario>,
+    /// Storage backends of Haven to measure.
+    #[arg(long, value_delimiter = ',', default_value = "sqlite,postgres")]
+    backends: Vec<Backend>,
+    /// The Haven release binary.
+    #[arg(long, default_value = "target/release/haven")]
+    haven_bin: PathBuf,
+    /// The ceiling server (`cargo build --release -p haven-http --example ceiling`).
+    #[arg(long, default_value = "target/release/examples/ceiling")]
+    ceiling_bin: PathBuf,
+    /// A PostgreSQL server where the harness may create and drop a database.
+    #[arg(
+        long,
+        env = "HAVEN_TEST_POSTGRES_URL",
+        hide_env_values = true,
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    postgres_url: String,
+    /// Directory for the reports (`results-<time>.md` and `latest.md`).
+    #[arg(long, default_value = "bench/out")]
+    out: PathBuf,
+    /// Haven's log level (`info`, its default, writes one line per request).
+    #[arg(long, default_value = "info")]
+    haven_log_level: String,
+    /// Seed of the synthetic patients imported.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let threads = args
+        .client_threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, usize::from))
+        .max(1);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("haven-bench: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        tokio::select! {
+            result = bench(args, threads) => result,
+            // Dropping the benchmark future runs the guards: servers stop, databases are dropped.
+            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted; servers stopped, temporary data removed")),
+        }
+    });
+    match result {
+        Ok(0) => ExitCode::SUCCESS,
+        Ok(errors) => {
+            eprintln!("haven-bench: {errors} interactions failed; see the report");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("haven-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn require_file(path: &Path, build: &str) -> anyhow::Result<()> {
+    if !path.is_file() {
+        bail!(
+            "{} not found; build it with `{build}` (bench/run does)",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+fn progress(server: &str, what: &str, rec: &Recorded) {
+    eprintln!(
+        "  {server:<8} {what:<24} {:>9.1}/s  p50 {:.2} ms  p99 {:.2} ms  errors {}",
+        rec.rate(),
+        rec.quantile_ms(0.5),
+        rec.quantile_ms(0.99),
+        rec.errors
+    );
+}
+
+/// Runs one measurement and gauges how much CPU other processes took meanwhile.
+async fn measure(
+    workload: Workload,
+    base: &str,
+    shape: Shape,
+    ours: cpu::Ours<'_>,
+) -> anyhow::Result<(Recorded, f64)> {
+    let before = cpu::sample(ours);
+    let rec = load::run(Arc::new(workload), base, shape).await?;
+    Ok((rec, cpu::others_share(before, cpu::sample(ours))))
+}
+
+/// Load shapes of a run.
+#[derive(Debug, Clone, Copy)]
+struct Shapes {
+    normal: Shape,
+    import: Shape,
+}
+
+/// Runs everything; returns the number of failed interactions.
+async fn bench(args: Args, threads: usize) -> anyhow::Result<u64> {
+    if !args.backends.is_empty() {
+        require_file(&args.haven_bin, "cargo build --release -p haven")?;
+    }
+    if args.scenarios.contains(&Scenario::Read) {
+        require_file(
+            &args.ceiling_bin,
+            "cargo build --release -p haven-http --example ceiling",
+        )?;
+    }
+    let pg_version = if args.backends.contains(&Backend::Postgres) {
+        Some(postgres::check(&args.postgres_url)?)
+    } else {
+        None
+    };
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+
+    let now = time::OffsetDateTime::now_utc();
+    let normal = Shape {
+        connections: usize::try_from(args.connections)?,
+        warmup: Duration::from_secs(args.warmup),
+        duration: Duration::from_secs(args.duration),
+    };
+    let shapes = Shapes {
+        normal,
+        import: Shape {
+            connections: usize::try_from(args.import_connections)?,
+            ..normal
+        },
+    };
+    let mut report = Report {
+        date: now
+            .format(time::macros::format_description!(
+                "[year]-[month]-[day] [hour]:[minute] UTC"
+            ))
+            .unwrap_or_default(),
+        commit: machine::git_commit(),
+        machine: Some(machine::Machine::probe()),
+        load_before: machine::load_average(),
+        settings: format!(
+            "{} s measured per scenario and server after {} s warm-up; {} connections (import: {}); \
+             load generator: haven-bench, {threads} threads, HTTP/1.1 keep-alive, one request in \
+             flight per connection",
+            args.duration, args.warmup, args.connections, args.import_connections
+        ),
+        import_note: format!(
+            "Each Bundle is one synthetic patient: 1 Patient, 5 Encounter, 80 Observation, \
+             5 Condition, 5 MedicationRequest, 2 Procedure and 2 Immunization, linked by \
+             `urn:uuid:` references, generated from seed {}; posted to `/fhir` as a transaction \
+             with `Prefer: return=minimal`.",
+            args.seed
+        ),
+        log_level: args.haven_log_level.clone(),
+        ..Report::default()
+    };
+    eprintln!(
+        "haven-bench: {} s per scenario, {} connections, scenarios {:?}, backends {:?}",
+        args.duration, args.connections, args.scenarios, args.backends
+    );
+
+    if args.scenarios.contains(&Scenario::Read) {
+        measure_ceiling(&args, shapes, &mut report).await?;
+    }
+    for &backend in &args.backends {
+        measure_haven(&args, backend, pg_version.as_deref(), shapes, &mut report).await?;
+    }
+
+    let text = report.render();
+    let stamp = now
+        .format(time::macros::format_description!(
+            "[year][month][day]T[hour][minute][second]Z"
+        ))
+        .unwrap_or_default();
+    let file = args.out.join(format!("results-{stamp}.md"));
+    std::fs::write(&file, &text).with_context(|| format!("cannot write {}", file.display()))?;
+    std::fs::write(args.out.join("latest.md"), &text)?;
+    println!("{text}");
+    eprintln!("haven-bench: report written to {}", file.display());
+    Ok(report.errors())
+}
+
+/// The read scenario against the trivial-handler ceiling.
+async fn measure_ceiling(args: &Args, shapes: Shapes, report: &mut Report) -> anyhow::Result<()> {
+    let mut ceiling = Server::ceiling(&args.ceiling_bin)?;
+    let base = ceiling.base_url();
+    let idle = ceiling.memory()?;
+    // The ceiling answers any id with the same Patient.
+    let path = format!("{FHIR}/Patient/5b0c1a7e-7d3c-4c36-9d0b-2f3e4a5b6c7d");
+    let size = Setup::new(&base)?.body_size(&path).await?;
+    report.read_body.push(("ceiling".into(), size));
+    let ours = cpu::Ours {
+        server: ceiling.pid(),
+        postgres_db: None,
+    };
+    let (rec, noise) = measure(Workload::Get { path }, &base, shapes.normal, ours).await?;
+    progress("ceiling", "read", &rec);
+    report.read.push(Row::new("ceiling", None, rec, noise));
+    let peak = ceiling.memory().unwrap_or_default();
+    let stop = ceiling.stop()?;
+    report.servers.push(ServerRun {
+        name: "ceiling".into(),
+        idle,
+        peak,
+        logs: ceiling.logs(),
+        group_commit: None,
+        stop,
+    });
+    Ok(())
+}
+
+/// Every selected scenario against a fresh Haven on `backend`.
+async fn measure_haven(
+    args: &Args,
+    backend: Backend,
+    pg_version: Option<&str>,
+    shapes: Shapes,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let name = backend.name();
+    let temp = tempfile::Builder::new()
+        .prefix("haven-bench-")
+        .tempdir()
+        .context("cannot create a temporary directory")?;
+    // Declared before the server so it is dropped after it: the server must stop first.
+    let database = match backend {
+        Backend::Postgres => Some(postgres::Database::create(&args.postgres_url)?),
+        Backend::Sqlite => None,
+    };
+    let mut server = Server::haven(
+        &args.haven_bin,
+        &temp.path().join("data"),
+        database.as_ref().map(|d| d.url.as_str()),
+        &args.haven_log_level,
+    )?;
+    let base = server.base_url();
+    let setup = Setup::new(&base)?;
+    let idle = server.memory()?;
+    let ours = cpu::Ours {
+        server: server.pid(),
+        postgres_db: database.as_ref().map(|d| d.name.as_str()),
+    };
+    eprintln!("{name}: Haven at {base}");
+
+    if report.search.is_none() {
+        let status = setup.search_status().await?;
+        report.search = Some(if status == 405 {
+            "not run: search not implemented yet (`GET /fhir/Patient` answers 405).".into()
+        } else {
+            format!(
+                "not run: the search mix is not written yet (`GET /fhir/Patient` now answers \
+                 {status}; add the scenario to haven-bench)."
+            )
+        });
+    }
+
+    for &scenario in &args.scenarios {
+        match scenario {
+            Scenario::Read => {
+                let id = setup.read_target().await?;
+                let path = format!("{FHIR}/Patient/{id}");
+                report
+                    .read_body
+                    .push((name.into(), setup.body_size(&path).await?));
+                let (rec, noise) =
+                    measure(Workload::Get { path }, &base, shapes.normal, ours).await?;
+                progress(name, "read", &rec);
+                report.read.push(Row::new(name, None, rec, noise));
+            }
+            Scenario::Crud => {
+                let (rec, noise) = measure(Workload::Crud, &base, shapes.normal, ours).await?;
+                progress(name, "crud (interactions)", &rec);
+                report.crud.push(Row::new(name, None, rec, noise));
+            }
+            Scenario::History => {
+                let id = setup.history_target().await?;
+                let variants = [
+                    (
+                        format!("instance, {} versions", scenarios::HISTORY_VERSIONS),
+                        format!("{FHIR}/Patient/{id}/_history"),
+                    ),
+                    (
+                        "type, _count=50".to_owned(),
+                        format!("{FHIR}/Patient/_history?_count=50"),
+                    ),
+                ];
+                for (variant, path) in variants {
+                    let (rec, noise) =
+                        measure(Workload::Get { path }, &base, shapes.normal, ours).await?;
+                    progress(name, &format!("history {variant}"), &rec);
+                    report
+                        .history
+                        .push(Row::new(name, Some(variant), rec, noise));
+                }
+            }
+            Scenario::Import => {
+                let workload = Workload::Import { seed: args.seed };
+                let (rec, noise) = measure(workload, &base, shapes.import, ours).await?;
+                progress(name, "import (bundles)", &rec);
+                report.import.push(Row::new(name, None, rec, noise));
+            }
+        }
+    }
+
+    let peak = server.memory().unwrap_or_default();
+    let group_commit = setup.metrics().await.as_deref().and_then(group_commit);
+    report.durability.push(match &database {
+        Some(db) => format!(
+            "PostgreSQL {}: synchronous_commit={}, fsync={}, wal_sync_method={}, \
+             full_page_writes={} (`SHOW` in the benchmark database)",
+            pg_version.unwrap_or("?"),
+            db.show("synchronous_commit"),
+            db.show("fsync"),
+            db.show("wal_sync_method"),
+            db.show("full_page_writes"),
+        ),
+        None => format!(
+            "SQLite: WAL journal, synchronous=FULL (set by haven-store-sqlite); data on {}",
+            machine::filesystem(temp.path())
+        ),
+    });
+    let stop = server.stop()?;
+    report.servers.push(ServerRun {
+        name: name.into(),
+        idle,
+        peak,
+        logs: server.logs(),
+        group_commit,
+        stop,
+    });
+    Ok(())
+}
+
+/// Group-commit figures from a Prometheus text page: commits, units per commit, commit time.
+fn group_commit(metrics: &str) -> Option<String> {
+    let total = |name: &str| -> Option<f64> {
+        let values = metrics
+            .lines()
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with([' ', '{']))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .collect::<Vec<_>>();
+        (!values.is_empty()).then(|| values.iter().sum())
+    };
+    let commits = total("haven_store_commit_units_count")?;
+    let units = total("haven_store_commit_units_sum")?;
+    let seconds = total("haven_store_commit_seconds_sum")?;
+    if commits == 0.0 {
+        return None;
+    }
+    Some(format!(
+        "{commits:.0} commits, {:.1} units of work per commit on average, {:.2} ms per commit on average",
+        units / commits,
+        1000.0 * seconds / commits
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_commit_figures_come_from_the_metrics_page() {
+        let page = "# TYPE haven_store_commit_units summary\n\
+                    haven_store_commit_units_bucket{le=\"1\"} 3\n\
+                    haven_store_commit_units_sum 40\n\
+                    haven_store_commit_units_count 10\n\
+                    haven_store_commit_seconds_sum 0.05\n\
+                    haven_store_commit_seconds_count 10\n";
+        assert_eq!(
+            group_commit(page).as_deref(),
+            Some(
+                "10 commits, 4.0 units of work per commit on average, 5.00 ms per commit on average"
+            )
+        );
+        assert_eq!(group_commit("haven_http_requests_total 3\n"), None);
+    }
+
+    #[test]
+    fn the_command_line_parses() {
+        let a = Args::try_parse_from([
+            "haven-bench",
+            "--duration",
+            "3",
+            "--scenarios",
+            "read,import",
+            "--backends",
+            "sqlite",
+        ])
+        .unwrap();
+        assert_eq!(a.duration, 3);
+        assert_eq!(a.scenarios, [Scenario::Read, Scenario::Import]);
+        assert_eq!(a.backends, [Backend::Sqlite]);
+        assert!(Args::try_parse_from(["haven-bench", "--duration", "0"]).is_err());
+    }
+}
