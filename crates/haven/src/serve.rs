@@ -69,6 +69,8 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
     let shutdown = shutdown_signal()?;
     telemetry::init_logging(&config)?;
     let metrics = telemetry::init_metrics()?;
+    let process = metrics_process::Collector::default();
+    process.describe();
     let store = open_store(&config).await?;
 
     let listener = TcpListener::bind(config.listen)
@@ -89,11 +91,16 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
     ));
     let state = AppState {
         service: service.clone(),
-        metrics: Arc::new(move || metrics.render()),
+        metrics: Arc::new(move || {
+            // Process figures (RSS, CPU, open fds) are sampled when Prometheus scrapes.
+            process.collect();
+            metrics.render()
+        }),
         metrics_token: config.metrics.token.as_ref().map(|t| Arc::from(t.expose())),
         trusted_proxies: config.trusted_proxies()?,
     };
     // Connect info gives the middleware each request's TCP peer (see `trusted_proxies`).
+    tokio::spawn(watch_readiness(service.clone()));
     let app =
         haven_http::app(state, modules(role)).into_make_service_with_connect_info::<SocketAddr>();
     let backend = if config.database_url.is_some() {
@@ -127,6 +134,19 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
     service.shutdown().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Keeps the `haven_ready` gauge current (1 when the database answers), so an alert can fire on
+/// a server that receives no traffic.
+async fn watch_readiness(service: Arc<FhirService>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        let ready = tokio::time::timeout(Duration::from_secs(3), service.ready())
+            .await
+            .is_ok_and(|r| r.is_ok());
+        metrics::gauge!("haven_ready").set(if ready { 1.0 } else { 0.0 });
+    }
 }
 
 /// Installs the SIGTERM and SIGINT handlers now and returns a future that completes on either.

@@ -60,5 +60,9 @@ pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
         "haven_store_commit_units",
         "Units of work made durable by one commit (group commit)"
     );
+    metrics::describe_gauge!(
+        "haven_ready",
+        "1 when the database answers (checked every 5 s), else 0"
+    );
     Ok(handle)
 }
