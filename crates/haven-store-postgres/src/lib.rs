@@ -133,6 +133,7 @@ impl ResourceStore for PgStore {
     }
 
     async fn write_erased(&self, work: ErasedWriteFn) -> Result<ErasedOutcome, StoreError> {
+        let started = std::time::Instant::now();
         let mut tx = self.pool.begin().await.map_err(map_err)?;
         let result = {
             let mut unit = PgTx { conn: &mut tx };
@@ -143,6 +144,11 @@ impl ResourceStore for PgStore {
                 // If the commit's answer is lost, the outcome is unknown: report the store as
                 // unavailable so the client retries (creates are not blindly repeated by us).
                 tx.commit().await.map_err(map_err)?;
+                // Same series as the SQLite store; PostgreSQL groups commits itself, so each
+                // unit counts as one.
+                metrics::histogram!("haven_store_commit_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                metrics::histogram!("haven_store_commit_units").record(1.0);
                 Ok(Ok(value))
             }
             Ok(Err(unit_error)) => {

@@ -18,12 +18,6 @@ fn external(name: &str) -> bool {
             .any(|p| name.starts_with(p))
 }
 
-/// Only the embedded SQLite store reports group commits (`haven_store_commit_*`); the suite runs
-/// against PostgreSQL when `HAVEN_TEST_BACKEND=postgres`.
-fn store_reports_commits() -> bool {
-    std::env::var("HAVEN_TEST_BACKEND").map_or(true, |b| b != "postgres")
-}
-
 /// Starts Haven, makes requests with the outcomes the metrics label (a create that commits, a
 /// read, a 404 and a 400), and returns its `/metrics` page.
 async fn exercised_scrape() -> String {
@@ -97,9 +91,6 @@ async fn every_haven_metric_in_the_rules_and_the_dashboard_is_exposed() {
             .into_iter()
             .filter(|n| !n.contains(':') && !external(n))
         {
-            if name.starts_with("haven_store_commit_") && !store_reports_commits() {
-                continue;
-            }
             if !exposed.contains(&name) {
                 missing.push(format!("{place}: {name}"));
             }
@@ -114,17 +105,14 @@ async fn every_haven_metric_in_the_rules_and_the_dashboard_is_exposed() {
         missing.join("\n")
     );
     // The comparison really covered Haven's own metrics (a reader bug would make it vacuous).
-    let mut expected = vec![
+    // Both stores report their commits (PostgreSQL one unit per commit).
+    for name in [
         "haven_http_requests_total",
         "haven_http_request_duration_seconds_bucket",
-    ];
-    if store_reports_commits() {
-        expected.extend([
-            "haven_store_commit_seconds_bucket",
-            "haven_store_commit_units_sum",
-        ]);
-    }
-    for name in expected {
+        "haven_store_commit_seconds_bucket",
+        "haven_store_commit_units_sum",
+        "haven_ready",
+    ] {
         assert!(checked.contains(name), "no rule or panel uses {name}");
     }
 }
