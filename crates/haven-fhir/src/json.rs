@@ -73,7 +73,8 @@ pub fn parse_json(bytes: &[u8], limits: &JsonLimits) -> Result<Value, JsonError>
         .and_then(|value| de.end().map(|()| value));
     result.map_err(|err| match failure.take() {
         Some(Failure::Duplicate(key)) => JsonError::DuplicateKey {
-            key,
+            // Echo at most 64 characters of a client-chosen key.
+            key: key.chars().take(64).collect(),
             line: err.line(),
             column: err.column(),
         },

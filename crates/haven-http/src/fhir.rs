@@ -163,6 +163,15 @@ async fn serve(
             header::HeaderName::from_static("prefer"),
         )),
     };
+    // Conditional create/update are not offered yet: refusing is safer than ignoring the header
+    // and creating a duplicate the client asked us not to create.
+    for h in ["if-none-exist", "if-none-match"] {
+        if headers.contains_key(h) {
+            return Err(ServiceError::BadRequest(format!(
+                "{h} (conditional interactions) is not supported by this server version; see /metadata"
+            )));
+        }
+    }
     let resp = service
         .handle(
             &ctx,

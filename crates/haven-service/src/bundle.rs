@@ -9,12 +9,14 @@
 use std::collections::{HashMap, HashSet};
 
 use base64::Engine as _;
+use futures::StreamExt as _;
 use haven_store::{StoreError, WriteTx, run_write};
 use serde_json::{Map, Value};
 
 use crate::history::{BundleOut, Entry, EntryResponse, bundle_meta, raw, status_line};
 use crate::interactions::{Done, apply};
-use crate::prepare::{Op, check_resource, conformance_errors, parse_if_match, parse_patch};
+use crate::patch::parse_patch;
+use crate::prepare::{Op, cap_issues, check_resource, conformance_errors, parse_if_match};
 use crate::route::{Method, Route, route, split_url};
 use crate::{FhirResponse, FhirService, RequestContext, ReturnPreference, ServiceError, outcome};
 
@@ -49,6 +51,9 @@ impl From<StoreError> for EntryFailure {
         }
     }
 }
+
+/// Entries of a batch that run at once.
+const BATCH_CONCURRENCY: usize = 8;
 
 /// Lost write races (two writers creating the same version at once, which only a replicated
 /// database can produce) are retried: the next attempt sees the winner's version and then
@@ -366,6 +371,7 @@ impl FhirService {
                     id,
                     patch: parse_patch(doc)?,
                     if_match,
+                    limits: self.patch_limits(),
                 }
             }
             Route::Delete(ty, id) => Op::Delete { ty, id, if_match },
@@ -464,7 +470,7 @@ impl FhirService {
             }
         }
         if !issues.is_empty() {
-            return Err(ServiceError::Invalid(issues));
+            return Err(ServiceError::Invalid(cap_issues(issues)));
         }
         ops.sort_by_key(|(index, ph, _)| (*ph, *index));
 
@@ -547,12 +553,32 @@ impl FhirService {
                 Err(err) => outcomes[i] = Some(Err(err)),
             }
         }
-        // Entries of one phase run concurrently, so their writes share group commits.
+        // Batch entries must not depend on each other (http.html#brules): two writes to one
+        // resource would race, so every write after the first to a resource is refused.
+        let mut written = HashSet::new();
+        for group in &mut phases {
+            group.retain(|(i, op)| {
+                let (ty, id) = op.target();
+                if op.is_write() && !written.insert((ty, id.clone())) {
+                    outcomes[*i] = Some(Err(ServiceError::BadRequest(format!(
+                        "{ty}/{id} is changed by an earlier entry of this batch; batch entries must be independent"
+                    ))));
+                    return false;
+                }
+                true
+            });
+        }
+        // Entries of one phase run concurrently, a bounded number at a time, so their writes
+        // share group commits without one batch taking every database connection.
         for group in phases {
-            let runs = group
-                .into_iter()
-                .map(|(i, op)| async move { (i, self.execute_op(op).await) });
-            for (i, r) in futures::future::join_all(runs).await {
+            let runs = futures::stream::iter(
+                group
+                    .into_iter()
+                    .map(|(i, op)| async move { (i, self.execute_op(op).await) }),
+            )
+            .buffer_unordered(BATCH_CONCURRENCY);
+            let done: Vec<(usize, Result<Done, ServiceError>)> = runs.collect().await;
+            for (i, r) in done {
                 outcomes[i] = Some(r);
             }
         }

@@ -7,6 +7,7 @@ use haven_domain::{ResourceType, Timestamp, VersionId};
 use haven_store::{ChangeKind, NewVersion, StoredVersion, WriteTx};
 use serde_json::Value;
 
+use crate::patch::apply_patch;
 use crate::prepare::{Op, check_resource, finalize};
 use crate::{FhirResponse, FhirService, RequestContext, ReturnPreference, ServiceError, outcome};
 
@@ -90,6 +91,7 @@ pub(crate) async fn apply(tx: &mut dyn WriteTx, op: Op) -> Result<Done, ServiceE
             id,
             patch,
             if_match,
+            limits,
         } => {
             let current = tx
                 .read_current(ty, &id)
@@ -106,9 +108,7 @@ pub(crate) async fn apply(tx: &mut dyn WriteTx, op: Op) -> Result<Done, ServiceE
             let body = current.body.as_deref().ok_or(ServiceError::Internal)?;
             let mut doc: Value =
                 serde_json::from_slice(body).map_err(|_| ServiceError::Internal)?;
-            json_patch::patch(&mut doc, &patch).map_err(|e| {
-                ServiceError::Unprocessable(format!("the JSON Patch cannot be applied: {e}"))
-            })?;
+            apply_patch(&mut doc, &patch, limits)?;
             let Value::Object(mut patched) = doc else {
                 return Err(ServiceError::Unprocessable(
                     "the JSON Patch must leave a JSON object".into(),

@@ -14,6 +14,7 @@ mod error;
 mod history;
 mod interactions;
 pub mod outcome;
+mod patch;
 mod prepare;
 mod route;
 

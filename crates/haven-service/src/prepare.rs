@@ -6,6 +6,7 @@ use bytes::Bytes;
 use haven_domain::{ResourceId, ResourceType, Timestamp, VersionId};
 use serde_json::{Map, Value};
 
+use crate::patch::{PatchLimits, parse_patch};
 use crate::{FhirService, RequestBody, Route, ServiceError};
 
 /// A single interaction ready to run inside a unit of work.
@@ -27,6 +28,7 @@ pub(crate) enum Op {
         id: ResourceId,
         patch: json_patch::Patch,
         if_match: Option<VersionId>,
+        limits: PatchLimits,
     },
     Delete {
         ty: ResourceType,
@@ -173,8 +175,27 @@ pub(crate) fn conformance_errors(resource: &Map<String, Value>) -> Result<(), Se
     if issues.is_empty() {
         Ok(())
     } else {
-        Err(ServiceError::Invalid(issues))
+        Err(ServiceError::Invalid(cap_issues(issues)))
     }
+}
+
+/// Most issues reported for one request; a body built to fail everywhere must not turn into a
+/// response hundreds of times its size.
+pub(crate) const MAX_ISSUES: usize = 100;
+
+/// Keeps the first [`MAX_ISSUES`] issues and says how many more there were.
+pub(crate) fn cap_issues(mut issues: Vec<haven_fhir::Issue>) -> Vec<haven_fhir::Issue> {
+    if issues.len() > MAX_ISSUES {
+        let more = issues.len() - MAX_ISSUES;
+        issues.truncate(MAX_ISSUES);
+        issues.push(haven_fhir::Issue {
+            severity: haven_fhir::Severity::Information,
+            code: haven_fhir::IssueCode::TooLong,
+            location: String::new(),
+            message: format!("{more} more issues were found and are not listed; fix these first"),
+        });
+    }
+    issues
 }
 
 /// Sets id, `meta.versionId` and `meta.lastUpdated`, and serializes with `resourceType`, `id`
@@ -212,6 +233,14 @@ pub(crate) fn finalize(
 }
 
 impl FhirService {
+    /// A patched resource must fit the limits of a request body.
+    pub(crate) fn patch_limits(&self) -> PatchLimits {
+        PatchLimits {
+            max_depth: self.config.limits.max_json_depth,
+            max_bytes: self.config.limits.max_body_bytes,
+        }
+    }
+
     /// Prepares a single REST interaction (not history, bundles or operations).
     pub(crate) fn prepare_single(
         &self,
@@ -244,6 +273,7 @@ impl FhirService {
                     id,
                     patch: parse_patch(doc)?,
                     if_match,
+                    limits: self.patch_limits(),
                 },
                 _ => {
                     return Err(ServiceError::UnsupportedMedia(
@@ -294,15 +324,6 @@ pub(crate) fn resource_body(
             "this interaction needs a resource in the request body".into(),
         )),
     }
-}
-
-pub(crate) fn parse_patch(doc: Value) -> Result<json_patch::Patch, ServiceError> {
-    serde_json::from_value(doc).map_err(|e| {
-        ServiceError::BadRequest(format!(
-            "the body is not a valid JSON Patch (RFC 6902) document: {}",
-            e.to_string().chars().take(200).collect::<String>()
-        ))
-    })
 }
 
 #[cfg(test)]

@@ -45,6 +45,9 @@ pub struct SqliteOptions {
     pub queue_depth: usize,
     /// How long a reader waits for a lock before giving up.
     pub busy_timeout: Duration,
+    /// Caps the database file at this many pages (`PRAGMA max_page_count`); writes beyond it
+    /// fail with 503 as on a full disk. `None`: no cap beyond SQLite's own.
+    pub max_pages: Option<u32>,
 }
 
 impl Default for SqliteOptions {
@@ -54,6 +57,7 @@ impl Default for SqliteOptions {
             max_batch: 256,
             queue_depth: 1024,
             busy_timeout: Duration::from_secs(5),
+            max_pages: None,
         }
     }
 }
@@ -92,6 +96,15 @@ impl SqliteStore {
             .run(&mut conn)
             .await
             .map_err(|e| StoreError::Internal(format!("migration failed: {e}")))?;
+
+        if let Some(pages) = options.max_pages {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "PRAGMA max_page_count = {pages}"
+            )))
+            .execute(&mut conn)
+            .await
+            .map_err(StoreError::internal)?;
+        }
 
         let readers = SqlitePoolOptions::new()
             .max_connections(options.read_connections.max(1))
@@ -182,7 +195,15 @@ impl ResourceStore for SqliteStore {
             .execute(&mut *conn)
             .await
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        Ok(())
+        drop(conn);
+        // The writer too: a stuck or dead writer task must make the server unready, not only
+        // fail every write. An empty unit writes nothing (no fsync).
+        let noop: ErasedWriteFn =
+            Box::new(|_tx| Box::pin(async { Ok(Box::new(()) as Box<dyn std::any::Any + Send>) }));
+        match self.write_erased(noop).await? {
+            Ok(_) => Ok(()),
+            Err(_) => Err(StoreError::Unavailable("the writer refused a no-op".into())),
+        }
     }
 
     async fn close(&self) {

@@ -15,12 +15,27 @@ pub(crate) async fn acquire(pool: &SqlitePool) -> Result<PoolConnection<Sqlite>,
         .map_err(|e| StoreError::Unavailable(e.to_string()))
 }
 
+/// Classifies driver errors. Conditions of the machine rather than of the request (busy, locked,
+/// out of memory, I/O error, disk full, cannot open) are `Unavailable`: a 503 the client may
+/// retry once the operator has acted.
 pub(crate) fn map_err(e: sqlx::Error) -> StoreError {
-    match e {
+    match &e {
         sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
             StoreError::Unavailable(e.to_string())
         }
-        other => StoreError::internal(other),
+        sqlx::Error::Database(db) => {
+            // Extended result codes carry the primary code in their low byte.
+            let primary = db
+                .code()
+                .and_then(|c| c.parse::<i32>().ok())
+                .map(|c| c & 0xff);
+            match primary {
+                // SQLITE_BUSY, LOCKED, NOMEM, READONLY, IOERR, FULL, CANTOPEN
+                Some(5 | 6 | 7 | 8 | 10 | 13 | 14) => StoreError::Unavailable(e.to_string()),
+                _ => StoreError::internal(e),
+            }
+        }
+        _ => StoreError::internal(e),
     }
 }
 

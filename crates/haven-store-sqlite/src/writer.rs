@@ -39,15 +39,23 @@ pub(crate) async fn run(
         }
         let started = Instant::now();
         let mut acks: Vec<Ack> = Vec::new();
-        run_unit(&mut conn, first, &mut acks).await;
+        let mut sound = run_unit(&mut conn, first, &mut acks).await;
         // Everything that queued while the previous commit was syncing joins this one.
-        while acks.len() < max_batch {
+        while sound && acks.len() < max_batch {
             match jobs.try_recv() {
-                Ok(job) => run_unit(&mut conn, job, &mut acks).await,
+                Ok(job) => sound = run_unit(&mut conn, job, &mut acks).await,
                 Err(_) => break,
             }
         }
-        let committed = if acks.is_empty() {
+        let committed = if !sound {
+            // A savepoint could not be rolled back or released: SQLite may have rolled the whole
+            // transaction back by itself (full disk, I/O error). Nothing of this batch can be
+            // trusted to commit, so none of it is acknowledged.
+            let _ = exec(&mut conn, "ROLLBACK").await;
+            Err(sqlx::Error::Protocol(
+                "write batch abandoned after a savepoint failure".into(),
+            ))
+        } else if acks.is_empty() {
             exec(&mut conn, "ROLLBACK").await
         } else {
             exec(&mut conn, "COMMIT").await
@@ -73,39 +81,51 @@ pub(crate) async fn run(
 }
 
 /// Runs one unit inside a savepoint. Successful units wait in `acks` for the commit; failed or
-/// panicking units are rolled back to their savepoint and answered at once.
-async fn run_unit(conn: &mut SqliteConnection, job: Job, acks: &mut Vec<Ack>) {
+/// panicking units are rolled back to their savepoint and answered at once. Returns `false` when
+/// the batch's transaction can no longer be trusted (a savepoint statement failed), so the
+/// caller abandons the whole batch instead of committing neighbours' work around a hole.
+async fn run_unit(conn: &mut SqliteConnection, job: Job, acks: &mut Vec<Ack>) -> bool {
     if let Err(e) = exec(conn, "SAVEPOINT unit").await {
         let _ = job.reply.send(Err(StoreError::Unavailable(e.to_string())));
-        return;
+        return false;
     }
     let result = {
         let mut tx = SqliteTx { conn: &mut *conn };
         AssertUnwindSafe((job.work)(&mut tx)).catch_unwind().await
     };
-    match result {
-        Ok(Ok(value)) => match exec(conn, "RELEASE unit").await {
-            Ok(()) => acks.push((job.reply, Ok(value))),
-            Err(e) => {
-                let _ = exec(conn, "ROLLBACK TO unit").await;
-                let _ = exec(conn, "RELEASE unit").await;
-                let _ = job.reply.send(Err(StoreError::internal(e)));
-            }
-        },
-        Ok(Err(unit_error)) => {
-            let _ = exec(conn, "ROLLBACK TO unit").await;
-            let _ = exec(conn, "RELEASE unit").await;
-            let _ = job.reply.send(Ok(Err(unit_error)));
-        }
+    let (outcome, release) = match result {
+        Ok(Ok(value)) => (Some(Ok(value)), exec(conn, "RELEASE unit").await),
+        Ok(Err(unit_error)) => (Some(Err(unit_error)), rollback_savepoint(conn).await),
         Err(_panic) => {
             tracing::error!("a unit of work panicked; it was rolled back");
-            let _ = exec(conn, "ROLLBACK TO unit").await;
-            let _ = exec(conn, "RELEASE unit").await;
+            (None, rollback_savepoint(conn).await)
+        }
+    };
+    if let Err(e) = release {
+        tracing::error!(error = %e, "a savepoint could not be released or rolled back");
+        let _ = job.reply.send(Err(StoreError::Unavailable(
+            "the write could not be completed; retry".into(),
+        )));
+        return false;
+    }
+    match outcome {
+        Some(Ok(value)) => acks.push((job.reply, Ok(value))),
+        // The unit's own error: nothing of it remains, answer now.
+        Some(Err(unit_error)) => {
+            let _ = job.reply.send(Ok(Err(unit_error)));
+        }
+        None => {
             let _ = job
                 .reply
                 .send(Err(StoreError::Internal("unit of work panicked".into())));
         }
     }
+    true
+}
+
+async fn rollback_savepoint(conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
+    exec(conn, "ROLLBACK TO unit").await?;
+    exec(conn, "RELEASE unit").await
 }
 
 async fn exec(conn: &mut SqliteConnection, sql: &'static str) -> Result<(), sqlx::Error> {

@@ -250,12 +250,13 @@ impl Validator<'_> {
                 })
                 .collect();
             format!(
-                "unknown element '{key}' in {}; allowed: {}",
+                "unknown element '{}' in {}; allowed: {}",
+                shown(key),
                 ctx.path,
                 list(&names)
             )
         };
-        self.issue(IssueCode::Structure, &loc.field(key), msg);
+        self.issue(IssueCode::Structure, &loc.field(&shown(key)), msg);
     }
 
     #[expect(
@@ -544,4 +545,10 @@ fn list(names: &[String]) -> String {
         0 => shown,
         more => format!("{shown}, ... ({more} more)"),
     }
+}
+
+/// A client-chosen element name as it may appear in a message: at most 64 characters, so a
+/// megabyte-long key cannot be echoed back.
+fn shown(key: &str) -> String {
+    key.chars().take(64).collect()
 }

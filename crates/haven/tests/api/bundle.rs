@@ -369,3 +369,32 @@ async fn transaction_delete_honours_if_match() {
     assert_outcome(&resp, 412, "conflict");
     app.get("Patient/p1").await.assert_status(200);
 }
+
+#[tokio::test]
+async fn batch_entries_that_depend_on_each_other_are_refused() {
+    let app = spawn_app().await;
+    let created = app.create(&patient()).await;
+    let id = created["id"].as_str().unwrap();
+    let put = |active: bool| {
+        let mut p = with_id(patient(), id);
+        p["active"] = json!(active);
+        json!({"resource": p, "request": {"method": "PUT", "url": format!("Patient/{id}")}})
+    };
+    let bundle = json!({
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [put(true), put(false)]
+    });
+    let resp = app.post_json("", &bundle).await;
+    resp.assert_status(200);
+    let out = resp.json();
+    let statuses: Vec<&str> = entries(&out)
+        .iter()
+        .map(|e| e["response"]["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["200 OK", "400 Bad Request"]);
+    // The first entry won, deterministically.
+    let now = app.get(&format!("Patient/{id}")).await.json();
+    assert_eq!(now["active"], true);
+    assert_eq!(now["meta"]["versionId"], "2");
+}

@@ -246,3 +246,99 @@ async fn method_not_allowed_names_the_allowed_methods() {
         );
     }
 }
+
+#[tokio::test]
+async fn json_patches_cannot_amplify_a_resource() {
+    let app = spawn_app().await;
+    let created = app.create(&patient()).await;
+    let id = created["id"].as_str().unwrap();
+    let path = format!("Patient/{id}");
+    // Copying the whole resource, or a value into itself, is refused outright.
+    assert_outcome(
+        &app.patch(
+            &path,
+            &json!([{"op": "copy", "from": "", "path": "/contained"}]),
+        )
+        .await,
+        400,
+        "invalid",
+    );
+    assert_outcome(
+        &app.patch(
+            &path,
+            &json!([{"op": "copy", "from": "/name", "path": "/name/0/x"}]),
+        )
+        .await,
+        400,
+        "invalid",
+    );
+    // Too many operations.
+    let many: Vec<_> = (0..101)
+        .map(|_| json!({"op": "test", "path": "/resourceType", "value": "Patient"}))
+        .collect();
+    assert_outcome(&app.patch(&path, &json!(many)).await, 400, "invalid");
+    // Doubling through sibling copies stops at the body-size limit: 422, and nothing changed.
+    let mut doubling =
+        vec![json!({"op": "add", "path": "/name/0/text", "value": "x".repeat(4000)})];
+    for i in 0..40 {
+        doubling.push(json!({"op": "copy", "from": "/name/0", "path": format!("/name/{}", i + 1)}));
+    }
+    let small = spawn_app_with(&[("HAVEN_LIMITS__MAX_BODY_BYTES", "65536")]).await;
+    let created = small.create(&patient()).await;
+    let sid = created["id"].as_str().unwrap();
+    assert_outcome(
+        &small
+            .patch(&format!("Patient/{sid}"), &json!(doubling))
+            .await,
+        422,
+        "business-rule",
+    );
+    let after = small.get(&format!("Patient/{sid}")).await;
+    assert_eq!(
+        after.json()["meta"]["versionId"],
+        "1",
+        "a refused patch changed the resource"
+    );
+}
+
+#[tokio::test]
+async fn conditional_headers_are_refused_not_ignored() {
+    let app = spawn_app().await;
+    let resp = app
+        .send(
+            app.request(Method::POST, "Patient")
+                .header(CONTENT_TYPE, FHIR_JSON)
+                .header("If-None-Exist", "identifier=http://example.org|1")
+                .body(patient().to_string()),
+        )
+        .await;
+    assert_outcome(&resp, 400, "invalid");
+    // Nothing was created behind the client's back.
+    let history = app.get("Patient/_history").await.json();
+    assert!(entries(&history).is_empty());
+}
+
+#[tokio::test]
+async fn validation_reports_are_capped() {
+    let app = spawn_app().await;
+    let mut body = serde_json::Map::new();
+    body.insert("resourceType".into(), json!("Patient"));
+    for i in 0..500 {
+        body.insert(format!("unknown{i}"), json!(1));
+    }
+    let resp = post_raw(
+        &app,
+        "Patient",
+        &serde_json::Value::Object(body).to_string(),
+    )
+    .await;
+    let oo = assert_outcome(&resp, 400, "structure");
+    let issues = oo["issue"].as_array().unwrap();
+    assert_eq!(issues.len(), 101, "100 issues and one saying how many more");
+    assert!(
+        issues[100]["diagnostics"]
+            .as_str()
+            .unwrap()
+            .contains("400 more")
+    );
+}
