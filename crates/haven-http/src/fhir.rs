@@ -13,6 +13,7 @@ use haven_service::{
     FhirRequest, FhirService, Method, RequestBody, RequestContext, Route, ServiceError, route,
     split_url,
 };
+use std::sync::Arc;
 
 use crate::middleware::RequestLabels;
 use crate::negotiate::{self, BodyKind};
@@ -97,7 +98,7 @@ fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
 
 #[allow(clippy::too_many_arguments)]
 async fn serve(
-    service: &FhirService,
+    service: &Arc<FhirService>,
     request_id: &str,
     http_method: &HttpMethod,
     headers: &HeaderMap,
@@ -201,8 +202,11 @@ async fn serve(
     Ok(fhir_response(resp, out))
 }
 
+/// Bodies above this size are parsed off the async workers.
+const OFFLOAD_BYTES: usize = 256 * 1024;
+
 async fn read_body(
-    service: &FhirService,
+    service: &Arc<FhirService>,
     headers: &HeaderMap,
     route: &Route,
     body: Body,
@@ -238,6 +242,15 @@ async fn read_body(
             "PATCH takes a JSON Patch document with Content-Type application/json-patch+json; FHIRPath Patch is not supported"
                 .into(),
         )),
+        // Large bodies are parsed on a blocking thread, so a few megabyte-sized uploads cannot
+        // stall the async workers that also answer health checks.
+        BodyKind::FhirJson if bytes.len() > OFFLOAD_BYTES => {
+            let svc = Arc::clone(service);
+            let parsed = tokio::task::spawn_blocking(move || svc.parse_resource(&bytes))
+                .await
+                .map_err(|_| ServiceError::Internal)??;
+            Ok(RequestBody::Resource(parsed))
+        }
         BodyKind::FhirJson => Ok(RequestBody::Resource(service.parse_resource(&bytes)?)),
         BodyKind::Other(ct) if is_binary_write => Ok(RequestBody::Raw {
             content_type: ct,

@@ -86,7 +86,7 @@ pub(crate) trait IsRace {
 
 impl IsRace for ServiceError {
     fn is_race(&self) -> bool {
-        matches!(self, ServiceError::Conflict(_))
+        matches!(self, ServiceError::WriteRace)
     }
 }
 
@@ -130,7 +130,6 @@ fn in_entry(e: ServiceError, index: usize) -> ServiceError {
         ServiceError::NotFound(m) => ServiceError::NotFound(p(m)),
         ServiceError::MethodNotAllowed(m) => ServiceError::MethodNotAllowed(p(m)),
         ServiceError::NotAcceptable(m) => ServiceError::NotAcceptable(p(m)),
-        ServiceError::Conflict(m) => ServiceError::Conflict(p(m)),
         ServiceError::Gone {
             message,
             version,
@@ -147,7 +146,9 @@ fn in_entry(e: ServiceError, index: usize) -> ServiceError {
         ServiceError::UnknownType(t) => ServiceError::NotFound(p(format!(
             "'{t}' is not an R4 resource type this server knows"
         ))),
-        other @ (ServiceError::Unavailable | ServiceError::Internal) => other,
+        other @ (ServiceError::Unavailable | ServiceError::Internal | ServiceError::WriteRace) => {
+            other
+        }
     }
 }
 

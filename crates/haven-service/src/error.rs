@@ -9,7 +9,7 @@
 //! | `NotFound`            | 404    | not-found       | no such resource or version                        |
 //! | `MethodNotAllowed`    | 405    | not-supported   | interaction not offered at that path               |
 //! | `NotAcceptable`       | 406    | not-supported   | `Accept`/`_format` asks for a format we lack       |
-//! | `Conflict`            | 409    | conflict        | concurrent change to the same resource             |
+//! | `WriteRace`           | 409    | conflict        | lost a write race (retried before it is returned)  |
 //! | `Gone`                | 410    | deleted         | resource (or version) was deleted                  |
 //! | `PreconditionFailed`  | 412    | conflict        | `If-Match` names a stale version                   |
 //! | `TooLarge`            | 413    | too-long        | body or Bundle over the configured limit           |
@@ -41,8 +41,10 @@ pub enum ServiceError {
     MethodNotAllowed(String),
     #[error("not acceptable: {0}")]
     NotAcceptable(String),
-    #[error("conflict: {0}")]
-    Conflict(String),
+    /// Another writer created the same version at the same instant. The service retries the
+    /// unit of work; only a race lost repeatedly reaches the client.
+    #[error("lost a write race")]
+    WriteRace,
     #[error("gone: {message}")]
     Gone {
         message: String,
@@ -72,10 +74,7 @@ impl From<StoreError> for ServiceError {
             }
             StoreError::VersionConflict(detail) => {
                 tracing::info!(%detail, "lost a write race");
-                ServiceError::Conflict(
-                    "the resource was changed by another request at the same time; read it again and retry"
-                        .into(),
-                )
+                ServiceError::WriteRace
             }
             StoreError::Corrupt(detail) | StoreError::Internal(detail) => {
                 tracing::error!(%detail, "store error");
@@ -96,7 +95,7 @@ impl ServiceError {
             ServiceError::UnknownType(_) | ServiceError::NotFound(_) => 404,
             ServiceError::MethodNotAllowed(_) => 405,
             ServiceError::NotAcceptable(_) => 406,
-            ServiceError::Conflict(_) => 409,
+            ServiceError::WriteRace => 409,
             ServiceError::Gone { .. } => 410,
             ServiceError::PreconditionFailed(_) => 412,
             ServiceError::TooLarge(_) => 413,
@@ -132,9 +131,12 @@ impl ServiceError {
             ServiceError::MethodNotAllowed(m)
             | ServiceError::NotAcceptable(m)
             | ServiceError::UnsupportedMedia(m) => one(IssueCode::NotSupported, m.clone()),
-            ServiceError::Conflict(m) | ServiceError::PreconditionFailed(m) => {
-                one(IssueCode::Conflict, m.clone())
-            }
+            ServiceError::PreconditionFailed(m) => one(IssueCode::Conflict, m.clone()),
+            ServiceError::WriteRace => one(
+                IssueCode::Conflict,
+                "the resource was changed by another request at the same time; read it again and retry"
+                    .into(),
+            ),
             ServiceError::Gone { message, .. } => one(IssueCode::Deleted, message.clone()),
             ServiceError::TooLarge(m) => one(IssueCode::TooLong, m.clone()),
             ServiceError::Unprocessable(m) => one(IssueCode::BusinessRule, m.clone()),

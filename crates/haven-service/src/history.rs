@@ -198,6 +198,9 @@ impl FhirService {
                 at,
                 count,
                 cursor,
+                // The same budget as a request body: a page is never much larger than what a
+                // client may send.
+                max_bytes: limits.max_body_bytes.max(1 << 20),
             })
             .await?;
 

@@ -1,5 +1,6 @@
 //! Queries shared by the read pool and the writer's transaction.
 
+use futures::TryStreamExt as _;
 use haven_domain::{ResourceId, ResourceType, VersionId};
 use haven_store::sql::{self, Placeholders, SqlArg};
 use haven_store::{
@@ -133,13 +134,23 @@ pub(crate) async fn history(
             SqlArg::Int(i) => query.bind(i),
         };
     }
-    let rows = query.fetch_all(&mut *conn).await.map_err(map_err)?;
-    let mut entries = Vec::with_capacity(rows.len());
-    for row in &rows {
+    // Rows are streamed and the page stops at the byte budget, so a history of large versions
+    // (Binary, big documents) cannot pull gigabytes into memory for one request.
+    let mut rows = query.fetch(&mut *conn);
+    let mut entries = Vec::new();
+    let mut bytes = 0usize;
+    let mut cut_short = false;
+    while let Some(row) = rows.try_next().await.map_err(map_err)? {
+        let version = version_from_row(&row, None)?;
+        bytes += version.body.as_ref().map_or(0, |b| b.len());
         entries.push(HistoryEntry {
             seq: row.try_get("seq").map_err(map_err)?,
-            version: version_from_row(row, None)?,
+            version,
         });
+        if bytes > q.max_bytes && entries.len() <= q.count as usize {
+            cut_short = true;
+            break;
+        }
     }
-    Ok(sql::history_page(q, entries))
+    Ok(sql::history_page(q, entries, cut_short))
 }

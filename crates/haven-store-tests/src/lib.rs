@@ -30,6 +30,7 @@ macro_rules! store_contract_tests {
             history_is_newest_first_and_scoped,
             history_pages_neither_skip_nor_repeat,
             history_since_and_at,
+            history_pages_stop_at_the_byte_budget,
             writes_are_visible_to_new_reads,
         );
     };
@@ -461,6 +462,7 @@ fn query(scope: HistoryScope) -> HistoryQuery {
         at: None,
         count: 100,
         cursor: None,
+        max_bytes: 1 << 20,
     }
 }
 
@@ -616,6 +618,47 @@ pub async fn history_since_and_at(store: &dyn ResourceStore) {
         labels(&store.history(&q).await.unwrap()),
         ["Patient/a/3", "Observation/o/1", "Patient/b/1"]
     );
+}
+
+pub async fn history_pages_stop_at_the_byte_budget(store: &dyn ResourceStore) {
+    // Ten versions of ~1 KB each; a 2.5 KB budget gives pages of three, the last one smaller.
+    for v in 1..=10u64 {
+        let mut nv = new_version(
+            "Binary",
+            "big",
+            v,
+            v as i64,
+            if v == 1 {
+                ChangeKind::Create
+            } else {
+                ChangeKind::Update
+            },
+        );
+        nv.body = Some(Bytes::from(format!("{{\"pad\":\"{}\"}}", "x".repeat(1000))));
+        append(store, nv).await.unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    let mut pages = 0;
+    loop {
+        let mut q = query(HistoryScope::Instance(ty("Binary"), rid("big")));
+        q.max_bytes = 2500;
+        q.cursor = cursor;
+        let page = store.history(&q).await.unwrap();
+        pages += 1;
+        assert!(
+            !page.entries.is_empty() && page.entries.len() <= 3,
+            "{}",
+            page.entries.len()
+        );
+        seen.extend(page.entries.iter().map(|e| e.version.version.get()));
+        if !page.has_older {
+            break;
+        }
+        cursor = Some(HistoryCursor::Before(page.entries.last().unwrap().seq));
+    }
+    assert_eq!(seen, (1..=10).rev().collect::<Vec<u64>>());
+    assert_eq!(pages, 4);
 }
 
 pub async fn writes_are_visible_to_new_reads(store: &dyn ResourceStore) {

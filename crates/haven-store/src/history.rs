@@ -37,6 +37,9 @@ pub struct HistoryQuery {
     pub at: Option<Period>,
     pub count: u32,
     pub cursor: Option<HistoryCursor>,
+    /// A page ends early once its bodies exceed this many bytes (at least one entry is always
+    /// returned), with a `next` link to the rest.
+    pub max_bytes: usize,
 }
 
 #[derive(Clone, Debug)]

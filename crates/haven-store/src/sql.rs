@@ -106,9 +106,10 @@ fn number_placeholders(sql: &str) -> String {
 }
 
 /// Turns the rows of [`history_sql`] (in the order the query returned them) into a page.
+/// `cut_short`: the reader stopped early at the byte budget, so more entries follow.
 #[must_use]
-pub fn history_page(q: &HistoryQuery, mut rows: Vec<HistoryEntry>) -> HistoryPage {
-    let more = rows.len() > q.count as usize;
+pub fn history_page(q: &HistoryQuery, mut rows: Vec<HistoryEntry>, cut_short: bool) -> HistoryPage {
+    let more = cut_short || rows.len() > q.count as usize;
     rows.truncate(q.count as usize);
     if matches!(q.cursor, Some(HistoryCursor::After(_))) {
         rows.reverse();
@@ -177,6 +178,7 @@ mod tests {
             at: None,
             count: 10,
             cursor: Some(HistoryCursor::Before(99)),
+            max_bytes: 1 << 20,
         };
         let s = history_sql(&q, Placeholders::Numbered);
         assert!(s.sql.contains("v.resource_type = $1"), "{}", s.sql);
