@@ -123,6 +123,30 @@ def component(pkg: dict, checksums: dict) -> dict:
     return c
 
 
+def bundled_sqlite(pkg: dict):
+    """libsqlite3-sys (feature `bundled`) compiles SQLite's C amalgamation into the binary:
+    list it as a sub-component with a CPE, which is how scanners match SQLite advisories."""
+    header = os.path.join(os.path.dirname(pkg["manifest_path"]), "sqlite3", "sqlite3.h")
+    try:
+        with open(header, encoding="utf-8", errors="replace") as f:
+            m = re.search(r'#define SQLITE_VERSION\s+"([0-9.]+)"', f.read())
+    except OSError:
+        return None
+    if not m:
+        return None
+    v = m.group(1)
+    return {
+        "type": "library",
+        "bom-ref": f"pkg:generic/sqlite@{v}",
+        "name": "sqlite",
+        "version": v,
+        "description": "SQLite amalgamation bundled by libsqlite3-sys, statically linked",
+        "licenses": [{"license": {"id": "blessing"}}],
+        "cpe": f"cpe:2.3:a:sqlite:sqlite:{v}:*:*:*:*:*:*:*",
+        "purl": f"pkg:generic/sqlite@{v}",
+    }
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--metadata", required=True, help="cargo metadata JSON (with --filter-platform)")
@@ -131,6 +155,7 @@ def main() -> int:
     ap.add_argument("--target", default="x86_64-unknown-linux-musl")
     ap.add_argument("--binary", help="the built binary: its SHA-256 goes on metadata.component")
     ap.add_argument("--image-digest", help="manifest digest of the image that ships the binary")
+    ap.add_argument("--musl-version", help="version of the musl libc statically linked (e.g. 1.2.3)")
     ap.add_argument("--timestamp", type=int, default=int(os.environ.get("SOURCE_DATE_EPOCH", "0") or 0))
     ap.add_argument("--output", required=True)
     a = ap.parse_args()
@@ -149,7 +174,25 @@ def main() -> int:
 
     deps = sorted((packages[i] for i in ids if i != root["id"]),
                   key=lambda p: (p["name"], p["version"], p.get("source") or ""))
-    components = [component(p, checksums) for p in deps]
+    components = []
+    for p in deps:
+        c = component(p, checksums)
+        if p["name"] == "libsqlite3-sys" and "bundled" in nodes[p["id"]].get("features", []):
+            sqlite = bundled_sqlite(p)
+            if sqlite:
+                c["components"] = [sqlite]
+        components.append(c)
+    if a.musl_version:
+        components.append({
+            "type": "library",
+            "bom-ref": f"pkg:generic/musl@{a.musl_version}",
+            "name": "musl",
+            "version": a.musl_version,
+            "description": "musl C library, statically linked (x86_64-unknown-linux-musl)",
+            "licenses": [{"license": {"id": "MIT"}}],
+            "cpe": f"cpe:2.3:a:musl-libc:musl:{a.musl_version}:*:*:*:*:*:*:*",
+            "purl": f"pkg:generic/musl@{a.musl_version}",
+        })
 
     main_c = {
         "type": "application",

@@ -145,7 +145,13 @@ pub(crate) fn body_kind(content_type: Option<&str>) -> Result<BodyKind, ServiceE
         return Ok(BodyKind::Missing);
     };
     let (mt, params) = media_type(ct);
-    if let Some((_, cs)) = params.iter().find(|(k, _)| k == "charset")
+    let is_json = matches!(
+        mt.as_str(),
+        FHIR_JSON | JSON | "application/json+fhir" | "application/json-patch+json"
+    );
+    // Only JSON must be UTF-8; a Binary may hold text in any charset (it is stored as received).
+    if is_json
+        && let Some((_, cs)) = params.iter().find(|(k, _)| k == "charset")
         && !cs.eq_ignore_ascii_case("utf-8")
     {
         return Err(ServiceError::UnsupportedMedia(format!(
@@ -161,7 +167,8 @@ pub(crate) fn body_kind(content_type: Option<&str>) -> Result<BodyKind, ServiceE
     Ok(match mt.as_str() {
         FHIR_JSON | JSON | "application/json+fhir" => BodyKind::FhirJson,
         "application/json-patch+json" => BodyKind::JsonPatch,
-        _ => BodyKind::Other(mt),
+        // The full content type, parameters included, is what a Binary keeps.
+        _ => BodyKind::Other(ct.trim().to_owned()),
     })
 }
 
@@ -270,6 +277,10 @@ mod tests {
         assert_eq!(
             body_kind(Some("application/pdf")).unwrap(),
             BodyKind::Other("application/pdf".into())
+        );
+        assert_eq!(
+            body_kind(Some("text/plain; charset=iso-8859-1")).unwrap(),
+            BodyKind::Other("text/plain; charset=iso-8859-1".into())
         );
         assert_eq!(body_kind(None).unwrap(), BodyKind::Missing);
         assert_eq!(

@@ -35,6 +35,22 @@ pub(crate) fn error_response(e: &ServiceError, pretty: bool) -> Response<Body> {
     if status == StatusCode::SERVICE_UNAVAILABLE {
         h.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
     }
+    // A 410 names the deletion's version, so a client can vread what came before it.
+    if let ServiceError::Gone {
+        version: Some(v),
+        last_updated,
+        ..
+    } = e
+    {
+        if let Ok(val) = HeaderValue::from_str(&v.etag()) {
+            h.insert(header::ETAG, val);
+        }
+        if let Some(t) = last_updated
+            && let Ok(val) = HeaderValue::from_str(&t.to_http_date())
+        {
+            h.insert(header::LAST_MODIFIED, val);
+        }
+    }
     resp
 }
 

@@ -147,6 +147,17 @@ impl FhirService {
                 "send the resource to validate, or a Parameters with a 'resource' parameter".into(),
             )
         })?;
+        if query.iter().any(|(k, _)| k == "profile") {
+            return Err(ServiceError::BadRequest(
+                "validation against a profile is not supported yet; omit 'profile' to validate against the R4 base definitions"
+                    .into(),
+            ));
+        }
+        if mode.as_deref() == Some("update") && id.is_none() {
+            return Err(ServiceError::BadRequest(
+                "mode=update needs an instance: POST [type]/[id]/$validate".into(),
+            ));
+        }
         if !matches!(mode.as_deref(), None | Some("create") | Some("update")) {
             return Err(ServiceError::BadRequest(
                 "mode must be one of create, update, delete".into(),

@@ -13,6 +13,7 @@
 //!   turns into a fast 503, never a hung request.
 
 mod reads;
+#[cfg(feature = "testing")]
 pub mod testing;
 
 use std::panic::AssertUnwindSafe;
@@ -136,14 +137,29 @@ impl ResourceStore for PgStore {
         let started = std::time::Instant::now();
         let mut tx = self.pool.begin().await.map_err(map_err)?;
         let result = {
-            let mut unit = PgTx { conn: &mut tx };
-            AssertUnwindSafe(work(&mut unit)).catch_unwind().await
+            let mut unit = PgTx {
+                conn: &mut tx,
+                failed: false,
+            };
+            let r = AssertUnwindSafe(work(&mut unit)).catch_unwind().await;
+            (r, unit.failed)
         };
+        let (result, failed) = result;
         match result {
+            Ok(Ok(_)) if failed => {
+                let _ = tx.rollback().await;
+                tracing::error!("a unit of work went on after a failed statement; rolled back");
+                Err(StoreError::Internal(
+                    "unit of work ignored a failed statement".into(),
+                ))
+            }
             Ok(Ok(value)) => {
-                // If the commit's answer is lost, the outcome is unknown: report the store as
-                // unavailable so the client retries (creates are not blindly repeated by us).
-                tx.commit().await.map_err(map_err)?;
+                // If the commit's answer is lost, the outcome is unknown. That is not a 503: a
+                // client retrying a create on Retry-After could store it twice.
+                tx.commit().await.map_err(|e| {
+                    tracing::error!(error = %e, "commit outcome unknown");
+                    StoreError::Internal("commit outcome unknown".into())
+                })?;
                 // Same series as the SQLite store; PostgreSQL groups commits itself, so each
                 // unit counts as one.
                 metrics::histogram!("haven_store_commit_seconds")
@@ -179,11 +195,22 @@ impl ResourceStore for PgStore {
 
 struct PgTx<'c> {
     conn: &'c mut PgConnection,
+    /// A statement failed. PostgreSQL has then aborted the transaction, and a COMMIT would
+    /// silently roll back: a unit that swallowed the error must not be acknowledged.
+    failed: bool,
 }
 
-#[async_trait]
-impl WriteTx for PgTx<'_> {
-    async fn current(
+impl PgTx<'_> {
+    fn track<T>(&mut self, r: Result<T, StoreError>) -> Result<T, StoreError> {
+        if r.is_err() {
+            self.failed = true;
+        }
+        r
+    }
+}
+
+impl PgTx<'_> {
+    async fn current_inner(
         &mut self,
         ty: ResourceType,
         id: &ResourceId,
@@ -191,7 +218,7 @@ impl WriteTx for PgTx<'_> {
         reads::current_state_for_update(self.conn, ty, id).await
     }
 
-    async fn read_current(
+    async fn read_current_inner(
         &mut self,
         ty: ResourceType,
         id: &ResourceId,
@@ -201,7 +228,7 @@ impl WriteTx for PgTx<'_> {
         reads::read_current(self.conn, ty, id).await
     }
 
-    async fn read_version(
+    async fn read_version_inner(
         &mut self,
         ty: ResourceType,
         id: &ResourceId,
@@ -210,7 +237,7 @@ impl WriteTx for PgTx<'_> {
         reads::read_version(self.conn, ty, id, version).await
     }
 
-    async fn append(&mut self, v: NewVersion) -> Result<(), StoreError> {
+    async fn append_inner(&mut self, v: NewVersion) -> Result<(), StoreError> {
         let current: Option<i64> = sqlx::query(
             "SELECT version FROM resource WHERE resource_type = $1 AND id = $2 FOR UPDATE",
         )
@@ -259,5 +286,41 @@ impl WriteTx for PgTx<'_> {
         .await
         .map_err(map_err)?;
         Ok(())
+    }
+}
+
+#[async_trait]
+impl WriteTx for PgTx<'_> {
+    async fn current(
+        &mut self,
+        ty: ResourceType,
+        id: &ResourceId,
+    ) -> Result<Option<CurrentState>, StoreError> {
+        let r = self.current_inner(ty, id).await;
+        self.track(r)
+    }
+
+    async fn read_current(
+        &mut self,
+        ty: ResourceType,
+        id: &ResourceId,
+    ) -> Result<Option<StoredVersion>, StoreError> {
+        let r = self.read_current_inner(ty, id).await;
+        self.track(r)
+    }
+
+    async fn read_version(
+        &mut self,
+        ty: ResourceType,
+        id: &ResourceId,
+        version: VersionId,
+    ) -> Result<Option<StoredVersion>, StoreError> {
+        let r = self.read_version_inner(ty, id, version).await;
+        self.track(r)
+    }
+
+    async fn append(&mut self, v: NewVersion) -> Result<(), StoreError> {
+        let r = self.append_inner(v).await;
+        self.track(r)
     }
 }

@@ -23,13 +23,12 @@ pub(crate) fn map_err(e: sqlx::Error) -> StoreError {
             let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
             match code.as_str() {
                 "23505" => StoreError::VersionConflict(db.message().to_owned()),
+                // Deadlock or serialization failure: nothing was written; retried like a race.
+                "40P01" | "40001" => StoreError::VersionConflict(db.message().to_owned()),
                 // connection exceptions, shutdown, cannot connect now, too many connections,
                 // statement timeout / cancel, serialization failure or deadlock
                 c if c.starts_with("08")
-                    || matches!(
-                        c,
-                        "57P01" | "57P02" | "57P03" | "53300" | "57014" | "40001" | "40P01"
-                    ) =>
+                    || matches!(c, "57P01" | "57P02" | "57P03" | "53300" | "57014") =>
                 {
                     StoreError::Unavailable(e.to_string())
                 }

@@ -89,11 +89,19 @@ async fn run_unit(conn: &mut SqliteConnection, job: Job, acks: &mut Vec<Ack>) ->
         let _ = job.reply.send(Err(StoreError::Unavailable(e.to_string())));
         return false;
     }
-    let result = {
-        let mut tx = SqliteTx { conn: &mut *conn };
-        AssertUnwindSafe((job.work)(&mut tx)).catch_unwind().await
+    let (result, failed) = {
+        let mut tx = SqliteTx {
+            conn: &mut *conn,
+            failed: false,
+        };
+        let r = AssertUnwindSafe((job.work)(&mut tx)).catch_unwind().await;
+        (r, tx.failed)
     };
     let (outcome, release) = match result {
+        Ok(Ok(_)) if failed => {
+            tracing::error!("a unit of work went on after a failed statement; rolled back");
+            (None, rollback_savepoint(conn).await)
+        }
         Ok(Ok(value)) => (Some(Ok(value)), exec(conn, "RELEASE unit").await),
         Ok(Err(unit_error)) => (Some(Err(unit_error)), rollback_savepoint(conn).await),
         Err(_panic) => {
@@ -115,9 +123,9 @@ async fn run_unit(conn: &mut SqliteConnection, job: Job, acks: &mut Vec<Ack>) ->
             let _ = job.reply.send(Ok(Err(unit_error)));
         }
         None => {
-            let _ = job
-                .reply
-                .send(Err(StoreError::Internal("unit of work panicked".into())));
+            let _ = job.reply.send(Err(StoreError::Internal(
+                "unit of work panicked or ignored a failed statement".into(),
+            )));
         }
     }
     true
@@ -134,6 +142,18 @@ async fn exec(conn: &mut SqliteConnection, sql: &'static str) -> Result<(), sqlx
 
 struct SqliteTx<'c> {
     conn: &'c mut SqliteConnection,
+    /// A statement failed. A unit that goes on and returns `Ok` anyway is not committed (the
+    /// same rule as PostgreSQL, where a failed statement aborts the transaction).
+    failed: bool,
+}
+
+impl SqliteTx<'_> {
+    fn track<T>(&mut self, r: Result<T, StoreError>) -> Result<T, StoreError> {
+        if r.is_err() {
+            self.failed = true;
+        }
+        r
+    }
 }
 
 #[async_trait]
@@ -143,7 +163,8 @@ impl WriteTx for SqliteTx<'_> {
         ty: ResourceType,
         id: &ResourceId,
     ) -> Result<Option<CurrentState>, StoreError> {
-        reads::current_state(self.conn, ty, id).await
+        let r = reads::current_state(self.conn, ty, id).await;
+        self.track(r)
     }
 
     async fn read_current(
@@ -151,7 +172,8 @@ impl WriteTx for SqliteTx<'_> {
         ty: ResourceType,
         id: &ResourceId,
     ) -> Result<Option<StoredVersion>, StoreError> {
-        reads::read_current(self.conn, ty, id).await
+        let r = reads::read_current(self.conn, ty, id).await;
+        self.track(r)
     }
 
     async fn read_version(
@@ -160,10 +182,18 @@ impl WriteTx for SqliteTx<'_> {
         id: &ResourceId,
         version: VersionId,
     ) -> Result<Option<StoredVersion>, StoreError> {
-        reads::read_version(self.conn, ty, id, version).await
+        let r = reads::read_version(self.conn, ty, id, version).await;
+        self.track(r)
     }
 
     async fn append(&mut self, v: NewVersion) -> Result<(), StoreError> {
+        let r = self.append_inner(v).await;
+        self.track(r)
+    }
+}
+
+impl SqliteTx<'_> {
+    async fn append_inner(&mut self, v: NewVersion) -> Result<(), StoreError> {
         let current: Option<i64> =
             sqlx::query("SELECT version FROM resource WHERE resource_type = ?1 AND id = ?2")
                 .bind(v.resource_type.as_str())

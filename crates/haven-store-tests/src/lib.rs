@@ -24,6 +24,7 @@ macro_rules! store_contract_tests {
             failed_unit_leaves_no_trace,
             unit_is_atomic_across_resources,
             panicking_unit_is_rolled_back,
+            unit_that_ignores_a_failed_statement_is_not_committed,
             racing_writers_have_one_winner,
             racing_creators_of_one_id_have_one_winner,
             concurrent_units_are_all_durable,
@@ -326,6 +327,44 @@ pub async fn panicking_unit_is_rolled_back(store: &dyn ResourceStore) {
     append(
         store,
         new_version("Patient", "after", 1, 1, ChangeKind::Create),
+    )
+    .await
+    .unwrap();
+}
+
+pub async fn unit_that_ignores_a_failed_statement_is_not_committed(store: &dyn ResourceStore) {
+    append(
+        store,
+        new_version("Patient", "dup", 1, 1, ChangeKind::Create),
+    )
+    .await
+    .unwrap();
+    let r = run_write(store, |tx: &mut dyn WriteTx| {
+        Box::pin(async move {
+            tx.append(new_version("Patient", "fresh", 1, 2, ChangeKind::Create))
+                .await?;
+            // Version 1 of "dup" exists: this fails, and the unit pretends it did not.
+            let _ignored = tx
+                .append(new_version("Patient", "dup", 1, 2, ChangeKind::Create))
+                .await;
+            Ok::<_, TestError>(())
+        })
+    })
+    .await;
+    assert!(
+        matches!(r, Err(TestError::Store(StoreError::Internal(_)))),
+        "{r:?}"
+    );
+    assert!(
+        store
+            .read_current(ty("Patient"), &rid("fresh"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    append(
+        store,
+        new_version("Patient", "fresh", 1, 3, ChangeKind::Create),
     )
     .await
     .unwrap();

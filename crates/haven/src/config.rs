@@ -336,9 +336,9 @@ impl Config {
                 l.max_body_bytes
             ));
         }
-        if !(8..=512).contains(&l.max_json_depth) {
+        if !(8..=127).contains(&l.max_json_depth) {
             return bad(format!(
-                "limits.max_json_depth must be between 8 and 512, not {}",
+                "limits.max_json_depth must be between 8 and 127, not {}",
                 l.max_json_depth
             ));
         }
