@@ -1,4 +1,5 @@
-//! `haven healthcheck`: a dependency-free probe of `/healthz`, for images without a shell or curl.
+//! `haven healthcheck [--ready]`: a dependency-free probe of `/healthz` (or `/readyz`), for
+//! images without a shell or curl.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -7,8 +8,9 @@ use std::time::Duration;
 
 use crate::config::Config;
 
-pub fn run(config: &Config) -> ExitCode {
-    match probe(config.listen) {
+pub fn run(config: &Config, ready: bool) -> ExitCode {
+    let path = if ready { "/readyz" } else { "/healthz" };
+    match probe(config.listen, path) {
         Ok(()) => {
             println!("healthy");
             ExitCode::SUCCESS
@@ -20,7 +22,7 @@ pub fn run(config: &Config) -> ExitCode {
     }
 }
 
-fn probe(mut addr: SocketAddr) -> Result<(), String> {
+fn probe(mut addr: SocketAddr, path: &str) -> Result<(), String> {
     // A wildcard listen address is reached through loopback.
     if addr.ip().is_unspecified() {
         addr.set_ip(if addr.is_ipv4() {
@@ -38,7 +40,7 @@ fn probe(mut addr: SocketAddr) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     write!(
         s,
-        "GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
     )
     .map_err(|e| e.to_string())?;
     let mut buf = [0u8; 64];
@@ -50,7 +52,7 @@ fn probe(mut addr: SocketAddr) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "{addr}/healthz answered: {}",
+            "{addr}{path} answered: {}",
             head.lines().next().unwrap_or("")
         ))
     }

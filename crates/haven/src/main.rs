@@ -43,7 +43,11 @@ enum Command {
     /// Apply database migrations and exit.
     Migrate,
     /// Probe a running server's /healthz (for container health checks); exit 0 when healthy.
-    Healthcheck,
+    Healthcheck {
+        /// Probe /readyz instead: healthy only when the database answers (readiness probes).
+        #[arg(long)]
+        ready: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -83,7 +87,7 @@ fn main() -> ExitCode {
             eprintln!("haven: configuration is valid");
             ExitCode::SUCCESS
         }
-        Command::Healthcheck => healthcheck::run(&config),
+        Command::Healthcheck { ready } => healthcheck::run(&config, ready),
         Command::Migrate => run_async(async move { serve::migrate(&config).await }),
         Command::Serve { role } => run_async(async move { serve::run(config, role).await }),
     }

@@ -236,6 +236,19 @@ async fn healthcheck_reports_a_running_server_healthy() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("healthy"));
+
+    // --ready probes /readyz (the database answers) instead of /healthz.
+    let out = haven()
+        .args(["healthcheck", "--ready", "--listen", &app.addr])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test]
