@@ -13,11 +13,11 @@ use futures::StreamExt as _;
 use haven_store::{StoreError, WriteTx, run_write};
 use serde_json::{Map, Value};
 
-use crate::history::{BundleOut, Entry, EntryResponse, bundle_meta, raw, status_line};
-use crate::interactions::{Done, apply};
+use crate::interactions::{Done, IsRace, apply, retry_on_race};
 use crate::patch::parse_patch;
 use crate::prepare::{Op, cap_issues, check_resource, conformance_errors, parse_if_match};
 use crate::route::{Method, Route, route, split_url};
+use crate::wire::{BundleOut, Entry, EntryResponse, bundle_meta, raw, status_line};
 use crate::{FhirResponse, FhirService, RequestContext, ReturnPreference, ServiceError, outcome};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -54,41 +54,6 @@ impl From<StoreError> for EntryFailure {
 
 /// Entries of a batch that run at once.
 const BATCH_CONCURRENCY: usize = 8;
-
-/// Lost write races (two writers creating the same version at once, which only a replicated
-/// database can produce) are retried: the next attempt sees the winner's version and then
-/// succeeds, or fails with the precondition error the client should see.
-pub(crate) async fn retry_on_race<T, E, F, Fut>(mut attempt: F) -> Result<T, E>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, E>>,
-    E: IsRace,
-{
-    const ATTEMPTS: usize = 3;
-    let mut n = 0;
-    loop {
-        n += 1;
-        match attempt().await {
-            Err(e) if e.is_race() && n < ATTEMPTS => {
-                tracing::debug!(
-                    attempt = n,
-                    "retrying a unit of work after a lost write race"
-                );
-            }
-            other => return other,
-        }
-    }
-}
-
-pub(crate) trait IsRace {
-    fn is_race(&self) -> bool;
-}
-
-impl IsRace for ServiceError {
-    fn is_race(&self) -> bool {
-        matches!(self, ServiceError::WriteRace)
-    }
-}
 
 impl IsRace for EntryFailure {
     fn is_race(&self) -> bool {
@@ -588,38 +553,6 @@ impl FhirService {
             .map(|o| o.unwrap_or(Err(ServiceError::Internal)))
             .collect();
         self.bundle_response(ctx, "batch-response", outcomes, histories)
-    }
-
-    /// Runs one operation on its own (its own unit of work for writes).
-    pub(crate) async fn execute_op(&self, op: Op) -> Result<Done, ServiceError> {
-        match op {
-            Op::Read { ty, id } => {
-                let v =
-                    self.store.read_current(ty, &id).await?.ok_or_else(|| {
-                        ServiceError::NotFound(format!("{ty}/{id} does not exist"))
-                    })?;
-                crate::interactions::read_result(v)
-            }
-            Op::Vread { ty, id, version } => {
-                let v = self
-                    .store
-                    .read_version(ty, &id, version)
-                    .await?
-                    .ok_or_else(|| {
-                        ServiceError::NotFound(format!("{ty}/{id} has no version {version}"))
-                    })?;
-                crate::interactions::read_result(v)
-            }
-            write => {
-                retry_on_race(|| {
-                    let op = write.clone();
-                    run_write(self.store.as_ref(), move |tx: &mut dyn WriteTx| {
-                        Box::pin(apply(tx, op))
-                    })
-                })
-                .await
-            }
-        }
     }
 
     fn bundle_response(

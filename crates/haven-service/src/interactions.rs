@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 use haven_domain::{ResourceType, Timestamp, VersionId};
-use haven_store::{ChangeKind, NewVersion, StoredVersion, WriteTx};
+use haven_store::{ChangeKind, NewVersion, StoredVersion, WriteTx, run_write};
 use serde_json::Value;
 
 use crate::patch::apply_patch;
@@ -229,7 +229,74 @@ async fn append(
     })
 }
 
+/// Lost write races (two writers creating the same version at once, which only a replicated
+/// database can produce) are retried: the next attempt sees the winner's version and then
+/// succeeds, or fails with the precondition error the client should see.
+pub(crate) async fn retry_on_race<T, E, F, Fut>(mut attempt: F) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+    E: IsRace,
+{
+    const ATTEMPTS: usize = 3;
+    let mut n = 0;
+    loop {
+        n += 1;
+        match attempt().await {
+            Err(e) if e.is_race() && n < ATTEMPTS => {
+                tracing::debug!(
+                    attempt = n,
+                    "retrying a unit of work after a lost write race"
+                );
+            }
+            other => return other,
+        }
+    }
+}
+
+pub(crate) trait IsRace {
+    fn is_race(&self) -> bool;
+}
+
+impl IsRace for ServiceError {
+    fn is_race(&self) -> bool {
+        matches!(self, ServiceError::WriteRace)
+    }
+}
+
 impl FhirService {
+    /// Runs one operation on its own (its own unit of work for writes).
+    pub(crate) async fn execute_op(&self, op: Op) -> Result<Done, ServiceError> {
+        match op {
+            Op::Read { ty, id } => {
+                let v =
+                    self.store.read_current(ty, &id).await?.ok_or_else(|| {
+                        ServiceError::NotFound(format!("{ty}/{id} does not exist"))
+                    })?;
+                read_result(v)
+            }
+            Op::Vread { ty, id, version } => {
+                let v = self
+                    .store
+                    .read_version(ty, &id, version)
+                    .await?
+                    .ok_or_else(|| {
+                        ServiceError::NotFound(format!("{ty}/{id} has no version {version}"))
+                    })?;
+                read_result(v)
+            }
+            write => {
+                retry_on_race(|| {
+                    let op = write.clone();
+                    run_write(self.store.as_ref(), move |tx: &mut dyn WriteTx| {
+                        Box::pin(apply(tx, op))
+                    })
+                })
+                .await
+            }
+        }
+    }
+
     /// Runs one prepared operation: reads on the read path, writes as one unit of work.
     pub(crate) async fn execute_single(
         &self,

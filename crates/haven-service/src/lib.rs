@@ -17,6 +17,8 @@ pub mod outcome;
 mod patch;
 mod prepare;
 mod route;
+mod validate_op;
+mod wire;
 
 use std::sync::Arc;
 

@@ -1,6 +1,6 @@
 //! Queries shared by the read pool and the writer's transaction.
 
-use futures::TryStreamExt as _;
+use futures::StreamExt as _;
 use haven_domain::{ResourceId, ResourceType, VersionId};
 use haven_store::sql::{self, Placeholders, SqlArg};
 use haven_store::{
@@ -122,7 +122,7 @@ pub(crate) async fn read_version(
     row.map(|r| version_from_row(&r, Some(ty))).transpose()
 }
 
-/// History, newest first, with keyset paging on `seq` (query text shared in `haven_store::sql`).
+/// History, newest first, with keyset paging on `seq` (query text and page assembly shared in `haven_store::sql`).
 pub(crate) async fn history(
     conn: &mut SqliteConnection,
     q: &HistoryQuery,
@@ -135,23 +135,12 @@ pub(crate) async fn history(
             SqlArg::Int(i) => query.bind(i),
         };
     }
-    // Rows are streamed and the page stops at the byte budget, so a history of large versions
-    // (Binary, big documents) cannot pull gigabytes into memory for one request.
-    let mut rows = query.fetch(&mut *conn);
-    let mut entries = Vec::new();
-    let mut bytes = 0usize;
-    let mut cut_short = false;
-    while let Some(row) = rows.try_next().await.map_err(map_err)? {
-        let version = version_from_row(&row, None)?;
-        bytes += version.body.as_ref().map_or(0, |b| b.len());
-        entries.push(HistoryEntry {
+    let rows = query.fetch(&mut *conn).map(|row| {
+        let row = row.map_err(map_err)?;
+        Ok(HistoryEntry {
             seq: row.try_get("seq").map_err(map_err)?,
-            version,
-        });
-        if bytes > q.max_bytes && entries.len() <= q.count as usize {
-            cut_short = true;
-            break;
-        }
-    }
-    Ok(sql::history_page(q, entries, cut_short))
+            version: version_from_row(&row, None)?,
+        })
+    });
+    sql::collect_history(q, rows).await
 }

@@ -2,7 +2,7 @@
 //!
 //! The traits know FHIR only as opaque, versioned JSON documents keyed by (type, id, version);
 //! they do not parse bodies, decide access or assign versions. Those are the service's job, so
-//! both implementations (SQLite now, PostgreSQL later) stay small and behave identically, which
+//! both implementations (embedded SQLite and PostgreSQL) stay small and behave identically, which
 //! the shared contract suite (`haven-store-tests`) checks.
 //!
 //! Writes are *units of work*: the service hands the store a closure that runs against a

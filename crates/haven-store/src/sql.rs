@@ -105,10 +105,34 @@ fn number_placeholders(sql: &str) -> String {
     out
 }
 
+/// Reads the rows of [`history_sql`] as they stream in and makes the page. Reading stops at
+/// the byte budget, so a history of large versions (Binary, big documents) cannot pull
+/// gigabytes into memory for one request; the page then says more entries follow.
+pub async fn collect_history<S>(q: &HistoryQuery, rows: S) -> Result<HistoryPage, StoreError>
+where
+    S: futures::Stream<Item = Result<HistoryEntry, StoreError>>,
+{
+    use futures::StreamExt as _;
+    let mut rows = std::pin::pin!(rows);
+    let mut entries = Vec::new();
+    let mut bytes = 0usize;
+    let mut cut_short = false;
+    while let Some(entry) = rows.next().await {
+        let entry = entry?;
+        bytes += entry.version.body.as_ref().map_or(0, Bytes::len);
+        entries.push(entry);
+        if bytes > q.max_bytes && entries.len() <= q.count as usize {
+            cut_short = true;
+            break;
+        }
+    }
+    Ok(history_page(q, entries, cut_short))
+}
+
 /// Turns the rows of [`history_sql`] (in the order the query returned them) into a page.
 /// `cut_short`: the reader stopped early at the byte budget, so more entries follow.
 #[must_use]
-pub fn history_page(q: &HistoryQuery, mut rows: Vec<HistoryEntry>, cut_short: bool) -> HistoryPage {
+fn history_page(q: &HistoryQuery, mut rows: Vec<HistoryEntry>, cut_short: bool) -> HistoryPage {
     let more = cut_short || rows.len() > q.count as usize;
     rows.truncate(q.count as usize);
     if matches!(q.cursor, Some(HistoryCursor::After(_))) {
