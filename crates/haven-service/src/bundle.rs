@@ -111,9 +111,10 @@ fn in_entry(e: ServiceError, index: usize) -> ServiceError {
         ServiceError::UnknownType(t) => ServiceError::NotFound(p(format!(
             "'{t}' is not an R4 resource type this server knows"
         ))),
-        other @ (ServiceError::Unavailable | ServiceError::Internal | ServiceError::WriteRace) => {
-            other
-        }
+        other @ (ServiceError::Unavailable
+        | ServiceError::Internal
+        | ServiceError::OutcomeUnknown
+        | ServiceError::WriteRace) => other,
     }
 }
 

@@ -16,6 +16,7 @@
 //! | `UnsupportedMedia`    | 415    | not-supported   | `Content-Type` we do not read                      |
 //! | `Unprocessable`       | 422    | business-rule   | valid FHIR that breaks a server rule               |
 //! | `Unavailable`         | 503    | transient       | database unreachable or shutting down (+Retry-After)|
+//! | `OutcomeUnknown`      | 500    | exception       | connection lost while committing: saved or not     |
 //! | `Internal`            | 500    | exception       | a bug; details go to the log only                  |
 //!
 //! Messages are written for the client: they say what was wrong and what to do, and never
@@ -61,6 +62,10 @@ pub enum ServiceError {
     Unprocessable(String),
     #[error("service unavailable")]
     Unavailable,
+    /// The database connection was lost while committing. Not a 503: a client that retried a
+    /// create on Retry-After could store it twice.
+    #[error("commit outcome unknown")]
+    OutcomeUnknown,
     #[error("internal error")]
     Internal,
 }
@@ -75,6 +80,10 @@ impl From<StoreError> for ServiceError {
             StoreError::VersionConflict(detail) => {
                 tracing::info!(%detail, "lost a write race");
                 ServiceError::WriteRace
+            }
+            StoreError::CommitOutcomeUnknown(detail) => {
+                tracing::error!(%detail, "lost the database while committing");
+                ServiceError::OutcomeUnknown
             }
             StoreError::Corrupt(detail) | StoreError::Internal(detail) => {
                 tracing::error!(%detail, "store error");
@@ -101,7 +110,7 @@ impl ServiceError {
             ServiceError::TooLarge(_) => 413,
             ServiceError::UnsupportedMedia(_) => 415,
             ServiceError::Unprocessable(_) => 422,
-            ServiceError::Internal => 500,
+            ServiceError::Internal | ServiceError::OutcomeUnknown => 500,
             ServiceError::Unavailable => 503,
         }
     }
@@ -143,6 +152,11 @@ impl ServiceError {
             ServiceError::Unavailable => one(
                 IssueCode::Transient,
                 "the database is temporarily unavailable; retry after a few seconds".into(),
+            ),
+            ServiceError::OutcomeUnknown => one(
+                IssueCode::Exception,
+                "the database connection was lost while saving; the change may or may not have been stored: read the resource before retrying"
+                    .into(),
             ),
             ServiceError::Internal => one(
                 IssueCode::Exception,

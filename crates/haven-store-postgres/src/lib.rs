@@ -156,10 +156,9 @@ impl ResourceStore for PgStore {
             Ok(Ok(value)) => {
                 // If the commit's answer is lost, the outcome is unknown. That is not a 503: a
                 // client retrying a create on Retry-After could store it twice.
-                tx.commit().await.map_err(|e| {
-                    tracing::error!(error = %e, "commit outcome unknown");
-                    StoreError::Internal("commit outcome unknown".into())
-                })?;
+                tx.commit()
+                    .await
+                    .map_err(|e| StoreError::CommitOutcomeUnknown(e.to_string()))?;
                 // Same series as the SQLite store; PostgreSQL groups commits itself, so each
                 // unit counts as one.
                 metrics::histogram!("haven_store_commit_seconds")

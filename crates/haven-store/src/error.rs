@@ -10,6 +10,9 @@ pub enum StoreError {
     /// A concurrent writer created the same version first (optimistic locking lost the race).
     #[error("version conflict on {0}")]
     VersionConflict(String),
+    /// The connection was lost while committing: the unit may or may not be durable.
+    #[error("commit outcome unknown: {0}")]
+    CommitOutcomeUnknown(String),
     /// Data in the database does not have the shape Haven wrote.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),

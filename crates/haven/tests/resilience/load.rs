@@ -83,6 +83,10 @@ pub async fn writer(
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
+            Outcome::Unknown => {
+                ledger.lock().unwrap().unknown.push(id);
+                continue;
+            }
             Outcome::Lost => {
                 ledger.lock().unwrap().unknown.push(id);
                 return;
@@ -99,6 +103,7 @@ pub async fn writer(
                     .insert(id.clone(), (v, marker2));
             }
             Outcome::Unavailable => ledger.lock().unwrap().unavailable += 1,
+            Outcome::Unknown => ledger.lock().unwrap().unknown.push(id.clone()),
             Outcome::Lost => {
                 ledger.lock().unwrap().unknown.push(id);
                 return;
@@ -127,6 +132,8 @@ pub async fn writer(
                     ledger.lock().unwrap().unavailable += 1;
                     false
                 }
+                // Outcome unknown: all or nothing must still hold, checked as unacknowledged.
+                Ok(r) if r.status().as_u16() == 500 => false,
                 Ok(r) => panic!("transaction answered {}", r.status()),
                 Err(_) => {
                     ledger.lock().unwrap().transactions.push((ids, false));
@@ -147,6 +154,8 @@ pub async fn writer(
 pub enum Outcome {
     Ok(u64),
     Unavailable,
+    /// Answered 500 "outcome unknown": the write may or may not be stored; the server lives on.
+    Unknown,
     Lost,
 }
 
@@ -171,6 +180,8 @@ async fn put(
                 Err(_) => Outcome::Lost,
             },
             503 => Outcome::Unavailable,
+            // The database went away while committing: saved or not, the server cannot know.
+            500 => Outcome::Unknown,
             other => panic!("PUT Patient/{id} answered {other}"),
         },
         Err(_) => Outcome::Lost,
