@@ -164,15 +164,6 @@ async fn serve(
             header::HeaderName::from_static("prefer"),
         )),
     };
-    // Conditional create/update are not offered yet: refusing is safer than ignoring the header
-    // and creating a duplicate the client asked us not to create.
-    for h in ["if-none-exist", "if-none-match"] {
-        if headers.contains_key(h) {
-            return Err(ServiceError::BadRequest(format!(
-                "{h} (conditional interactions) is not supported by this server version; see /metadata"
-            )));
-        }
-    }
     let resp = service
         .handle(
             &ctx,
@@ -180,6 +171,10 @@ async fn serve(
                 route,
                 query: params,
                 if_match: header_str(headers, header::IF_MATCH).map(str::to_owned),
+                conditions: ["If-None-Exist", "If-None-Match"]
+                    .into_iter()
+                    .filter(|h| headers.contains_key(*h))
+                    .collect(),
                 body,
             },
         )

@@ -15,7 +15,9 @@ use serde_json::{Map, Value};
 
 use crate::interactions::{Done, IsRace, apply, retry_on_race};
 use crate::patch::parse_patch;
-use crate::prepare::{Op, cap_issues, check_resource, conformance_errors, parse_if_match};
+use crate::prepare::{
+    Op, cap_issues, check_resource, conformance_errors, parse_if_match, refuse_conditions,
+};
 use crate::route::{Method, Route, route, split_url};
 use crate::wire::{BundleOut, Entry, EntryResponse, bundle_meta, raw, status_line};
 use crate::{FhirResponse, FhirService, RequestContext, ReturnPreference, ServiceError, outcome};
@@ -224,15 +226,11 @@ impl FhirService {
             .get("url")
             .and_then(Value::as_str)
             .ok_or_else(|| ServiceError::BadRequest("request.url is required".into()))?;
-        if request.contains_key("ifNoneExist")
-            || request.contains_key("ifNoneMatch")
-            || request.contains_key("ifModifiedSince")
-        {
-            return Err(ServiceError::BadRequest(
-                "conditional requests (ifNoneExist, ifNoneMatch, ifModifiedSince) are not offered by this server version"
-                    .into(),
-            ));
-        }
+        let conditions: Vec<&str> = ["ifNoneExist", "ifNoneMatch", "ifModifiedSince"]
+            .into_iter()
+            .filter(|k| request.contains_key(*k))
+            .collect();
+        refuse_conditions(&conditions)?;
         let if_match = request
             .get("ifMatch")
             .and_then(Value::as_str)

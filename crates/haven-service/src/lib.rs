@@ -98,6 +98,9 @@ pub struct FhirRequest {
     pub route: Route,
     pub query: Vec<(String, String)>,
     pub if_match: Option<String>,
+    /// Conditional-request headers the client sent (`If-None-Exist`, `If-None-Match`). Not
+    /// offered yet, so their presence is refused rather than ignored.
+    pub conditions: Vec<&'static str>,
     pub body: RequestBody,
 }
 
@@ -195,6 +198,7 @@ impl FhirService {
         ctx: &RequestContext,
         req: FhirRequest,
     ) -> Result<FhirResponse, ServiceError> {
+        prepare::refuse_conditions(&req.conditions)?;
         match req.route {
             Route::Capabilities => Ok(FhirResponse::json(200, self.capabilities())),
             Route::Bundle => match req.body {

@@ -64,6 +64,19 @@ impl Op {
     }
 }
 
+/// Conditional interactions (create with `If-None-Exist`, update with `If-None-Match`, ...) are
+/// not offered yet. Refusing them is safer than ignoring them and creating the duplicate the
+/// client asked not to create. One rule for REST headers and Bundle `request` fields.
+pub(crate) fn refuse_conditions(present: &[&str]) -> Result<(), ServiceError> {
+    if present.is_empty() {
+        return Ok(());
+    }
+    Err(ServiceError::BadRequest(format!(
+        "conditional requests ({}) are not offered by this server version; see /metadata",
+        present.join(", ")
+    )))
+}
+
 pub(crate) fn parse_if_match(value: Option<&str>) -> Result<Option<VersionId>, ServiceError> {
     value
         .map(|v| {
