@@ -104,7 +104,12 @@ async fn sigterm_lets_an_in_flight_request_finish_then_exits_cleanly() {
         "exit status {status:?}; stderr: {}",
         app.stderr()
     );
-    assert!(app.logs().iter().any(|l| l.contains("\"stopped\"")));
+    // The drain thread may read the last stdout line a moment after the exit.
+    assert!(
+        app.wait_for_log(|l| l.contains("\"stopped\"")).await.is_some(),
+        "no 'stopped' log line in {:?}",
+        app.logs()
+    );
 
     // What was acknowledged during shutdown is stored.
     let location = response
