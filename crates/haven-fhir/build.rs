@@ -1,9 +1,9 @@
 //! Turns the vendored HL7 FHIR R4 definitions into the compact model the crate embeds.
 //!
-//! The official bundles are 37 MB of JSON; the validator needs only a sliver of them (paths,
-//! cardinalities, types, target profiles, content references and primitive regexes). Doing the
-//! extraction here keeps the run-time cost to parsing ~1 MB once, and keeps the crate free of
-//! any file I/O at run time.
+//! The official bundles are 37 MB of JSON; the crate needs only a sliver of them (paths,
+//! cardinalities, types, target profiles, content references, primitive regexes, and the
+//! `isSummary` flags that `_summary=true` keeps). Doing the extraction here keeps the run-time
+//! cost to parsing ~1 MB once, and keeps the crate free of any file I/O at run time.
 //!
 //! Outputs in `OUT_DIR`:
 //! - `model.json`: the compact model, read by `src/model/load.rs` (format documented there).
@@ -277,6 +277,10 @@ fn compact_element(el: &Value, path: &str, type_name: &str, kind: &str) -> Value
     }
     if let Some(r) = el["contentReference"].as_str() {
         out.insert("contentReference".into(), r.trim_start_matches('#').into());
+    }
+    // Written only when true (about a third of the elements), to keep the model small.
+    if el["isSummary"] == true {
+        out.insert("summary".into(), true.into());
     }
     out.into()
 }

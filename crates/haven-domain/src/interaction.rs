@@ -21,11 +21,15 @@ pub enum Interaction {
     Batch,
     Transaction,
     Validate,
+    SearchType,
+    SearchSystem,
+    /// `Patient/[id]/$everything`.
+    Everything,
 }
 
 impl Interaction {
     /// Every interaction, in the order the CapabilityStatement lists them.
-    pub const ALL: [Interaction; 13] = [
+    pub const ALL: [Interaction; 16] = [
         Interaction::Capabilities,
         Interaction::Create,
         Interaction::Read,
@@ -39,6 +43,9 @@ impl Interaction {
         Interaction::Batch,
         Interaction::Transaction,
         Interaction::Validate,
+        Interaction::SearchType,
+        Interaction::SearchSystem,
+        Interaction::Everything,
     ];
 
     /// The R4 interaction code (CapabilityStatement `interaction.code`) or operation name.
@@ -58,6 +65,9 @@ impl Interaction {
             Interaction::Batch => "batch",
             Interaction::Transaction => "transaction",
             Interaction::Validate => "validate",
+            Interaction::SearchType => "search-type",
+            Interaction::SearchSystem => "search-system",
+            Interaction::Everything => "everything",
         }
     }
 

@@ -150,6 +150,11 @@ async fn serve(
     let body = if route.takes_body() {
         read_body(service, headers, &route, body).await?
     } else {
+        if matches!(route, Route::Search(_)) && method == Method::Post {
+            // POST _search: the parameters come as a form (http.html#search), in addition to
+            // any in the URL.
+            params.extend(read_form(service, headers, body).await?);
+        }
         RequestBody::None
     };
     if let (Route::Bundle, RequestBody::Resource(b)) = (&route, &body)
@@ -157,12 +162,11 @@ async fn serve(
     {
         labels.interaction = Some(Interaction::Transaction);
     }
+    let prefer = header_str(headers, header::HeaderName::from_static("prefer"));
     let ctx = RequestContext {
         request_id: request_id.to_owned(),
-        prefer: negotiate::return_preference(header_str(
-            headers,
-            header::HeaderName::from_static("prefer"),
-        )),
+        prefer: negotiate::return_preference(prefer),
+        strict_handling: negotiate::strict_handling(prefer),
     };
     let resp = service
         .handle(
@@ -171,7 +175,12 @@ async fn serve(
                 route,
                 query: params,
                 if_match: header_str(headers, header::IF_MATCH).map(str::to_owned),
-                conditions: ["If-None-Exist", "If-None-Match"]
+                if_none_exist: header_str(
+                    headers,
+                    header::HeaderName::from_static("if-none-exist"),
+                )
+                .map(str::to_owned),
+                conditions: ["If-None-Match"]
                     .into_iter()
                     .filter(|h| headers.contains_key(*h))
                     .collect(),
@@ -195,6 +204,32 @@ async fn serve(
         return Ok(native_binary(&ct, data, &resp));
     }
     Ok(fhir_response(resp, out))
+}
+
+/// Reads an `application/x-www-form-urlencoded` body (POST `_search`).
+async fn read_form(
+    service: &Arc<FhirService>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Vec<(String, String)>, ServiceError> {
+    let limit = service.limits().max_body_bytes;
+    let bytes = to_bytes(body, limit).await.map_err(|_| {
+        ServiceError::TooLarge(format!(
+            "the search form exceeds the limit of {limit} bytes"
+        ))
+    })?;
+    if bytes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ct = header_str(headers, header::CONTENT_TYPE).unwrap_or("");
+    let mime = ct.split(';').next().unwrap_or("").trim();
+    if !mime.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+        return Err(ServiceError::UnsupportedMedia(
+            "POST _search takes its parameters as application/x-www-form-urlencoded".into(),
+        ));
+    }
+    serde_urlencoded::from_bytes(&bytes)
+        .map_err(|_| ServiceError::BadRequest("the search form cannot be parsed".into()))
 }
 
 /// Bodies above this size are parsed off the async workers.

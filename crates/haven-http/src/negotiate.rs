@@ -172,6 +172,18 @@ pub(crate) fn body_kind(content_type: Option<&str>) -> Result<BodyKind, ServiceE
     })
 }
 
+/// `Prefer: handling=strict` (search.html#errors): unknown search parameters are errors.
+pub(crate) fn strict_handling(prefer: Option<&str>) -> bool {
+    prefer.is_some_and(|p| {
+        p.split([',', ';']).any(|token| {
+            token.split_once('=').is_some_and(|(k, v)| {
+                k.trim().eq_ignore_ascii_case("handling")
+                    && v.trim().trim_matches('"').eq_ignore_ascii_case("strict")
+            })
+        })
+    })
+}
+
 /// `Prefer: return=...` (http.html#ops). Unknown preferences are ignored, as RFC 7240 asks.
 pub(crate) fn return_preference(prefer: Option<&str>) -> ReturnPreference {
     let Some(p) = prefer else {

@@ -303,6 +303,7 @@ impl FhirService {
                 ty,
                 id: create_id.unwrap_or_else(haven_domain::ResourceId::generate),
                 body: check_resource(ty, need_resource(p.resource)?, None)?,
+                if_none_exist: None,
             },
             Route::Update(ty, id) => Op::Update {
                 ty,
@@ -413,8 +414,10 @@ impl FhirService {
             let (index, ph) = (p.index, phase(p.method));
             match self.entry_op(p, create_ids[index].take()) {
                 Ok(op) => {
-                    let (ty, id) = op.target();
-                    if op.is_write() && !touched.insert((ty, id.clone())) {
+                    if let Some((ty, id)) = op.target()
+                        && op.is_write()
+                        && !touched.insert((ty, id.clone()))
+                    {
                         return Err(in_entry(
                             ServiceError::BadRequest(format!(
                                 "{ty}/{id} is changed by more than one entry; a transaction may touch each resource once"
@@ -523,8 +526,10 @@ impl FhirService {
         let mut written = HashSet::new();
         for group in &mut phases {
             group.retain(|(i, op)| {
-                let (ty, id) = op.target();
-                if op.is_write() && !written.insert((ty, id.clone())) {
+                if let Some((ty, id)) = op.target()
+                    && op.is_write()
+                    && !written.insert((ty, id.clone()))
+                {
                     outcomes[*i] = Some(Err(ServiceError::BadRequest(format!(
                         "{ty}/{id} is changed by an earlier entry of this batch; batch entries must be independent"
                     ))));
@@ -602,19 +607,19 @@ impl FhirService {
                     entry.push(Entry {
                         full_url,
                         resource,
-                        request: None,
                         response: Some(response),
+                        ..Entry::default()
                     });
                 }
                 Err(e) => entry.push(Entry {
                     full_url: None,
                     resource: None,
-                    request: None,
                     response: Some(EntryResponse {
                         status: status_line(e.status()),
                         outcome: Some(e.to_operation_outcome()),
                         ..EntryResponse::default()
                     }),
+                    ..Entry::default()
                 }),
             }
         }
@@ -623,6 +628,7 @@ impl FhirService {
             id: uuid::Uuid::new_v4().to_string(),
             meta: bundle_meta(),
             kind,
+            total: None,
             link: Vec::new(),
             entry,
         };

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use crate::FhirService;
 
 /// Interactions offered on every resource type.
-pub const TYPE_INTERACTIONS: [Interaction; 8] = [
+pub const TYPE_INTERACTIONS: [Interaction; 9] = [
     Interaction::Read,
     Interaction::Vread,
     Interaction::Update,
@@ -20,13 +20,15 @@ pub const TYPE_INTERACTIONS: [Interaction; 8] = [
     Interaction::HistoryInstance,
     Interaction::HistoryType,
     Interaction::Create,
+    Interaction::SearchType,
 ];
 
 /// Interactions offered at the server base.
-pub const SYSTEM_INTERACTIONS: [Interaction; 3] = [
+pub const SYSTEM_INTERACTIONS: [Interaction; 4] = [
     Interaction::Transaction,
     Interaction::Batch,
     Interaction::HistorySystem,
+    Interaction::SearchSystem,
 ];
 
 impl FhirService {
@@ -40,6 +42,35 @@ impl FhirService {
             .resource_types()
             .iter()
             .map(|t| {
+                let params: Vec<&haven_fhir::search::SearchParam> = defs
+                    .search_params(*t)
+                    .filter(|p| p.is_supported())
+                    .collect();
+                let search_param: Vec<Value> = params
+                    .iter()
+                    .map(|p| {
+                        json!({
+                            "name": p.code,
+                            "definition": p.url,
+                            "type": p.param_type.as_str(),
+                        })
+                    })
+                    .collect();
+                let includes: Vec<String> = params
+                    .iter()
+                    .filter(|p| p.param_type == haven_fhir::search::ParamType::Reference)
+                    .map(|p| format!("{t}:{}", p.code))
+                    .collect();
+                let mut operation = vec![json!({
+                    "name": "validate",
+                    "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"
+                })];
+                if t.as_str() == "Patient" {
+                    operation.push(json!({
+                        "name": "everything",
+                        "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"
+                    }));
+                }
                 json!({
                     "type": t.as_str(),
                     "profile": format!("http://hl7.org/fhir/StructureDefinition/{t}"),
@@ -47,14 +78,13 @@ impl FhirService {
                     "versioning": "versioned-update",
                     "readHistory": true,
                     "updateCreate": true,
-                    "conditionalCreate": false,
+                    "conditionalCreate": true,
                     "conditionalRead": "not-supported",
-                    "conditionalUpdate": false,
-                    "conditionalDelete": "not-supported",
-                    "operation": [{
-                        "name": "validate",
-                        "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"
-                    }]
+                    "conditionalUpdate": true,
+                    "conditionalDelete": "multiple",
+                    "searchInclude": includes,
+                    "searchParam": search_param,
+                    "operation": operation,
                 })
             })
             .collect();
@@ -91,7 +121,7 @@ mod tests {
     use super::*;
     use crate::route::{Method, route};
 
-    /// Every interaction the CapabilityStatement claims is routed, and search (not offered) is not.
+    /// Every interaction the CapabilityStatement claims is routed.
     #[test]
     fn capability_tables_match_the_router() {
         for i in TYPE_INTERACTIONS {
@@ -104,6 +134,7 @@ mod tests {
                 Interaction::HistoryInstance => (Method::Get, &["Patient", "a", "_history"]),
                 Interaction::HistoryType => (Method::Get, &["Patient", "_history"]),
                 Interaction::Create => (Method::Post, &["Patient"]),
+                Interaction::SearchType => (Method::Get, &["Patient"]),
                 other => panic!("unexpected {other:?}"),
             };
             assert_eq!(route(method, path).unwrap().interaction(), i);
@@ -116,6 +147,13 @@ mod tests {
             route(Method::Post, &[]).unwrap().interaction(),
             Interaction::Batch
         );
-        assert_eq!(route(Method::Get, &["Patient"]).unwrap_err().status(), 405);
+        assert_eq!(
+            route(Method::Get, &[]).unwrap().interaction(),
+            Interaction::SearchSystem
+        );
+        assert_eq!(
+            route(Method::Patch, &["Patient"]).unwrap_err().status(),
+            405
+        );
     }
 }

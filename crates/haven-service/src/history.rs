@@ -165,6 +165,7 @@ impl FhirService {
                     last_modified: Some(v.last_updated.to_instant_string()),
                     ..EntryResponse::default()
                 }),
+                search: None,
             });
         }
         let bundle = BundleOut {
@@ -172,6 +173,7 @@ impl FhirService {
             id: uuid::Uuid::new_v4().to_string(),
             meta: bundle_meta(),
             kind: "history",
+            total: None,
             link,
             entry,
         };

@@ -4,11 +4,11 @@
 
 use bytes::Bytes;
 use haven_domain::{ResourceType, Timestamp, VersionId};
-use haven_store::{ChangeKind, NewVersion, StoredVersion, WriteTx, run_write};
+use haven_store::{ChangeKind, IndexRow, NewVersion, StoredVersion, WriteTx, run_write};
 use serde_json::Value;
 
 use crate::patch::apply_patch;
-use crate::prepare::{Op, check_resource, finalize};
+use crate::prepare::{Op, check_resource, finalize_indexed};
 use crate::{FhirResponse, FhirService, RequestContext, ReturnPreference, ServiceError, outcome};
 
 /// What a step did, before it is shaped into an HTTP response or a Bundle entry.
@@ -47,9 +47,118 @@ fn stale(current: VersionId, expected: VersionId) -> ServiceError {
 pub(crate) async fn apply(tx: &mut dyn WriteTx, op: Op) -> Result<Done, ServiceError> {
     let now = Timestamp::now();
     match op {
-        Op::Create { ty, id, body } => {
+        Op::Create {
+            ty,
+            id,
+            body,
+            if_none_exist: Some(criteria),
+        } => {
+            tx.lock_criteria(criteria.lock_key).await?;
+            let found = tx.search_ids(&criteria.query).await?;
+            match found.as_slice() {
+                [] => {
+                    let op = Op::Create {
+                        ty,
+                        id,
+                        body,
+                        if_none_exist: None,
+                    };
+                    Box::pin(apply(tx, op)).await
+                }
+                // One match: nothing is created; the existing resource is the answer
+                // (http.html#ccreate: 200 OK).
+                [(t, existing)] => {
+                    let v = tx
+                        .read_current(*t, existing)
+                        .await?
+                        .ok_or(ServiceError::Internal)?;
+                    Ok(Done {
+                        status: 200,
+                        version: Some(v),
+                        located: true,
+                        write: false,
+                    })
+                }
+                _ => Err(ServiceError::PreconditionFailed(
+                    "If-None-Exist matches more than one resource; make the criteria more \
+                     selective (e.g. an identifier)"
+                        .into(),
+                )),
+            }
+        }
+        Op::ConditionalUpdate { ty, body, criteria } => {
+            tx.lock_criteria(criteria.lock_key).await?;
+            let found = tx.search_ids(&criteria.query).await?;
+            let given = body
+                .get("id")
+                .and_then(Value::as_str)
+                .and_then(|s| haven_domain::ResourceId::parse(s).ok());
+            let id = match found.as_slice() {
+                // No match: create, with the id the body names or a new one.
+                [] => given.unwrap_or_else(haven_domain::ResourceId::generate),
+                [(_, id)] => {
+                    if given.as_ref().is_some_and(|g| g != id) {
+                        return Err(ServiceError::BadRequest(format!(
+                            "the criteria match {ty}/{id}, but the resource's id is different; \
+                             drop the id or fix the criteria"
+                        )));
+                    }
+                    id.clone()
+                }
+                _ => {
+                    return Err(ServiceError::PreconditionFailed(
+                        "the conditional update matches more than one resource; make the \
+                         criteria more selective"
+                            .into(),
+                    ));
+                }
+            };
+            let op = Op::Update {
+                ty,
+                id,
+                body,
+                if_match: None,
+            };
+            Box::pin(apply(tx, op)).await
+        }
+        Op::ConditionalDelete { ty, criteria } => {
+            tx.lock_criteria(criteria.lock_key).await?;
+            let found = tx.search_ids(&criteria.query).await?;
+            if found.len() > crate::prepare::MAX_CONDITIONAL_DELETES as usize {
+                return Err(ServiceError::PreconditionFailed(format!(
+                    "the conditional delete matches more than {} {ty} resources; make the \
+                     criteria more selective",
+                    crate::prepare::MAX_CONDITIONAL_DELETES
+                )));
+            }
+            let mut last = None;
+            for (t, id) in found {
+                let done = Box::pin(apply(
+                    tx,
+                    Op::Delete {
+                        ty: t,
+                        id,
+                        if_match: None,
+                    },
+                ))
+                .await?;
+                last = done.version.or(last);
+            }
+            Ok(Done {
+                status: 204,
+                version: last,
+                located: false,
+                write: true,
+            })
+        }
+        Op::Create {
+            ty,
+            id,
+            body,
+            if_none_exist: None,
+        } => {
             let version = VersionId::FIRST;
-            let bytes = finalize(ty, body, &id, version, now)?;
+            let bytes = finalize_indexed(ty, body, &id, version, now)?;
             let stored = append(tx, ty, id, version, now, ChangeKind::Create, Some(bytes)).await?;
             Ok(Done {
                 status: 201,
@@ -77,7 +186,7 @@ pub(crate) async fn apply(tx: &mut dyn WriteTx, op: Op) -> Result<Done, ServiceE
                 (Some(c), _) => (c.version.next(), now.max(c.last_updated.succ()), c.deleted),
                 (None, None) => (VersionId::FIRST, now, true),
             };
-            let bytes = finalize(ty, body, &id, version, at)?;
+            let bytes = finalize_indexed(ty, body, &id, version, at)?;
             let stored = append(tx, ty, id, version, at, ChangeKind::Update, Some(bytes)).await?;
             Ok(Done {
                 status: if created { 201 } else { 200 },
@@ -129,7 +238,7 @@ pub(crate) async fn apply(tx: &mut dyn WriteTx, op: Op) -> Result<Done, ServiceE
             let checked = check_resource(ty, patched, Some(&id))?;
             let version = current.version.next();
             let at = now.max(current.last_updated.succ());
-            let bytes = finalize(ty, checked, &id, version, at)?;
+            let bytes = finalize_indexed(ty, checked, &id, version, at)?;
             let stored = append(tx, ty, id, version, at, ChangeKind::Patch, Some(bytes)).await?;
             Ok(Done {
                 status: 200,
@@ -208,8 +317,12 @@ async fn append(
     version: VersionId,
     last_updated: Timestamp,
     change: ChangeKind,
-    body: Option<Bytes>,
+    body: Option<(Bytes, Vec<IndexRow>)>,
 ) -> Result<StoredVersion, ServiceError> {
+    let (body, index) = match body {
+        Some((bytes, index)) => (Some(bytes), index),
+        None => (None, Vec::new()),
+    };
     let nv = NewVersion {
         resource_type: ty,
         id: id.clone(),
@@ -217,6 +330,7 @@ async fn append(
         last_updated,
         change,
         body: body.clone(),
+        index,
     };
     tx.append(nv).await?;
     Ok(StoredVersion {

@@ -17,6 +17,7 @@ pub mod outcome;
 mod patch;
 mod prepare;
 mod route;
+pub mod search;
 mod validate_op;
 mod wire;
 
@@ -75,6 +76,8 @@ pub enum ReturnPreference {
 pub struct RequestContext {
     pub request_id: String,
     pub prefer: ReturnPreference,
+    /// `Prefer: handling=strict`: unknown search parameters are errors, not ignored.
+    pub strict_handling: bool,
 }
 
 /// A request body, already checked against its media type by the caller.
@@ -98,8 +101,10 @@ pub struct FhirRequest {
     pub route: Route,
     pub query: Vec<(String, String)>,
     pub if_match: Option<String>,
-    /// Conditional-request headers the client sent (`If-None-Exist`, `If-None-Match`). Not
-    /// offered yet, so their presence is refused rather than ignored.
+    /// `If-None-Exist` (conditional create): search criteria as a query string.
+    pub if_none_exist: Option<String>,
+    /// Conditional-request headers Haven does not offer (`If-None-Match` on writes), so their
+    /// presence is refused rather than ignored.
     pub conditions: Vec<&'static str>,
     pub body: RequestBody,
 }
@@ -211,8 +216,16 @@ impl FhirService {
                 self.history(&req.route, &req.query).await
             }
             Route::Validate(ty, id) => self.validate_operation(ty, id, req.body, &req.query).await,
+            Route::Search(scope) => self.search(ctx, &scope, &req.query).await,
+            Route::Everything(patient) => self.everything(ctx, &patient, &req.query).await,
             route => {
-                let op = self.prepare_single(route, req.if_match.as_deref(), req.body)?;
+                let op = self.prepare_single(
+                    route,
+                    req.if_match.as_deref(),
+                    req.if_none_exist.as_deref(),
+                    &req.query,
+                    req.body,
+                )?;
                 self.execute_single(ctx, op).await
             }
         }

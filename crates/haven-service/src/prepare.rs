@@ -16,6 +16,8 @@ pub(crate) enum Op {
         ty: ResourceType,
         id: ResourceId,
         body: Map<String, Value>,
+        /// `If-None-Exist` (http.html#ccreate): create only if nothing matches.
+        if_none_exist: Option<Criteria>,
     },
     Update {
         ty: ResourceType,
@@ -44,18 +46,85 @@ pub(crate) enum Op {
         id: ResourceId,
         version: VersionId,
     },
+    /// `PUT [type]?criteria` (http.html#cond-update).
+    ConditionalUpdate {
+        ty: ResourceType,
+        body: Map<String, Value>,
+        criteria: Criteria,
+    },
+    /// `DELETE [type]?criteria` (http.html#cdelete).
+    ConditionalDelete {
+        ty: ResourceType,
+        criteria: Criteria,
+    },
+}
+
+/// The search criteria of a conditional interaction, ready for the store.
+#[derive(Clone, Debug)]
+pub(crate) struct Criteria {
+    pub query: haven_store::SearchQuery,
+    /// Units deciding on the same criteria serialize on this key (see
+    /// `WriteTx::lock_criteria`): a hash of the type and the sorted criteria.
+    pub lock_key: i64,
+}
+
+impl Criteria {
+    /// `limit`: how many matches the caller needs to see (2 tells "one" from "several").
+    pub(crate) fn new(
+        service: &crate::FhirService,
+        ty: ResourceType,
+        pairs: &[(String, String)],
+        limit: u32,
+        what: &str,
+    ) -> Result<Self, ServiceError> {
+        if pairs.is_empty() {
+            return Err(ServiceError::BadRequest(format!(
+                "{what} needs search criteria (e.g. ?identifier=system|value)"
+            )));
+        }
+        // Strict: a criterion ignored as unknown would widen the match, and a conditional
+        // write on a wider match changes the wrong resources.
+        let mut prepared =
+            service.prepare_search(&crate::search::SearchScope::Type(ty), pairs, true)?;
+        if prepared.query.conditions.is_empty() {
+            return Err(ServiceError::BadRequest(format!(
+                "{what} needs search criteria that select resources, not only result parameters"
+            )));
+        }
+        prepared.query.limit = limit;
+        prepared.query.sort.clear();
+        prepared.query.cursor = None;
+        prepared.query.total = false;
+        let mut sorted: Vec<&(String, String)> = pairs.iter().collect();
+        sorted.sort();
+        // FNV-1a, 64 bits: stable across processes and replicas (std's hasher is not).
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in ty.as_str().bytes().chain(
+            sorted
+                .iter()
+                .flat_map(|(k, v)| k.bytes().chain([0]).chain(v.bytes()).chain([0])),
+        ) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        Ok(Self {
+            query: prepared.query,
+            lock_key: i64::from_ne_bytes(h.to_ne_bytes()),
+        })
+    }
 }
 
 impl Op {
-    /// The resource this operation touches.
-    pub(crate) fn target(&self) -> (ResourceType, &ResourceId) {
+    /// The resource this operation touches (`None`: chosen by search criteria).
+    pub(crate) fn target(&self) -> Option<(ResourceType, &ResourceId)> {
         match self {
             Op::Create { ty, id, .. }
             | Op::Update { ty, id, .. }
             | Op::Patch { ty, id, .. }
             | Op::Delete { ty, id, .. }
             | Op::Read { ty, id }
-            | Op::Vread { ty, id, .. } => (*ty, id),
+            | Op::Vread { ty, id, .. } => Some((*ty, id)),
+            Op::ConditionalUpdate { .. } | Op::ConditionalDelete { .. } => None,
         }
     }
 
@@ -64,8 +133,12 @@ impl Op {
     }
 }
 
-/// Conditional interactions (create with `If-None-Exist`, update with `If-None-Match`, ...) are
-/// not offered yet. Refusing them is safer than ignoring them and creating the duplicate the
+/// Most resources one conditional delete removes; more matches are a 412 (the criteria are
+/// not selective enough).
+pub(crate) const MAX_CONDITIONAL_DELETES: u32 = 100;
+
+/// Conditions Haven does not offer (`If-None-Match` on writes, `If-Modified-Since` in Bundles)
+/// are refused rather than ignored. Refusing them is safer than ignoring them and creating the duplicate the
 /// client asked not to create. One rule for REST headers and Bundle `request` fields.
 pub(crate) fn refuse_conditions(present: &[&str]) -> Result<(), ServiceError> {
     if present.is_empty() {
@@ -212,14 +285,16 @@ pub(crate) fn cap_issues(mut issues: Vec<haven_fhir::Issue>) -> Vec<haven_fhir::
 }
 
 /// Sets id, `meta.versionId` and `meta.lastUpdated`, and serializes with `resourceType`, `id`
-/// and `meta` first, as FHIR JSON is conventionally written.
-pub(crate) fn finalize(
+/// and `meta` first, as FHIR JSON is conventionally written. Also computes the search index
+/// rows of the stored resource from the same tree, so the index describes exactly the bytes
+/// stored.
+pub(crate) fn finalize_indexed(
     ty: ResourceType,
     mut body: Map<String, Value>,
     id: &ResourceId,
     version: VersionId,
     last_updated: Timestamp,
-) -> Result<Bytes, ServiceError> {
+) -> Result<(Bytes, Vec<haven_store::IndexRow>), ServiceError> {
     let mut meta = match body.remove("meta") {
         Some(Value::Object(m)) => m,
         _ => Map::new(),
@@ -240,9 +315,11 @@ pub(crate) fn finalize(
     out.insert("id".into(), Value::from(id.as_str()));
     out.insert("meta".into(), Value::Object(new_meta));
     out.extend(body);
-    serde_json::to_vec(&out)
+    let index = crate::search::index::index_rows(ty, &out);
+    let bytes = serde_json::to_vec(&out)
         .map(Bytes::from)
-        .map_err(|_| ServiceError::Internal)
+        .map_err(|_| ServiceError::Internal)?;
+    Ok((bytes, index))
 }
 
 impl FhirService {
@@ -259,18 +336,61 @@ impl FhirService {
         &self,
         route: Route,
         if_match: Option<&str>,
+        if_none_exist: Option<&str>,
+        query: &[(String, String)],
         body: RequestBody,
     ) -> Result<Op, ServiceError> {
         let if_match = parse_if_match(if_match)?;
+        if if_none_exist.is_some() && !matches!(route, Route::Create(_)) {
+            return Err(ServiceError::BadRequest(
+                "If-None-Exist applies to create (POST) only".into(),
+            ));
+        }
         Ok(match route {
             Route::Create(ty) => {
                 let body = resource_body(ty, body, None)?;
+                let if_none_exist = if_none_exist
+                    .map(|criteria| {
+                        let pairs = crate::route::split_url(&format!("?{criteria}"))?.1;
+                        Criteria::new(self, ty, &pairs, 2, "If-None-Exist")
+                    })
+                    .transpose()?;
                 Op::Create {
                     ty,
                     id: ResourceId::generate(),
                     body: check_resource(ty, body, None)?,
+                    if_none_exist,
                 }
             }
+            Route::ConditionalUpdate(ty) => {
+                if if_match.is_some() {
+                    return Err(ServiceError::BadRequest(
+                        "If-Match cannot be combined with a conditional update".into(),
+                    ));
+                }
+                let body = resource_body(ty, body, None)?;
+                let given = body.get("id").and_then(Value::as_str);
+                let given = given
+                    .map(|id| {
+                        ResourceId::parse(id).map_err(|e| ServiceError::BadRequest(e.to_string()))
+                    })
+                    .transpose()?;
+                Op::ConditionalUpdate {
+                    ty,
+                    body: check_resource(ty, body, given.as_ref())?,
+                    criteria: Criteria::new(self, ty, query, 2, "a conditional update")?,
+                }
+            }
+            Route::ConditionalDelete(ty) => Op::ConditionalDelete {
+                ty,
+                criteria: Criteria::new(
+                    self,
+                    ty,
+                    query,
+                    MAX_CONDITIONAL_DELETES + 1,
+                    "a conditional delete",
+                )?,
+            },
             Route::Update(ty, id) => {
                 let body = resource_body(ty, body, Some(&id))?;
                 Op::Update {
@@ -399,7 +519,7 @@ mod tests {
             json!({"gender": "female", "meta": {"tag": [{"code": "t"}], "versionId": "7"}, "resourceType": "Patient"}),
         );
         let id = ResourceId::parse("abc").unwrap();
-        let bytes = finalize(
+        let (bytes, _) = finalize_indexed(
             ty("Patient"),
             body,
             &id,

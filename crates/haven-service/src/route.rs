@@ -6,6 +6,7 @@
 use haven_domain::{Interaction, ResourceId, ResourceType, VersionId};
 
 use crate::ServiceError;
+use crate::search::SearchScope;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Method {
@@ -60,6 +61,15 @@ pub enum Route {
     Patch(ResourceType, ResourceId),
     Delete(ResourceType, ResourceId),
     HistoryInstance(ResourceType, ResourceId),
+    /// A search: `GET [base]/[type]`, `POST [base]/[type]/_search`, `GET [base]`,
+    /// `POST [base]/_search`, `GET [base]/Patient/[id]/[type]`.
+    Search(SearchScope),
+    /// `GET [base]/Patient/[id]/$everything`.
+    Everything(ResourceId),
+    /// `PUT [base]/[type]?criteria`: conditional update.
+    ConditionalUpdate(ResourceType),
+    /// `DELETE [base]/[type]?criteria`: conditional delete.
+    ConditionalDelete(ResourceType),
 }
 
 impl Route {
@@ -78,14 +88,30 @@ impl Route {
             Route::Patch(..) => Interaction::Patch,
             Route::Delete(..) => Interaction::Delete,
             Route::HistoryInstance(..) => Interaction::HistoryInstance,
+            Route::Search(SearchScope::System) => Interaction::SearchSystem,
+            Route::Search(_) => Interaction::SearchType,
+            Route::Everything(_) => Interaction::Everything,
+            Route::ConditionalUpdate(_) => Interaction::Update,
+            Route::ConditionalDelete(_) => Interaction::Delete,
         }
     }
 
     #[must_use]
     pub fn resource_type(&self) -> Option<ResourceType> {
         match self {
-            Route::Capabilities | Route::Bundle | Route::HistorySystem => None,
-            Route::Create(t) | Route::HistoryType(t) | Route::Validate(t, _) => Some(*t),
+            Route::Capabilities
+            | Route::Bundle
+            | Route::HistorySystem
+            | Route::Search(SearchScope::System) => None,
+            Route::Search(SearchScope::Type(t) | SearchScope::Compartment { ty: t, .. }) => {
+                Some(*t)
+            }
+            Route::Everything(_) => ResourceType::parse("Patient"),
+            Route::Create(t)
+            | Route::HistoryType(t)
+            | Route::Validate(t, _)
+            | Route::ConditionalUpdate(t)
+            | Route::ConditionalDelete(t) => Some(*t),
             Route::Read(t, _)
             | Route::Vread(t, _, _)
             | Route::Update(t, _)
@@ -104,6 +130,7 @@ impl Route {
                 | Route::Create(_)
                 | Route::Validate(..)
                 | Route::Update(..)
+                | Route::ConditionalUpdate(_)
                 | Route::Patch(..)
         )
     }
@@ -132,11 +159,16 @@ pub fn route(method: Method, segments: &[&str]) -> Result<Route, ServiceError> {
     match segments {
         [] => match method {
             Post => Ok(Route::Bundle),
+            Get | Head => Ok(Route::Search(SearchScope::System)),
             _ => Err(not_allowed(
                 method,
                 "the server base",
-                "POST (batch/transaction)",
+                "GET (search), POST (batch/transaction)",
             )),
+        },
+        ["_search"] => match method {
+            Post => Ok(Route::Search(SearchScope::System)),
+            _ => Err(not_allowed(method, "/_search", "POST")),
         },
         ["metadata"] => match get {
             true => Ok(Route::Capabilities),
@@ -150,10 +182,13 @@ pub fn route(method: Method, segments: &[&str]) -> Result<Route, ServiceError> {
             let t = parse_type(t)?;
             match method {
                 Post => Ok(Route::Create(t)),
-                _ => Err(not_allowed(
+                Get | Head => Ok(Route::Search(SearchScope::Type(t))),
+                Put => Ok(Route::ConditionalUpdate(t)),
+                Delete => Ok(Route::ConditionalDelete(t)),
+                Patch => Err(not_allowed(
                     method,
                     &format!("/{t}"),
-                    "POST (create); search is not offered by this server version",
+                    "GET (search), POST (create), PUT and DELETE with search criteria",
                 )),
             }
         }
@@ -162,6 +197,13 @@ pub fn route(method: Method, segments: &[&str]) -> Result<Route, ServiceError> {
             match get {
                 true => Ok(Route::HistoryType(t)),
                 false => Err(not_allowed(method, &format!("/{t}/_history"), "GET")),
+            }
+        }
+        [t, "_search"] => {
+            let t = parse_type(t)?;
+            match method {
+                Post => Ok(Route::Search(SearchScope::Type(t))),
+                _ => Err(not_allowed(method, &format!("/{t}/_search"), "POST")),
             }
         }
         [t, "$validate"] => {
@@ -200,6 +242,21 @@ pub fn route(method: Method, segments: &[&str]) -> Result<Route, ServiceError> {
             match method {
                 Post => Ok(Route::Validate(t, Some(id))),
                 _ => Err(not_allowed(method, &format!("/{t}/[id]/$validate"), "POST")),
+            }
+        }
+        ["Patient", id, "$everything"] => {
+            let id = parse_id(id)?;
+            match get {
+                true => Ok(Route::Everything(id)),
+                false => Err(not_allowed(method, "/Patient/[id]/$everything", "GET")),
+            }
+        }
+        ["Patient", id, t] => {
+            let id = parse_id(id)?;
+            let ty = parse_type(t)?;
+            match get {
+                true => Ok(Route::Search(SearchScope::Compartment { patient: id, ty })),
+                false => Err(not_allowed(method, &format!("/Patient/[id]/{ty}"), "GET")),
             }
         }
         [t, id, "_history", v] => {

@@ -36,13 +36,21 @@ pub(crate) struct EntryResponse {
     pub outcome: Option<serde_json::Value>,
 }
 
+/// `Bundle.entry.search` of a searchset.
 #[derive(Serialize)]
+pub(crate) struct EntrySearch {
+    pub mode: &'static str,
+}
+
+#[derive(Serialize, Default)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct Entry<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub full_url: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resource: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub search: Option<EntrySearch>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request: Option<EntryRequest>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -57,6 +65,8 @@ pub(crate) struct BundleOut<'a> {
     pub meta: serde_json::Value,
     #[serde(rename = "type")]
     pub kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total: Option<u64>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub link: Vec<Link>,
     #[serde(skip_serializing_if = "Vec::is_empty")]

@@ -23,9 +23,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::FutureExt;
 use haven_domain::{ResourceId, ResourceType, VersionId};
+use haven_store::sql::Placeholders;
+use haven_store::sql::search as search_sql;
 use haven_store::{
-    CurrentState, ErasedOutcome, ErasedWriteFn, HistoryPage, HistoryQuery, NewVersion,
-    ResourceStore, StoreError, StoredVersion, WriteTx,
+    ChangeKind, CurrentState, ErasedOutcome, ErasedWriteFn, Found, HistoryPage, HistoryQuery,
+    IndexRow, NewVersion, Related, ResourceStore, SearchPage, SearchQuery, StoreError,
+    StoredVersion, WriteTx,
 };
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, PgConnection, Row};
@@ -178,6 +181,21 @@ impl ResourceStore for PgStore {
         }
     }
 
+    async fn search(&self, query: &SearchQuery) -> Result<SearchPage, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(map_err)?;
+        reads::search(&mut conn, query).await
+    }
+
+    async fn related(&self, related: &Related, limit: u32) -> Result<Vec<Found>, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(map_err)?;
+        reads::related(&mut conn, related, limit).await
+    }
+
+    async fn scan(&self, after_rid: i64, limit: u32) -> Result<Vec<Found>, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(map_err)?;
+        reads::scan(&mut conn, after_rid, limit).await
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         let mut conn = self.pool.acquire().await.map_err(map_err)?;
         sqlx::query("SELECT 1")
@@ -273,18 +291,69 @@ impl PgTx<'_> {
         .map_err(map_err)?
         .try_get(0)
         .map_err(map_err)?;
-        sqlx::query(
-            "INSERT INTO resource (resource_type, id, version, seq) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (resource_type, id) DO UPDATE SET version = EXCLUDED.version, seq = EXCLUDED.seq",
+        let deleted = v.change == ChangeKind::Delete;
+        let rid: i64 = sqlx::query(
+            "INSERT INTO resource (resource_type, id, version, seq, deleted) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (resource_type, id) DO UPDATE \
+             SET version = EXCLUDED.version, seq = EXCLUDED.seq, deleted = EXCLUDED.deleted \
+             RETURNING rid",
         )
         .bind(v.resource_type.as_str())
         .bind(v.id.as_str())
         .bind(version)
         .bind(seq)
-        .execute(&mut *self.conn)
+        .bind(i16::from(deleted))
+        .fetch_one(&mut *self.conn)
         .await
+        .map_err(map_err)?
+        .try_get(0)
         .map_err(map_err)?;
+        let index = if deleted { Vec::new() } else { v.index };
+        self.write_index(rid, current.is_some(), &index).await
+    }
+
+    /// Replaces the index rows of `rid` (`existed`: it may have rows to remove).
+    async fn write_index(
+        &mut self,
+        rid: i64,
+        existed: bool,
+        rows: &[IndexRow],
+    ) -> Result<(), StoreError> {
+        let mut statements = Vec::new();
+        if existed {
+            statements.extend(search_sql::delete_index(rid, Placeholders::Numbered));
+        }
+        statements.extend(search_sql::insert_index(rid, rows, Placeholders::Numbered));
+        for s in statements {
+            reads::statement(s)
+                .execute(&mut *self.conn)
+                .await
+                .map_err(map_err)?;
+        }
         Ok(())
+    }
+
+    async fn replace_index_inner(
+        &mut self,
+        ty: ResourceType,
+        id: &ResourceId,
+        rows: Vec<IndexRow>,
+    ) -> Result<bool, StoreError> {
+        let rid: Option<i64> = sqlx::query(
+            "SELECT rid FROM resource WHERE resource_type = $1 AND id = $2 AND deleted = 0 \
+             FOR UPDATE",
+        )
+        .bind(ty.as_str())
+        .bind(id.as_str())
+        .fetch_optional(&mut *self.conn)
+        .await
+        .map_err(map_err)?
+        .map(|r| r.try_get(0))
+        .transpose()
+        .map_err(map_err)?;
+        let Some(rid) = rid else { return Ok(false) };
+        self.write_index(rid, true, &rows).await?;
+        Ok(true)
     }
 }
 
@@ -320,6 +389,37 @@ impl WriteTx for PgTx<'_> {
 
     async fn append(&mut self, v: NewVersion) -> Result<(), StoreError> {
         let r = self.append_inner(v).await;
+        self.track(r)
+    }
+
+    async fn search_ids(
+        &mut self,
+        query: &SearchQuery,
+    ) -> Result<Vec<(ResourceType, ResourceId)>, StoreError> {
+        let r = reads::search_ids(self.conn, query).await;
+        self.track(r)
+    }
+
+    async fn lock_criteria(&mut self, key: i64) -> Result<(), StoreError> {
+        // A transaction-scoped advisory lock: a second unit with the same criteria waits here
+        // until the first commits, and its search (a new statement, READ COMMITTED) then sees
+        // what the first created.
+        let r = sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(key)
+            .execute(&mut *self.conn)
+            .await
+            .map(|_| ())
+            .map_err(map_err);
+        self.track(r)
+    }
+
+    async fn replace_index(
+        &mut self,
+        ty: ResourceType,
+        id: &ResourceId,
+        rows: Vec<IndexRow>,
+    ) -> Result<bool, StoreError> {
+        let r = self.replace_index_inner(ty, id, rows).await;
         self.track(r)
     }
 }

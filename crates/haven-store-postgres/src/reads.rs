@@ -2,12 +2,15 @@
 
 use futures::StreamExt as _;
 use haven_domain::{ResourceId, ResourceType, VersionId};
+use haven_store::sql::search::{self as search_sql, KeyKind, Statement};
 use haven_store::sql::{self, Placeholders, SqlArg};
 use haven_store::{
-    CurrentState, HistoryEntry, HistoryPage, HistoryQuery, StoreError, StoredVersion,
+    CurrentState, Found, HistoryEntry, HistoryPage, HistoryQuery, Related, SearchPage, SearchQuery,
+    SortValue, StoreError, StoredVersion,
 };
-use sqlx::postgres::PgRow;
-use sqlx::{PgConnection, Row};
+use sqlx::postgres::{PgArguments, PgRow};
+use sqlx::query::Query;
+use sqlx::{PgConnection, Postgres, Row};
 
 /// Classifies driver errors: lost connections and timeouts are `Unavailable` (503, retry);
 /// a unique violation is a lost version race; anything else is internal.
@@ -126,13 +129,7 @@ pub(crate) async fn history(
     q: &HistoryQuery,
 ) -> Result<HistoryPage, StoreError> {
     let built = sql::history_sql(q, Placeholders::Numbered);
-    let mut query = sqlx::query(sqlx::AssertSqlSafe(built.sql));
-    for arg in built.args {
-        query = match arg {
-            SqlArg::Text(s) => query.bind(s),
-            SqlArg::Int(i) => query.bind(i),
-        };
-    }
+    let query = bind(sqlx::query(sqlx::AssertSqlSafe(built.sql)), built.args);
     let rows = query.fetch(&mut *conn).map(|row| {
         let row = row.map_err(map_err)?;
         Ok(HistoryEntry {
@@ -141,4 +138,126 @@ pub(crate) async fn history(
         })
     });
     sql::collect_history(q, rows).await
+}
+
+type PgQuery = Query<'static, Postgres, PgArguments>;
+
+pub(crate) fn bind(mut query: PgQuery, args: Vec<SqlArg>) -> PgQuery {
+    for arg in args {
+        query = match arg {
+            SqlArg::Text(s) => query.bind(s),
+            SqlArg::OptText(s) => query.bind(s),
+            SqlArg::Int(i) => query.bind(i),
+            SqlArg::Float(f) => query.bind(f),
+        };
+    }
+    query
+}
+
+pub(crate) fn statement(s: Statement) -> PgQuery {
+    bind(sqlx::query(sqlx::AssertSqlSafe(s.sql)), s.args)
+}
+
+/// A row of `rid`, sort keys and version columns.
+fn found_from_row(row: &PgRow, kinds: &[KeyKind]) -> Result<Found, StoreError> {
+    let rid: i64 = row.try_get(0).map_err(map_err)?;
+    let mut keys = Vec::with_capacity(kinds.len());
+    for (i, kind) in kinds.iter().enumerate() {
+        let at = i + 1;
+        let key = match kind {
+            KeyKind::Text => row
+                .try_get::<Option<String>, _>(at)
+                .map_err(map_err)?
+                .map_or(SortValue::Null, SortValue::Text),
+            KeyKind::Int => row
+                .try_get::<Option<i64>, _>(at)
+                .map_err(map_err)?
+                .map_or(SortValue::Null, SortValue::Int),
+            KeyKind::Float => row
+                .try_get::<Option<f64>, _>(at)
+                .map_err(map_err)?
+                .map_or(SortValue::Null, SortValue::Float),
+        };
+        keys.push(key);
+    }
+    Ok(Found {
+        rid,
+        version: version_from_row(row, None)?,
+        keys,
+    })
+}
+
+pub(crate) async fn search(
+    conn: &mut PgConnection,
+    q: &SearchQuery,
+) -> Result<SearchPage, StoreError> {
+    let mut page = if q.limit == 0 {
+        SearchPage {
+            matches: Vec::new(),
+            has_next: false,
+            has_previous: false,
+            total: None,
+        }
+    } else {
+        let kinds = search_sql::key_kinds(q);
+        let rows = statement(search_sql::search_page(q, Placeholders::Numbered))
+            .fetch(&mut *conn)
+            .map(|row| found_from_row(&row.map_err(map_err)?, &kinds));
+        search_sql::collect_page(q, rows).await?
+    };
+    if q.total {
+        let count: i64 = statement(search_sql::search_count(q, Placeholders::Numbered))
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(map_err)?
+            .try_get(0)
+            .map_err(map_err)?;
+        page.total = Some(u64::try_from(count).unwrap_or(0));
+    }
+    Ok(page)
+}
+
+pub(crate) async fn search_ids(
+    conn: &mut PgConnection,
+    q: &SearchQuery,
+) -> Result<Vec<(ResourceType, ResourceId)>, StoreError> {
+    let rows = statement(search_sql::search_ids(q, Placeholders::Numbered))
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(map_err)?;
+    rows.iter()
+        .map(|row| {
+            let ty: &str = row.try_get(0).map_err(map_err)?;
+            let id: &str = row.try_get(1).map_err(map_err)?;
+            Ok((
+                ResourceType::parse(ty)
+                    .ok_or_else(|| StoreError::Corrupt(format!("unknown resource type {ty}")))?,
+                ResourceId::parse(id).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            ))
+        })
+        .collect()
+}
+
+pub(crate) async fn related(
+    conn: &mut PgConnection,
+    related: &Related,
+    limit: u32,
+) -> Result<Vec<Found>, StoreError> {
+    let rows = statement(search_sql::related(related, limit, Placeholders::Numbered))
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(map_err)?;
+    rows.iter().map(|row| found_from_row(row, &[])).collect()
+}
+
+pub(crate) async fn scan(
+    conn: &mut PgConnection,
+    after_rid: i64,
+    limit: u32,
+) -> Result<Vec<Found>, StoreError> {
+    let rows = statement(search_sql::scan(after_rid, limit, Placeholders::Numbered))
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(map_err)?;
+    rows.iter().map(|row| found_from_row(row, &[])).collect()
 }

@@ -22,8 +22,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use haven_domain::{ResourceId, ResourceType, VersionId};
 use haven_store::{
-    ErasedOutcome, ErasedWriteFn, HistoryPage, HistoryQuery, ResourceStore, StoreError,
-    StoredVersion,
+    ErasedOutcome, ErasedWriteFn, Found, HistoryPage, HistoryQuery, Related, ResourceStore,
+    SearchPage, SearchQuery, StoreError, StoredVersion,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -176,6 +176,21 @@ impl ResourceStore for SqliteStore {
     async fn history(&self, query: &HistoryQuery) -> Result<HistoryPage, StoreError> {
         let mut conn = reads::acquire(&self.readers).await?;
         reads::history(&mut conn, query).await
+    }
+
+    async fn search(&self, query: &SearchQuery) -> Result<SearchPage, StoreError> {
+        let mut conn = reads::acquire(&self.readers).await?;
+        reads::search(&mut conn, query).await
+    }
+
+    async fn related(&self, related: &Related, limit: u32) -> Result<Vec<Found>, StoreError> {
+        let mut conn = reads::acquire(&self.readers).await?;
+        reads::related(&mut conn, related, limit).await
+    }
+
+    async fn scan(&self, after_rid: i64, limit: u32) -> Result<Vec<Found>, StoreError> {
+        let mut conn = reads::acquire(&self.readers).await?;
+        reads::scan(&mut conn, after_rid, limit).await
     }
 
     async fn write_erased(&self, work: ErasedWriteFn) -> Result<ErasedOutcome, StoreError> {

@@ -6,8 +6,11 @@ use std::time::Instant;
 use async_trait::async_trait;
 use futures::FutureExt;
 use haven_domain::{ResourceId, ResourceType, VersionId};
+use haven_store::sql::Placeholders;
+use haven_store::sql::search as search_sql;
 use haven_store::{
-    CurrentState, ErasedOutcome, ErasedWriteFn, NewVersion, StoreError, StoredVersion, WriteTx,
+    ChangeKind, CurrentState, ErasedOutcome, ErasedWriteFn, IndexRow, NewVersion, SearchQuery,
+    StoreError, StoredVersion, WriteTx,
 };
 use sqlx::{Connection, Row, SqliteConnection};
 use tokio::sync::{mpsc, oneshot};
@@ -190,6 +193,30 @@ impl WriteTx for SqliteTx<'_> {
         let r = self.append_inner(v).await;
         self.track(r)
     }
+
+    async fn search_ids(
+        &mut self,
+        query: &SearchQuery,
+    ) -> Result<Vec<(ResourceType, ResourceId)>, StoreError> {
+        let r = reads::search_ids(self.conn, query).await;
+        self.track(r)
+    }
+
+    async fn lock_criteria(&mut self, _key: i64) -> Result<(), StoreError> {
+        // One writer runs units one after another: a unit's search and its write are never
+        // interleaved with another unit's.
+        Ok(())
+    }
+
+    async fn replace_index(
+        &mut self,
+        ty: ResourceType,
+        id: &ResourceId,
+        rows: Vec<IndexRow>,
+    ) -> Result<bool, StoreError> {
+        let r = self.replace_index_inner(ty, id, rows).await;
+        self.track(r)
+    }
 }
 
 impl SqliteTx<'_> {
@@ -227,17 +254,67 @@ impl SqliteTx<'_> {
         .map_err(map_err)?
         .try_get(0)
         .map_err(map_err)?;
-        sqlx::query(
-            "INSERT INTO resource (resource_type, id, version, seq) VALUES (?1, ?2, ?3, ?4) \
-             ON CONFLICT (resource_type, id) DO UPDATE SET version = excluded.version, seq = excluded.seq",
+        let deleted = v.change == ChangeKind::Delete;
+        let rid: i64 = sqlx::query(
+            "INSERT INTO resource (resource_type, id, version, seq, deleted) \
+             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (resource_type, id) DO UPDATE \
+             SET version = excluded.version, seq = excluded.seq, deleted = excluded.deleted \
+             RETURNING rid",
         )
         .bind(v.resource_type.as_str())
         .bind(v.id.as_str())
         .bind(version)
         .bind(seq)
-        .execute(&mut *self.conn)
+        .bind(i64::from(deleted))
+        .fetch_one(&mut *self.conn)
         .await
+        .map_err(map_err)?
+        .try_get(0)
         .map_err(map_err)?;
+        let index = if deleted { Vec::new() } else { v.index };
+        self.write_index(rid, current.is_some(), &index).await
+    }
+
+    /// Replaces the index rows of `rid` (`existed`: it may have rows to remove).
+    async fn write_index(
+        &mut self,
+        rid: i64,
+        existed: bool,
+        rows: &[IndexRow],
+    ) -> Result<(), StoreError> {
+        let mut statements = Vec::new();
+        if existed {
+            statements.extend(search_sql::delete_index(rid, Placeholders::Question));
+        }
+        statements.extend(search_sql::insert_index(rid, rows, Placeholders::Question));
+        for s in statements {
+            reads::statement(s)
+                .execute(&mut *self.conn)
+                .await
+                .map_err(map_err)?;
+        }
         Ok(())
+    }
+
+    async fn replace_index_inner(
+        &mut self,
+        ty: ResourceType,
+        id: &ResourceId,
+        rows: Vec<IndexRow>,
+    ) -> Result<bool, StoreError> {
+        let rid: Option<i64> = sqlx::query(
+            "SELECT rid FROM resource WHERE resource_type = ?1 AND id = ?2 AND deleted = 0",
+        )
+        .bind(ty.as_str())
+        .bind(id.as_str())
+        .fetch_optional(&mut *self.conn)
+        .await
+        .map_err(map_err)?
+        .map(|r| r.try_get(0))
+        .transpose()
+        .map_err(map_err)?;
+        let Some(rid) = rid else { return Ok(false) };
+        self.write_index(rid, true, &rows).await?;
+        Ok(true)
     }
 }

@@ -26,6 +26,7 @@ async fn write(store: &SqliteStore, i: usize) -> Result<(), Refused> {
             "{{\"n\":{i},\"pad\":\"{}\"}}",
             "x".repeat(3000)
         ))),
+        index: Vec::new(),
     };
     run_write(store, move |tx: &mut dyn WriteTx| {
         Box::pin(async move {

@@ -71,6 +71,7 @@ fn new_version(t: &str, id: &str, v: u64, at: i64, change: ChangeKind) -> NewVer
         } else {
             body(&format!("{t}/{id}/{v}"))
         },
+        index: Vec::new(),
     }
 }
 

@@ -13,11 +13,16 @@
 
 mod error;
 mod history;
+pub mod search;
 pub mod sql;
 mod write;
 
 pub use error::StoreError;
 pub use history::{HistoryCursor, HistoryEntry, HistoryPage, HistoryQuery, HistoryScope, Period};
+pub use search::{
+    Col, Condition, Found, IndexCell, IndexRow, ParamKey, Pred, Related, Scalar, SearchCursor,
+    SearchPage, SearchQuery, SortSpec, SortValue, Table,
+};
 pub use write::{ErasedOutcome, ErasedWriteFn, WriteFuture, WriteTx, run_write};
 
 use async_trait::async_trait;
@@ -103,6 +108,9 @@ pub struct NewVersion {
     pub last_updated: Timestamp,
     pub change: ChangeKind,
     pub body: Option<Bytes>,
+    /// The search index rows of this version, replacing the previous version's (ignored for
+    /// a deletion, which removes them).
+    pub index: Vec<IndexRow>,
 }
 
 /// Read access and units of work against one database.
@@ -125,6 +133,16 @@ pub trait ResourceStore: Send + Sync + 'static {
 
     /// A page of history, newest first.
     async fn history(&self, query: &HistoryQuery) -> Result<HistoryPage, StoreError>;
+
+    /// A page of current resources matching a query (see [`search`]).
+    async fn search(&self, query: &SearchQuery) -> Result<SearchPage, StoreError>;
+
+    /// Resources related to others through reference index rows (`_include`,
+    /// `_revinclude`), at most `limit` of them.
+    async fn related(&self, related: &Related, limit: u32) -> Result<Vec<Found>, StoreError>;
+
+    /// Current resources in `rid` order after `after_rid`, at most `limit`, for re-indexing.
+    async fn scan(&self, after_rid: i64, limit: u32) -> Result<Vec<Found>, StoreError>;
 
     /// Runs a unit of work in one transaction and returns once it is durable (or rolled back).
     /// Use the typed wrapper [`run_write`] rather than calling this directly.

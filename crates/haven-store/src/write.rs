@@ -6,7 +6,9 @@ use async_trait::async_trait;
 use futures::future::BoxFuture;
 use haven_domain::{ResourceId, ResourceType, VersionId};
 
-use crate::{CurrentState, NewVersion, ResourceStore, StoreError, StoredVersion};
+use crate::{
+    CurrentState, IndexRow, NewVersion, ResourceStore, SearchQuery, StoreError, StoredVersion,
+};
 
 /// Operations available inside a write transaction. Reads here see the unit's own writes.
 #[async_trait]
@@ -36,6 +38,28 @@ pub trait WriteTx: Send {
     /// Appends a version. Fails with [`StoreError::VersionConflict`] unless `version` directly
     /// follows the current one.
     async fn append(&mut self, version: NewVersion) -> Result<(), StoreError>;
+
+    /// The (type, id) of current resources matching `query` (sort, cursor and total are
+    /// ignored; at most `query.limit`), as this transaction sees them. Conditional
+    /// interactions decide on this, after [`WriteTx::lock_criteria`].
+    async fn search_ids(
+        &mut self,
+        query: &SearchQuery,
+    ) -> Result<Vec<(ResourceType, ResourceId)>, StoreError>;
+
+    /// Serializes units that decide on the same search criteria (two conditional creates
+    /// with the same `If-None-Exist` must not both create): held until the unit ends.
+    /// `key` is a hash of the criteria.
+    async fn lock_criteria(&mut self, key: i64) -> Result<(), StoreError>;
+
+    /// Replaces the index rows of a current resource without a new version (re-indexing
+    /// after a change of search definitions). Returns false if the resource is gone.
+    async fn replace_index(
+        &mut self,
+        ty: ResourceType,
+        id: &ResourceId,
+        rows: Vec<IndexRow>,
+    ) -> Result<bool, StoreError>;
 }
 
 /// The future a unit of work returns; it borrows the transaction for its whole run.

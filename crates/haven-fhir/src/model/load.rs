@@ -2,9 +2,11 @@
 //!
 //! Compact model format (all fields as extracted from the HL7 snapshots):
 //! `{"fhirVersion", "types": [{"name", "kind", "abstract", "base"?, "regex"?, "elements":
-//! [{"path", "min", "max", "types"?: [{"code", "system"?, "targets"?}], "contentReference"?}]}]}`.
+//! [{"path", "min", "max", "types"?: [{"code", "system"?, "targets"?}], "contentReference"?,
+//! "summary"?}]}]}`.
 //! `system: true` marks FHIRPath system types, whose `code` is already the FHIR primitive named
-//! by the `structuredefinition-fhir-type` extension.
+//! by the `structuredefinition-fhir-type` extension. `summary: true` is `isSummary`; it is
+//! omitted when false.
 //!
 //! Strings are borrowed from the embedded JSON (`&'static str`), so the model costs one parse
 //! and no copies of names or paths.
@@ -49,6 +51,8 @@ struct RawElement<'a> {
     types: Vec<RawTypeRef<'a>>,
     #[serde(rename = "contentReference")]
     content_reference: Option<&'a str>,
+    #[serde(default)]
+    summary: bool,
 }
 
 #[derive(Deserialize)]
@@ -129,6 +133,7 @@ pub(super) fn load() -> Definitions {
                 is_contained: kind == TypeKind::Resource
                     && parent == rt.name
                     && last == "contained",
+                is_summary: el.summary,
             });
             defs.elements_by_path.insert(el.path, id);
             defs.contexts[parent_ctx].elements.push(id);

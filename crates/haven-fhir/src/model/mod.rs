@@ -7,7 +7,10 @@
 //! - each *context* (a type's root, or an inline BackboneElement such as `Patient.contact`)
 //!   maps JSON property names to elements, with choice types expanded (`valueQuantity`);
 //! - every type reference is resolved to a [`Shape`] (primitive, complex context, or resource);
-//! - primitive regexes are compiled once.
+//! - primitive regexes are compiled once;
+//! - the top-level elements that `_summary` and `_elements` keep (`isSummary`, `min >= 1`)
+//!   are listed per resource type on first use ([`Definitions::summary_elements`],
+//!   [`Definitions::mandatory_elements`]).
 //!
 //! [`ResourceType`] deliberately does not touch that model: its name list is a generated
 //! `const` array, so parsing a type name is a binary search with no start-up cost.
@@ -128,6 +131,35 @@ impl Definitions {
         self.types_by_name.get(name).map(|&id| &self.types[id])
     }
 
+    /// The top-level JSON property names of `ty` marked `isSummary` in the R4 definitions
+    /// (what `_summary=true` keeps, R4 `search.html#summary`), in snapshot order. Choice
+    /// elements appear once per type, by JSON name: `deceasedBoolean`, `deceasedDateTime`.
+    /// Includes the inherited `id`, `meta` and `implicitRules`; never `resourceType`.
+    #[must_use]
+    pub fn summary_elements(&self, ty: ResourceType) -> &'static [&'static str] {
+        element_sets()
+            .get(&ty)
+            .map_or(&[], |s| s.summary.as_slice())
+    }
+
+    /// The top-level JSON property names of `ty` with a minimum cardinality of 1 or more
+    /// (kept by `_summary=text` and `_elements`), in snapshot order, with choice elements
+    /// expanded as in [`Definitions::summary_elements`]. Observation: `status`, `code`.
+    #[must_use]
+    pub fn mandatory_elements(&self, ty: ResourceType) -> &'static [&'static str] {
+        element_sets()
+            .get(&ty)
+            .map_or(&[], |s| s.mandatory.as_slice())
+    }
+
+    /// The top-level element of `ty` that the JSON property `key` holds (`valueQuantity` →
+    /// `Observation.value[x]`). `key` is without the `_` of a primitive's extension object.
+    pub(crate) fn root_element(&self, ty: ResourceType, key: &str) -> Option<&ElementDef> {
+        let def = self.type_def(ty.as_str())?;
+        let &(id, _) = self.contexts[def.root].keys.get(key)?;
+        Some(&self.elements[id])
+    }
+
     #[allow(
         dead_code,
         reason = "used by tests now, and by search-parameter indexing next"
@@ -137,6 +169,58 @@ impl Definitions {
             .get(path)
             .map(|&id| &self.elements[id])
     }
+}
+
+/// Per resource type, the JSON names behind [`Definitions::summary_elements`] and
+/// [`Definitions::mandatory_elements`].
+struct ElementSets {
+    summary: Vec<&'static str>,
+    mandatory: Vec<&'static str>,
+}
+
+/// Built on first use from the shared model, so the names borrow its `'static` keys instead
+/// of being copied or leaked.
+fn element_sets() -> &'static HashMap<ResourceType, ElementSets> {
+    static SETS: LazyLock<HashMap<ResourceType, ElementSets>> = LazyLock::new(|| {
+        let defs = definitions();
+        defs.resource_types()
+            .iter()
+            .map(|&ty| {
+                let root = defs
+                    .type_def(ty.as_str())
+                    .expect("every resource type has a definition")
+                    .root;
+                let ctx = &defs.contexts[root];
+                let names = |keep: fn(&ElementDef) -> bool| -> Vec<&'static str> {
+                    let mut out = Vec::new();
+                    for el in ctx.elements.iter().map(|&id| &defs.elements[id]) {
+                        if !keep(el) {
+                            continue;
+                        }
+                        if el.is_choice {
+                            for t in &el.types {
+                                let key = format!("{}{}", el.name, upper_first(t.code));
+                                let (key, _) = ctx
+                                    .keys
+                                    .get_key_value(&key)
+                                    .expect("phase 3 of load keyed every choice type");
+                                out.push(key.as_str());
+                            }
+                        } else {
+                            out.push(el.name);
+                        }
+                    }
+                    out
+                };
+                let sets = ElementSets {
+                    summary: names(|el| el.is_summary),
+                    mandatory: names(|el| el.min >= 1),
+                };
+                (ty, sets)
+            })
+            .collect()
+    });
+    &SETS
 }
 
 pub(crate) type TypeId = usize;
@@ -191,6 +275,8 @@ pub(crate) struct ElementDef {
     pub is_choice: bool,
     /// `DomainResource.contained`: resources held here get the contained-resource rules.
     pub is_contained: bool,
+    /// `ElementDefinition.isSummary`: kept by `_summary=true` (R4 `search.html#summary`).
+    pub is_summary: bool,
 }
 
 #[derive(Debug)]
@@ -354,6 +440,107 @@ mod tests {
         assert!(defs.type_def("SimpleQuantity").is_none());
         assert!(defs.type_def("MetadataResource").is_none());
         assert!(defs.type_def("date").unwrap().regex.is_some());
+    }
+
+    #[test]
+    fn summary_elements_follow_is_summary_with_choices_expanded() {
+        let defs = definitions();
+        let patient = ResourceType::parse("Patient").unwrap();
+        assert_eq!(
+            defs.summary_elements(patient),
+            [
+                "id",
+                "meta",
+                "implicitRules",
+                "identifier",
+                "active",
+                "name",
+                "telecom",
+                "gender",
+                "birthDate",
+                "deceasedBoolean",
+                "deceasedDateTime",
+                "address",
+                "managingOrganization",
+                "link",
+            ]
+        );
+        assert!(defs.mandatory_elements(patient).is_empty());
+
+        let observation = ResourceType::parse("Observation").unwrap();
+        let summary = defs.summary_elements(observation);
+        for name in [
+            "id",
+            "identifier",
+            "basedOn",
+            "partOf",
+            "status",
+            "code",
+            "subject",
+            "focus",
+            "encounter",
+            "effectiveDateTime",
+            "effectiveInstant",
+            "issued",
+            "performer",
+            "valueQuantity",
+            "valuePeriod",
+            "hasMember",
+            "derivedFrom",
+            "component",
+        ] {
+            assert!(summary.contains(&name), "{name}");
+        }
+        for name in [
+            "text",
+            "category",
+            "dataAbsentReason",
+            "interpretation",
+            "note",
+            "referenceRange",
+            "modifierExtension",
+        ] {
+            assert!(!summary.contains(&name), "{name}");
+        }
+        // 3 from Resource, 13 plain, effective[x] x4, value[x] x11.
+        assert_eq!(summary.len(), 3 + 13 + 4 + 11);
+        assert_eq!(defs.mandatory_elements(observation), ["status", "code"]);
+
+        let admin = ResourceType::parse("MedicationAdministration").unwrap();
+        let mandatory = defs.mandatory_elements(admin);
+        assert!(mandatory.contains(&"medicationCodeableConcept"));
+        assert!(mandatory.contains(&"effectivePeriod"));
+
+        // Flags of nested elements are loaded too.
+        assert!(defs.element_by_path("HumanName.family").unwrap().is_summary);
+        assert!(!defs.element_by_path("Attachment.data").unwrap().is_summary);
+    }
+
+    #[test]
+    fn every_resource_keeps_its_base_summary_and_most_mandatory_elements() {
+        // R4 marks root elements with min >= 1 as summary, with these four exceptions, which
+        // `_summary=true` therefore drops (see `search::subset`).
+        const MANDATORY_NOT_SUMMARY: [&str; 4] = [
+            "Appointment.participant",
+            "AuditEvent.agent",
+            "AuditEvent.source",
+            "Provenance.agent",
+        ];
+        let defs = definitions();
+        let mut exceptions = Vec::new();
+        for &ty in defs.resource_types() {
+            let summary = defs.summary_elements(ty);
+            for base in ["id", "meta", "implicitRules"] {
+                assert!(summary.contains(&base), "{ty}.{base}");
+            }
+            assert!(!summary.contains(&"text"), "{ty}.text");
+            for name in defs.mandatory_elements(ty) {
+                if !summary.contains(name) {
+                    exceptions.push(format!("{ty}.{name}"));
+                }
+            }
+        }
+        assert_eq!(exceptions, MANDATORY_NOT_SUMMARY);
     }
 
     #[test]

@@ -52,6 +52,8 @@
 mod index;
 mod load;
 mod number;
+pub mod query;
+pub mod subset;
 
 use std::sync::LazyLock;
 
@@ -162,6 +164,14 @@ pub struct Component {
     pub definition: &'static str,
     pub param_type: ParamType,
     pub expression: Expression,
+}
+
+/// Parameters are loaded once and never copied, so two are the same parameter exactly when
+/// they are the same definition (URL).
+impl PartialEq for SearchParam {
+    fn eq(&self, other: &Self) -> bool {
+        self.url == other.url
+    }
 }
 
 impl SearchParam {

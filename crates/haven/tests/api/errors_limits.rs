@@ -148,9 +148,9 @@ async fn unsupported_methods_and_paths_are_refused() {
         (Method::OPTIONS, "Patient/p1"),
         (Method::POST, "Patient/p1"),
         (Method::DELETE, "metadata"),
-        (Method::PUT, "Patient"),
+        (Method::PATCH, "Patient"),
         (Method::DELETE, "Patient/_history"),
-        (Method::GET, ""),
+        (Method::PUT, ""),
         (Method::from_bytes(b"BREW").unwrap(), "Patient"),
     ];
     for (method, path) in cases {
@@ -173,11 +173,16 @@ async fn unsupported_methods_and_paths_are_refused() {
 }
 
 #[tokio::test]
-async fn search_is_not_offered() {
+async fn unknown_search_parameters_are_refused_under_strict_handling() {
     let app = spawn_app().await;
-    let resp = app.get("Patient?name=Chalmers").await;
-    let oo = assert_outcome(&resp, 405, "not-supported");
-    assert!(oo.to_string().contains("search"), "{oo}");
+    let resp = app
+        .send(
+            app.request(Method::GET, "Patient?nonsense=1")
+                .header("Prefer", "handling=strict"),
+        )
+        .await;
+    let oo = assert_outcome(&resp, 400, "not-supported");
+    assert!(oo.to_string().contains("nonsense"), "{oo}");
 }
 
 #[tokio::test]
@@ -221,7 +226,7 @@ async fn method_not_allowed_names_the_allowed_methods() {
             &["GET", "PUT", "PATCH", "DELETE"][..],
             "POST",
         ),
-        (Method::GET, "Patient", &["POST"][..], "GET"),
+        (Method::PATCH, "Patient", &["GET", "POST"][..], "PATCH"),
         (Method::DELETE, "metadata", &["GET"][..], "DELETE"),
     ];
     for (method, path, allowed, refused) in cases {
@@ -306,10 +311,10 @@ async fn conditional_headers_are_refused_not_ignored() {
     let app = spawn_app().await;
     let resp = app
         .send(
-            app.request(Method::POST, "Patient")
+            app.request(Method::PUT, "Patient/p1")
                 .header(CONTENT_TYPE, FHIR_JSON)
-                .header("If-None-Exist", "identifier=http://example.org|1")
-                .body(patient().to_string()),
+                .header("If-None-Match", "*")
+                .body(json!({"resourceType": "Patient", "id": "p1"}).to_string()),
         )
         .await;
     assert_outcome(&resp, 400, "invalid");

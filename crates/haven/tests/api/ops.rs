@@ -6,7 +6,7 @@ use reqwest::Method;
 use reqwest::header::AUTHORIZATION;
 use serde_json::Value;
 
-use crate::helpers::{assert_outcome, patient, spawn_app, spawn_app_with, with_id};
+use crate::helpers::{patient, spawn_app, spawn_app_with, with_id};
 
 const METRICS_TOKEN: &str = "metrics-scraper-token-abcdefgh";
 
@@ -58,6 +58,7 @@ async fn capability_statement_lists_every_r4_type() {
         "history-instance",
         "history-type",
         "create",
+        "search-type",
     ];
     for r in resources {
         let codes: Vec<&str> = r["interaction"]
@@ -74,11 +75,27 @@ async fn capability_statement_lists_every_r4_type() {
         .iter()
         .map(|i| i["code"].as_str().unwrap())
         .collect();
-    for code in ["transaction", "batch", "history-system"] {
+    for code in ["transaction", "batch", "history-system", "search-system"] {
         assert!(system.contains(&code), "{system:?}");
     }
-    // Search is not offered, and the server says so rather than pretending.
-    assert_outcome(&app.get("Patient").await, 405, "not-supported");
+    // Every search parameter offered is listed with its definition and type.
+    let patient = resources
+        .iter()
+        .find(|r| r["type"] == "Patient")
+        .expect("Patient");
+    let params = patient["searchParam"].as_array().unwrap();
+    for (name, kind) in [
+        ("birthdate", "date"),
+        ("name", "string"),
+        ("identifier", "token"),
+    ] {
+        assert!(
+            params
+                .iter()
+                .any(|p| p["name"] == name && p["type"] == kind),
+            "{name}: {params:?}"
+        );
+    }
     let head = app.send(app.request(Method::HEAD, "metadata")).await;
     head.assert_status(200);
 }

@@ -106,7 +106,9 @@ async fn sigterm_lets_an_in_flight_request_finish_then_exits_cleanly() {
     );
     // The drain thread may read the last stdout line a moment after the exit.
     assert!(
-        app.wait_for_log(|l| l.contains("\"stopped\"")).await.is_some(),
+        app.wait_for_log(|l| l.contains("\"stopped\""))
+            .await
+            .is_some(),
         "no 'stopped' log line in {:?}",
         app.logs()
     );

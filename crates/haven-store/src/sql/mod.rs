@@ -12,11 +12,16 @@ use crate::{
     StoreError, StoredVersion,
 };
 
+pub mod search;
+
 /// A value to bind to a placeholder.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum SqlArg {
     Text(String),
+    /// Text or NULL.
+    OptText(Option<String>),
     Int(i64),
+    Float(f64),
 }
 
 /// How a backend writes placeholders.

@@ -1,0 +1,810 @@
+//! SQL for the search index, shared by both stores: index row maintenance, searches,
+//! counts, `_include`/`_revinclude` and scans.
+//!
+//! Every table and column name comes from the fixed enums of [`crate::search`]; every value
+//! is a bound argument. Statements are written with `?` and numbered for PostgreSQL at the
+//! end, like the history query.
+//!
+//! **Query shape.** A condition on a resource is a membership test of its `rid` (or `id`) in
+//! a sub-select over one index table, so the database can start from the most selective
+//! index and never reads resource bodies to decide a match:
+//!
+//! ```sql
+//! r.rid IN (SELECT x.rid FROM search_token x WHERE x.param = ? AND (x.code = ?))
+//! ```
+//!
+//! **Sorting and paging.** Sort keys are correlated `MIN`/`MAX` sub-selects of the key
+//! column, missing values last, ties broken by `rid`. Pages continue from a position (the
+//! last entry's keys and rid) rather than an offset, so resources written while a client
+//! pages do not make it skip or repeat the ones that did not change.
+
+use crate::StoreError;
+use crate::search::{
+    Col, Condition, Found, IndexCell, IndexRow, ParamKey, Pred, Related, Scalar, SearchCursor,
+    SearchPage, SearchQuery, SortValue, Table,
+};
+use crate::sql::{Placeholders, SqlArg};
+
+/// A statement and its arguments.
+#[derive(Clone, Debug)]
+pub struct Statement {
+    pub sql: String,
+    pub args: Vec<SqlArg>,
+}
+
+/// Rows per multi-row INSERT: stays well under SQLite's bound-parameter limit.
+const ROWS_PER_INSERT: usize = 200;
+
+/// Statements that delete every index row of `rid`.
+#[must_use]
+pub fn delete_index(rid: i64, ph: Placeholders) -> Vec<Statement> {
+    Table::ALL
+        .iter()
+        .map(|t| {
+            finish(
+                format!("DELETE FROM {} WHERE rid = ?", t.name()),
+                vec![SqlArg::Int(rid)],
+                ph,
+            )
+        })
+        .collect()
+}
+
+/// Multi-row INSERTs of `rows` for `rid`, grouped by table.
+#[must_use]
+pub fn insert_index(rid: i64, rows: &[IndexRow], ph: Placeholders) -> Vec<Statement> {
+    let mut out = Vec::new();
+    for table in Table::ALL {
+        let of_table: Vec<&IndexRow> = rows.iter().filter(|r| r.cell.table() == table).collect();
+        for chunk in of_table.chunks(ROWS_PER_INSERT) {
+            let cols = table.columns();
+            let mut sql = format!("INSERT INTO {} (rid, param, grp", table.name());
+            for c in cols {
+                sql.push_str(", ");
+                sql.push_str(c.name());
+            }
+            sql.push_str(") VALUES ");
+            let one = format!("(?, ?, ?{})", ", ?".repeat(cols.len()));
+            let mut args = Vec::with_capacity(chunk.len() * (3 + cols.len()));
+            for (i, row) in chunk.iter().enumerate() {
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&one);
+                args.push(SqlArg::Int(rid));
+                args.push(SqlArg::Int(i64::from(row.param.0)));
+                args.push(SqlArg::Int(i64::from(row.grp)));
+                push_cell(&row.cell, &mut args);
+            }
+            out.push(finish(sql, args, ph));
+        }
+    }
+    out
+}
+
+fn push_cell(cell: &IndexCell, args: &mut Vec<SqlArg>) {
+    let text = |s: &Option<String>| SqlArg::OptText(s.clone());
+    match cell {
+        IndexCell::String { normalized, exact } => {
+            args.push(SqlArg::Text(normalized.clone()));
+            args.push(SqlArg::Text(exact.clone()));
+        }
+        IndexCell::Token {
+            system,
+            code,
+            text: t,
+            type_system,
+            type_code,
+        } => {
+            args.extend([
+                text(system),
+                text(code),
+                text(t),
+                text(type_system),
+                text(type_code),
+            ]);
+        }
+        IndexCell::Reference {
+            target_type,
+            target_id,
+            version,
+            url,
+            ident_system,
+            ident_value,
+        } => args.extend([
+            text(target_type),
+            text(target_id),
+            text(version),
+            text(url),
+            text(ident_system),
+            text(ident_value),
+        ]),
+        IndexCell::Date { start, end } => {
+            args.push(SqlArg::Int(*start));
+            args.push(SqlArg::Int(*end));
+        }
+        IndexCell::Number {
+            lower,
+            upper,
+            system,
+            code,
+        } => {
+            args.push(SqlArg::Float(*lower));
+            args.push(SqlArg::Float(*upper));
+            args.push(text(system));
+            args.push(text(code));
+        }
+        IndexCell::Uri { value } => args.push(SqlArg::Text(value.clone())),
+    }
+}
+
+/// The columns a row query returns, after `rid` and the sort keys: what
+/// [`super::version_from_columns`] decodes.
+const VERSION_COLUMNS: &str =
+    "v.resource_type, v.id, v.version, v.last_updated, v.change_kind, v.body";
+
+/// The kind of value a sort key column holds, to decode it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyKind {
+    Text,
+    Int,
+    Float,
+}
+
+impl Table {
+    /// What [`Table::sort_column`] holds.
+    #[must_use]
+    pub fn sort_kind(self) -> KeyKind {
+        match self {
+            Table::Date => KeyKind::Int,
+            Table::Number => KeyKind::Float,
+            _ => KeyKind::Text,
+        }
+    }
+}
+
+/// The page query of a search. Rows: `rid`, then one column `k0`, `k1`, ... per sort key,
+/// then the version columns; at most `limit + 1` of them (the extra one tells whether
+/// another page exists), in the page's order, or reversed for a backward cursor.
+#[must_use]
+pub fn search_page(q: &SearchQuery, ph: Placeholders) -> Statement {
+    let mut b = Builder::default();
+    let backward = q.cursor.as_ref().is_some_and(|c| c.backward);
+    let mut sql = String::from("SELECT q.rid");
+    for i in 0..q.sort.len() {
+        sql.push_str(&format!(", q.k{i}"));
+    }
+    sql.push_str(&format!(", {VERSION_COLUMNS} FROM (SELECT r.rid, r.seq"));
+    for (i, key) in q.sort.iter().enumerate() {
+        let agg = if key.descending { "MAX" } else { "MIN" };
+        let col = key.table.sort_column().name();
+        let params = b.params("s", &key.params);
+        sql.push_str(&format!(
+            ", (SELECT {agg}(s.{col}) FROM {} s WHERE s.rid = r.rid AND {params}) AS k{i}",
+            key.table.name()
+        ));
+    }
+    sql.push_str(" FROM resource r WHERE ");
+    let filter = b.filter("r", q);
+    sql.push_str(&filter);
+    sql.push_str(") q JOIN resource_version v ON v.seq = q.seq");
+    if let Some(cursor) = &q.cursor {
+        sql.push_str(" WHERE ");
+        let keyset = b.keyset(q, cursor);
+        sql.push_str(&keyset);
+    }
+    sql.push_str(" ORDER BY ");
+    let mut order = Vec::new();
+    for (i, key) in q.sort.iter().enumerate() {
+        // Missing values last in both directions; a backward page reads the order reversed.
+        let (nulls, dir) = match (key.descending, backward) {
+            (false, false) => ("", "ASC"),
+            (true, false) => ("", "DESC"),
+            (false, true) => (" DESC", "DESC"),
+            (true, true) => (" DESC", "ASC"),
+        };
+        order.push(format!("(q.k{i} IS NULL){nulls}, q.k{i} {dir}"));
+    }
+    order.push(if backward { "q.rid DESC" } else { "q.rid ASC" }.to_owned());
+    sql.push_str(&order.join(", "));
+    sql.push_str(" LIMIT ?");
+    b.args.push(SqlArg::Int(i64::from(q.limit) + 1));
+    finish(sql, b.args, ph)
+}
+
+/// `SELECT count(*)` of the matches of `q` (sort and cursor ignored).
+#[must_use]
+pub fn search_count(q: &SearchQuery, ph: Placeholders) -> Statement {
+    let mut b = Builder::default();
+    let filter = b.filter("r", q);
+    finish(
+        format!("SELECT count(*) FROM resource r WHERE {filter}"),
+        b.args,
+        ph,
+    )
+}
+
+/// The `(resource_type, id)` of up to `q.limit` matches, in rid order.
+#[must_use]
+pub fn search_ids(q: &SearchQuery, ph: Placeholders) -> Statement {
+    let mut b = Builder::default();
+    let filter = b.filter("r", q);
+    b.args.push(SqlArg::Int(i64::from(q.limit)));
+    finish(
+        format!(
+            "SELECT r.resource_type, r.id FROM resource r WHERE {filter} ORDER BY r.rid LIMIT ?"
+        ),
+        b.args,
+        ph,
+    )
+}
+
+/// Rows like [`search_page`] (without sort keys) of related resources, in rid order.
+#[must_use]
+pub fn related(related: &Related, limit: u32, ph: Placeholders) -> Statement {
+    let mut b = Builder::default();
+    let mut sql = format!(
+        "SELECT t.rid, {VERSION_COLUMNS} FROM resource t JOIN resource_version v ON v.seq = t.seq \
+         WHERE t.deleted = 0 AND t.rid IN ("
+    );
+    match related {
+        Related::Targets {
+            from,
+            params,
+            target,
+        } => {
+            let params = b.params("x", params);
+            let from = b.int_list(from);
+            sql.push_str(&format!(
+                "SELECT u.rid FROM search_reference x JOIN resource u \
+                 ON u.resource_type = x.target_type AND u.id = x.target_id \
+                 WHERE x.rid IN ({from}) AND {params})"
+            ));
+            if let Some(target) = target {
+                sql.push_str(" AND t.resource_type = ?");
+                b.args.push(SqlArg::Text(target.as_str().to_owned()));
+            }
+        }
+        Related::Sources { to, source, params } => {
+            let params = b.params("x", params);
+            let mut by_type: Vec<String> = Vec::new();
+            let mut types: Vec<_> = to.iter().map(|(t, _)| *t).collect();
+            types.sort_unstable();
+            types.dedup();
+            for ty in types {
+                b.args.push(SqlArg::Text(ty.as_str().to_owned()));
+                let ids: Vec<String> = to
+                    .iter()
+                    .filter(|(t, _)| *t == ty)
+                    .map(|(_, id)| id.clone())
+                    .collect();
+                let ids = b.text_list(&ids);
+                by_type.push(format!("(x.target_type = ? AND x.target_id IN ({ids}))"));
+            }
+            let targets = if by_type.is_empty() {
+                "1 = 0".to_owned()
+            } else {
+                by_type.join(" OR ")
+            };
+            sql.push_str(&format!(
+                "SELECT x.rid FROM search_reference x WHERE {params} AND ({targets})) \
+                 AND t.resource_type = ?"
+            ));
+            b.args.push(SqlArg::Text(source.as_str().to_owned()));
+        }
+    }
+    sql.push_str(" ORDER BY t.rid LIMIT ?");
+    b.args.push(SqlArg::Int(i64::from(limit)));
+    finish(sql, b.args, ph)
+}
+
+/// Current resources after `after_rid`, in rid order: rows like [`related`].
+#[must_use]
+pub fn scan(after_rid: i64, limit: u32, ph: Placeholders) -> Statement {
+    finish(
+        format!(
+            "SELECT r.rid, {VERSION_COLUMNS} FROM resource r JOIN resource_version v \
+             ON v.seq = r.seq WHERE r.deleted = 0 AND r.rid > ? ORDER BY r.rid LIMIT ?"
+        ),
+        vec![SqlArg::Int(after_rid), SqlArg::Int(i64::from(limit))],
+        ph,
+    )
+}
+
+/// Reads the rows of [`search_page`] (decoded into [`Found`]) as they stream in and makes
+/// the page (without its total). Reading stops at the byte budget, like history.
+pub async fn collect_page<S>(q: &SearchQuery, rows: S) -> Result<SearchPage, StoreError>
+where
+    S: futures::Stream<Item = Result<Found, StoreError>>,
+{
+    use futures::StreamExt as _;
+    let mut rows = std::pin::pin!(rows);
+    let mut found = Vec::new();
+    let mut bytes = 0usize;
+    let mut cut_short = false;
+    while let Some(row) = rows.next().await {
+        let row = row?;
+        bytes += row.version.body.as_ref().map_or(0, bytes::Bytes::len);
+        found.push(row);
+        if bytes > q.max_bytes && found.len() <= q.limit as usize {
+            cut_short = true;
+            break;
+        }
+    }
+    let more = cut_short || found.len() > q.limit as usize;
+    found.truncate(q.limit as usize);
+    let backward = q.cursor.as_ref().is_some_and(|c| c.backward);
+    if backward {
+        found.reverse();
+    }
+    let (has_previous, has_next) = match &q.cursor {
+        None => (false, more),
+        Some(c) if c.backward => (more, true),
+        Some(_) => (true, more),
+    };
+    Ok(SearchPage {
+        matches: found,
+        has_next,
+        has_previous,
+        total: None,
+    })
+}
+
+/// Decodes sort key `i` of a row, given the kinds of [`SearchQuery::sort`].
+#[must_use]
+pub fn key_kinds(q: &SearchQuery) -> Vec<KeyKind> {
+    q.sort.iter().map(|k| k.table.sort_kind()).collect()
+}
+
+fn finish(sql: String, args: Vec<SqlArg>, ph: Placeholders) -> Statement {
+    let sql = match ph {
+        Placeholders::Question => sql,
+        Placeholders::Numbered => super::number_placeholders(&sql),
+    };
+    Statement { sql, args }
+}
+
+/// Accumulates the arguments of a statement while its text is built, and hands out unique
+/// table aliases for nested sub-selects.
+#[derive(Default)]
+struct Builder {
+    args: Vec<SqlArg>,
+    aliases: usize,
+}
+
+impl Builder {
+    fn alias(&mut self, prefix: &str) -> String {
+        self.aliases += 1;
+        format!("{prefix}{}", self.aliases)
+    }
+
+    fn scalar(&mut self, v: &Scalar) {
+        self.args.push(match v {
+            Scalar::Text(s) => SqlArg::Text(s.clone()),
+            Scalar::Int(i) => SqlArg::Int(*i),
+            Scalar::Float(f) => SqlArg::Float(*f),
+        });
+    }
+
+    fn int_list(&mut self, values: &[i64]) -> String {
+        if values.is_empty() {
+            return "NULL".to_owned();
+        }
+        self.args.extend(values.iter().map(|v| SqlArg::Int(*v)));
+        vec!["?"; values.len()].join(", ")
+    }
+
+    fn text_list(&mut self, values: &[String]) -> String {
+        if values.is_empty() {
+            return "NULL".to_owned();
+        }
+        self.args
+            .extend(values.iter().map(|v| SqlArg::Text(v.clone())));
+        vec!["?"; values.len()].join(", ")
+    }
+
+    /// `alias.param = ?` or `alias.param IN (...)`.
+    fn params(&mut self, alias: &str, keys: &[ParamKey]) -> String {
+        match keys {
+            [] => "1 = 0".to_owned(),
+            [one] => {
+                self.args.push(SqlArg::Int(i64::from(one.0)));
+                format!("{alias}.param = ?")
+            }
+            many => {
+                let ints: Vec<i64> = many.iter().map(|k| i64::from(k.0)).collect();
+                let list = self.int_list(&ints);
+                format!("{alias}.param IN ({list})")
+            }
+        }
+    }
+
+    /// The WHERE clause of the matches of `q` on the head alias `r`.
+    fn filter(&mut self, r: &str, q: &SearchQuery) -> String {
+        let mut parts = vec![format!("{r}.deleted = 0")];
+        match q.types.as_slice() {
+            [] => {}
+            [one] => {
+                self.args.push(SqlArg::Text(one.as_str().to_owned()));
+                parts.push(format!("{r}.resource_type = ?"));
+            }
+            many => {
+                let names: Vec<String> = many.iter().map(|t| t.as_str().to_owned()).collect();
+                let list = self.text_list(&names);
+                parts.push(format!("{r}.resource_type IN ({list})"));
+            }
+        }
+        for c in &q.conditions {
+            parts.push(self.condition(r, c));
+        }
+        parts.join(" AND ")
+    }
+
+    fn condition(&mut self, a: &str, c: &Condition) -> String {
+        match c {
+            Condition::True => "1 = 1".to_owned(),
+            Condition::False => "1 = 0".to_owned(),
+            Condition::Any {
+                table,
+                params,
+                pred,
+            } => {
+                let sub = self.index_select(*table, params, pred);
+                format!("{a}.rid IN ({sub})")
+            }
+            Condition::None {
+                table,
+                params,
+                pred,
+            } => {
+                let sub = self.index_select(*table, params, pred);
+                format!("{a}.rid NOT IN ({sub})")
+            }
+            Condition::Composite { parts } => {
+                let mut from = String::new();
+                let mut wheres = Vec::new();
+                let mut first: Option<String> = None;
+                for (table, key, pred) in parts {
+                    let x = self.alias("c");
+                    match &first {
+                        None => from.push_str(&format!("{} {x}", table.name())),
+                        Some(f) => from.push_str(&format!(
+                            " JOIN {} {x} ON {x}.rid = {f}.rid AND {x}.grp = {f}.grp",
+                            table.name()
+                        )),
+                    }
+                    let params = self.params(&x, std::slice::from_ref(key));
+                    let pred = self.pred(&x, pred);
+                    wheres.push(format!("{params} AND ({pred})"));
+                    if first.is_none() {
+                        first = Some(x);
+                    }
+                }
+                match first {
+                    None => "1 = 0".to_owned(),
+                    Some(f) => format!(
+                        "{a}.rid IN (SELECT {f}.rid FROM {from} WHERE {})",
+                        wheres.join(" AND ")
+                    ),
+                }
+            }
+            Condition::And(cs) => {
+                if cs.is_empty() {
+                    return "1 = 1".to_owned();
+                }
+                let parts: Vec<String> = cs.iter().map(|c| self.condition(a, c)).collect();
+                format!("({})", parts.join(" AND "))
+            }
+            Condition::Or(cs) => {
+                if cs.is_empty() {
+                    return "1 = 0".to_owned();
+                }
+                let parts: Vec<String> = cs.iter().map(|c| self.condition(a, c)).collect();
+                format!("({})", parts.join(" OR "))
+            }
+            Condition::Chain {
+                params,
+                target,
+                inner,
+            } => {
+                let x = self.alias("x");
+                let t = self.alias("t");
+                let params = self.params(&x, params);
+                self.args.push(SqlArg::Text(target.as_str().to_owned()));
+                let inner = self.condition(&t, inner);
+                format!(
+                    "{a}.rid IN (SELECT {x}.rid FROM search_reference {x} JOIN resource {t} \
+                     ON {t}.resource_type = {x}.target_type AND {t}.id = {x}.target_id \
+                     WHERE {params} AND {x}.target_type = ? AND {t}.deleted = 0 AND {inner})"
+                )
+            }
+            Condition::ReferencedBy {
+                source,
+                param,
+                target,
+                inner,
+            } => {
+                let x = self.alias("x");
+                let s = self.alias("s");
+                let params = self.params(&x, std::slice::from_ref(param));
+                self.args.push(SqlArg::Text(target.as_str().to_owned()));
+                self.args.push(SqlArg::Text(source.as_str().to_owned()));
+                let inner = self.condition(&s, inner);
+                format!(
+                    "{a}.id IN (SELECT {x}.target_id FROM search_reference {x} JOIN resource {s} \
+                     ON {s}.rid = {x}.rid WHERE {params} AND {x}.target_type = ? \
+                     AND {s}.resource_type = ? AND {s}.deleted = 0 AND {inner})"
+                )
+            }
+            Condition::IdIn(ids) => {
+                let list = self.text_list(ids);
+                format!("{a}.id IN ({list})")
+            }
+        }
+    }
+
+    fn index_select(&mut self, table: Table, params: &[ParamKey], pred: &Pred) -> String {
+        let x = self.alias("i");
+        let params = self.params(&x, params);
+        let pred = self.pred(&x, pred);
+        format!(
+            "SELECT {x}.rid FROM {} {x} WHERE {params} AND ({pred})",
+            table.name()
+        )
+    }
+
+    fn pred(&mut self, x: &str, p: &Pred) -> String {
+        let col = |c: &Col| format!("{x}.{}", c.name());
+        match p {
+            Pred::True => "1 = 1".to_owned(),
+            Pred::Eq(c, v) => {
+                self.scalar(v);
+                format!("{} = ?", col(c))
+            }
+            Pred::IsNull(c) => format!("{} IS NULL", col(c)),
+            Pred::Lt(c, v) => {
+                self.scalar(v);
+                format!("{} < ?", col(c))
+            }
+            Pred::Le(c, v) => {
+                self.scalar(v);
+                format!("{} <= ?", col(c))
+            }
+            Pred::Gt(c, v) => {
+                self.scalar(v);
+                format!("{} > ?", col(c))
+            }
+            Pred::Ge(c, v) => {
+                self.scalar(v);
+                format!("{} >= ?", col(c))
+            }
+            Pred::StartsWith(c, s) => {
+                // A range rather than LIKE, so both databases use the btree index (text
+                // columns compare bytewise: BINARY in SQLite, COLLATE "C" in PostgreSQL).
+                // U+10FFFF is the greatest scalar value, so every extension of `s` falls
+                // below `s` followed by it.
+                self.args.push(SqlArg::Text(s.clone()));
+                self.args.push(SqlArg::Text(format!("{s}\u{10FFFF}")));
+                format!("({c} >= ? AND {c} < ?)", c = col(c))
+            }
+            Pred::Contains(c, s) => {
+                self.args
+                    .push(SqlArg::Text(format!("%{}%", escape_like(s))));
+                format!("{} LIKE ? ESCAPE '\\'", col(c))
+            }
+            Pred::PrefixOf(c, s) => {
+                self.args.push(SqlArg::Text(s.clone()));
+                format!("substr(?, 1, length({c})) = {c}", c = col(c))
+            }
+            Pred::And(ps) => {
+                if ps.is_empty() {
+                    return "1 = 1".to_owned();
+                }
+                let parts: Vec<String> = ps.iter().map(|p| self.pred(x, p)).collect();
+                format!("({})", parts.join(" AND "))
+            }
+            Pred::Or(ps) => {
+                if ps.is_empty() {
+                    return "1 = 0".to_owned();
+                }
+                let parts: Vec<String> = ps.iter().map(|p| self.pred(x, p)).collect();
+                format!("({})", parts.join(" OR "))
+            }
+            Pred::Not(p) => {
+                let inner = self.pred(x, p);
+                format!("NOT ({inner})")
+            }
+        }
+    }
+
+    /// Entries strictly after (or, for a backward cursor, before) the cursor's position in
+    /// the order of `q.sort`, missing values last, then rid.
+    fn keyset(&mut self, q: &SearchQuery, cursor: &SearchCursor) -> String {
+        let mut alternatives = Vec::new();
+        let keys = q.sort.len().min(cursor.keys.len());
+        for i in 0..=keys {
+            let mut conj = Vec::new();
+            for (j, value) in cursor.keys.iter().enumerate().take(i) {
+                conj.push(self.key_eq(j, value));
+            }
+            let step = if i == keys {
+                self.args.push(SqlArg::Int(cursor.rid));
+                Some(if cursor.backward {
+                    "q.rid < ?".to_owned()
+                } else {
+                    "q.rid > ?".to_owned()
+                })
+            } else {
+                self.key_step(i, q.sort[i].descending, &cursor.keys[i], cursor.backward)
+            };
+            if let Some(step) = step {
+                conj.push(step);
+                alternatives.push(format!("({})", conj.join(" AND ")));
+            }
+        }
+        if alternatives.is_empty() {
+            "1 = 0".to_owned()
+        } else {
+            format!("({})", alternatives.join(" OR "))
+        }
+    }
+
+    fn key_eq(&mut self, i: usize, value: &SortValue) -> String {
+        match value {
+            SortValue::Null => format!("q.k{i} IS NULL"),
+            v => {
+                self.sort_value(v);
+                format!("q.k{i} = ?")
+            }
+        }
+    }
+
+    /// Key `i` strictly beyond `value` in the walking direction; `None` if nothing can be.
+    fn key_step(
+        &mut self,
+        i: usize,
+        descending: bool,
+        value: &SortValue,
+        backward: bool,
+    ) -> Option<String> {
+        match (value, backward) {
+            // Missing values sort last: nothing follows them, everything else precedes them.
+            (SortValue::Null, false) => None,
+            (SortValue::Null, true) => Some(format!("q.k{i} IS NOT NULL")),
+            (v, false) => {
+                self.sort_value(v);
+                let op = if descending { "<" } else { ">" };
+                Some(format!("(q.k{i} {op} ? OR q.k{i} IS NULL)"))
+            }
+            (v, true) => {
+                self.sort_value(v);
+                let op = if descending { ">" } else { "<" };
+                Some(format!("q.k{i} {op} ?"))
+            }
+        }
+    }
+
+    fn sort_value(&mut self, v: &SortValue) {
+        self.args.push(match v {
+            SortValue::Null => SqlArg::OptText(None),
+            SortValue::Text(s) => SqlArg::Text(s.clone()),
+            SortValue::Int(i) => SqlArg::Int(*i),
+            SortValue::Float(f) => SqlArg::Float(*f),
+        });
+    }
+}
+
+/// Escapes LIKE's wildcards (and the escape character itself) with `\`.
+fn escape_like(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::search::SortSpec;
+    use haven_domain::ResourceType;
+
+    fn patient() -> ResourceType {
+        ResourceType::parse("Patient").unwrap()
+    }
+
+    fn query(conditions: Vec<Condition>) -> SearchQuery {
+        SearchQuery {
+            types: vec![patient()],
+            conditions,
+            sort: Vec::new(),
+            cursor: None,
+            limit: 10,
+            total: false,
+            max_bytes: 1 << 20,
+        }
+    }
+
+    #[test]
+    fn placeholders_match_arguments() {
+        let mut q = query(vec![
+            Condition::Any {
+                table: Table::String,
+                params: vec![ParamKey(7)],
+                pred: Pred::StartsWith(Col::Normalized, "smi".into()),
+            },
+            Condition::Chain {
+                params: vec![ParamKey(8), ParamKey(9)],
+                target: patient(),
+                inner: Box::new(Condition::IdIn(vec!["a".into(), "b".into()])),
+            },
+            Condition::Composite {
+                parts: vec![
+                    (
+                        Table::Token,
+                        ParamKey(1),
+                        Pred::Eq(Col::Code, Scalar::Text("x".into())),
+                    ),
+                    (
+                        Table::Number,
+                        ParamKey(2),
+                        Pred::Gt(Col::Upper, Scalar::Float(1.5)),
+                    ),
+                ],
+            },
+        ]);
+        q.sort = vec![SortSpec {
+            table: Table::Date,
+            params: vec![ParamKey(3)],
+            descending: true,
+        }];
+        q.cursor = Some(SearchCursor {
+            keys: vec![SortValue::Int(5)],
+            rid: 9,
+            backward: false,
+        });
+        for ph in [Placeholders::Question, Placeholders::Numbered] {
+            for s in [
+                search_page(&q, ph),
+                search_count(&q, ph),
+                search_ids(&q, ph),
+            ] {
+                let n = match ph {
+                    Placeholders::Question => s.sql.matches('?').count(),
+                    Placeholders::Numbered => s.sql.matches('$').count(),
+                };
+                assert_eq!(n, s.args.len(), "{}", s.sql);
+            }
+        }
+    }
+
+    #[test]
+    fn like_patterns_escape_wildcards() {
+        assert_eq!(escape_like("50%_a\\b"), "50\\%\\_a\\\\b");
+    }
+
+    #[test]
+    fn inserts_group_rows_by_table_and_chunk() {
+        let rows: Vec<IndexRow> = (0..450)
+            .map(|i| IndexRow {
+                param: ParamKey(1),
+                grp: 0,
+                cell: IndexCell::Uri {
+                    value: format!("u{i}"),
+                },
+            })
+            .chain(std::iter::once(IndexRow {
+                param: ParamKey(2),
+                grp: 0,
+                cell: IndexCell::Date { start: 1, end: 2 },
+            }))
+            .collect();
+        let stmts = insert_index(42, &rows, Placeholders::Question);
+        assert_eq!(stmts.len(), 4, "one date insert and three uri chunks");
+        let total_args: usize = stmts.iter().map(|s| s.args.len()).sum();
+        assert_eq!(total_args, 450 * 4 + 5);
+    }
+}
