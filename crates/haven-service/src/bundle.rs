@@ -16,11 +16,13 @@ use serde_json::{Map, Value};
 use crate::interactions::{Done, IsRace, apply, retry_on_race};
 use crate::patch::parse_patch;
 use crate::prepare::{
-    Op, cap_issues, check_resource, conformance_errors, parse_if_match, refuse_conditions,
+    Criteria, MAX_CONDITIONAL_DELETES, Op, cap_issues, check_resource, conformance_errors,
+    parse_if_match, refuse_conditions,
 };
 use crate::route::{Method, Route, route, split_url};
 use crate::wire::{BundleOut, Entry, EntryResponse, bundle_meta, raw, status_line};
 use crate::{FhirResponse, FhirService, RequestContext, ReturnPreference, ServiceError, outcome};
+use haven_domain::{ResourceId, ResourceType};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -29,12 +31,15 @@ enum Kind {
 }
 
 /// An entry's request as parsed from the Bundle, before ids are assigned.
+#[derive(Clone)]
 struct Planned {
     index: usize,
     method: Method,
     route: Route,
     query: Vec<(String, String)>,
     if_match: Option<String>,
+    /// `request.ifNoneExist`: a conditional create.
+    if_none_exist: Option<String>,
     resource: Option<Map<String, Value>>,
     full_url: Option<String>,
 }
@@ -43,6 +48,9 @@ struct Planned {
 struct EntryFailure {
     index: Option<usize>,
     error: ServiceError,
+    /// What a conditional entry or reference matched changed between planning and the unit:
+    /// plan again.
+    changed: bool,
 }
 
 impl From<StoreError> for EntryFailure {
@@ -50,8 +58,21 @@ impl From<StoreError> for EntryFailure {
         EntryFailure {
             index: None,
             error: e.into(),
+            changed: false,
         }
     }
+}
+
+/// Attempts at a transaction whose conditional matches keep changing under it.
+const CONDITIONAL_ATTEMPTS: usize = 3;
+
+/// A search a transaction decided on while planning, and what it found then. The unit checks
+/// it again under `lock_criteria`, so the transaction commits only on the answers it was
+/// planned with.
+#[derive(Clone)]
+struct Expectation {
+    criteria: Criteria,
+    found: Vec<(ResourceType, ResourceId)>,
 }
 
 /// Entries of a batch that run at once.
@@ -59,7 +80,8 @@ const BATCH_CONCURRENCY: usize = 8;
 
 impl IsRace for EntryFailure {
     fn is_race(&self) -> bool {
-        self.error.is_race()
+        // A changed conditional match needs a new plan, not the same unit again.
+        !self.changed && self.error.is_race()
     }
 }
 
@@ -117,6 +139,31 @@ fn in_entry(e: ServiceError, index: usize) -> ServiceError {
         | ServiceError::Internal
         | ServiceError::OutcomeUnknown
         | ServiceError::WriteRace) => other,
+    }
+}
+
+/// Collects `Reference.reference` values that are search criteria (`Patient?identifier=...`).
+fn collect_conditional_references(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => {
+            for (k, child) in m {
+                if k == "reference"
+                    && let Value::String(s) = child
+                    && s.contains('?')
+                    && !s.contains("://")
+                {
+                    if !out.contains(s) {
+                        out.push(s.clone());
+                    }
+                    continue;
+                }
+                collect_conditional_references(child, out);
+            }
+        }
+        Value::Array(items) => items
+            .iter()
+            .for_each(|i| collect_conditional_references(i, out)),
+        _ => {}
     }
 }
 
@@ -226,11 +273,15 @@ impl FhirService {
             .get("url")
             .and_then(Value::as_str)
             .ok_or_else(|| ServiceError::BadRequest("request.url is required".into()))?;
-        let conditions: Vec<&str> = ["ifNoneExist", "ifNoneMatch", "ifModifiedSince"]
+        let conditions: Vec<&str> = ["ifNoneMatch", "ifModifiedSince"]
             .into_iter()
             .filter(|k| request.contains_key(*k))
             .collect();
         refuse_conditions(&conditions)?;
+        let if_none_exist = request
+            .get("ifNoneExist")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
         let if_match = request
             .get("ifMatch")
             .and_then(Value::as_str)
@@ -254,14 +305,30 @@ impl FhirService {
                 "only create, read, vread, update, patch, delete and history may appear in a Bundle".into(),
             ));
         }
+        if matches!(route, Route::Everything(_)) {
+            return Err(ServiceError::BadRequest(
+                "$everything cannot run inside a Bundle; call it directly".into(),
+            ));
+        }
+        if if_none_exist.is_some() && !matches!(route, Route::Create(_)) {
+            return Err(ServiceError::BadRequest(
+                "ifNoneExist applies to POST (create) entries only".into(),
+            ));
+        }
         if !query.is_empty()
             && !matches!(
                 route,
-                Route::HistoryInstance(..) | Route::HistoryType(_) | Route::HistorySystem
+                Route::HistoryInstance(..)
+                    | Route::HistoryType(_)
+                    | Route::HistorySystem
+                    | Route::Search(_)
+                    | Route::ConditionalUpdate(_)
+                    | Route::ConditionalDelete(_)
             )
         {
             return Err(ServiceError::BadRequest(
-                "conditional interactions and search are not offered by this server version".into(),
+                "only searches, history and conditional updates and deletes take query parameters"
+                    .into(),
             ));
         }
         let resource = match entry.remove("resource") {
@@ -283,6 +350,7 @@ impl FhirService {
             route,
             query,
             if_match,
+            if_none_exist,
             resource,
             full_url,
         })
@@ -303,7 +371,26 @@ impl FhirService {
                 ty,
                 id: create_id.unwrap_or_else(haven_domain::ResourceId::generate),
                 body: check_resource(ty, need_resource(p.resource)?, None)?,
-                if_none_exist: None,
+                if_none_exist: p
+                    .if_none_exist
+                    .as_deref()
+                    .map(|c| self.entry_criteria(ty, c, 2, "ifNoneExist"))
+                    .transpose()?,
+            },
+            Route::ConditionalUpdate(ty) => Op::ConditionalUpdate {
+                ty,
+                body: check_resource(ty, need_resource(p.resource)?, None)?,
+                criteria: Criteria::new(self, ty, &p.query, 2, "a conditional update")?,
+            },
+            Route::ConditionalDelete(ty) => Op::ConditionalDelete {
+                ty,
+                criteria: Criteria::new(
+                    self,
+                    ty,
+                    &p.query,
+                    MAX_CONDITIONAL_DELETES + 1,
+                    "a conditional delete",
+                )?,
             },
             Route::Update(ty, id) => Op::Update {
                 ty,
@@ -345,10 +432,34 @@ impl FhirService {
             Route::Vread(ty, id, version) => Op::Vread { ty, id, version },
             _ => {
                 return Err(ServiceError::BadRequest(
-                    "history cannot run inside a transaction; use a batch".into(),
+                    "history and search cannot run inside a transaction; use a batch".into(),
                 ));
             }
         })
+    }
+
+    /// Criteria given as a query string (`ifNoneExist`, a conditional reference).
+    fn entry_criteria(
+        &self,
+        ty: ResourceType,
+        query: &str,
+        limit: u32,
+        what: &str,
+    ) -> Result<Criteria, ServiceError> {
+        let query = query.strip_prefix('?').unwrap_or(query);
+        let pairs = split_url(&format!("?{query}"))?.1;
+        Criteria::new(self, ty, &pairs, limit, what)
+    }
+
+    /// Runs a planned search outside the unit (planning), for an [`Expectation`].
+    async fn expect(&self, criteria: Criteria) -> Result<Expectation, ServiceError> {
+        let page = self.store.search(&criteria.query).await?;
+        let found = page
+            .matches
+            .iter()
+            .map(|f| (f.version.resource_type, f.version.id.clone()))
+            .collect();
+        Ok(Expectation { criteria, found })
     }
 
     async fn transaction(
@@ -365,105 +476,28 @@ impl FhirService {
         for (i, e) in entries.into_iter().enumerate() {
             planned.push(self.plan_entry(i, e).map_err(|err| in_entry(err, i))?);
         }
-
-        // 1. Assign ids to creates and map every fullUrl to the resource's new identity.
-        let mut mapping: HashMap<String, String> = HashMap::new();
-        let mut create_ids = vec![None; n];
-        for p in &planned {
-            let target = match &p.route {
-                Route::Create(ty) => {
-                    let id = haven_domain::ResourceId::generate();
-                    let t = format!("{ty}/{id}");
-                    create_ids[p.index] = Some(id);
-                    Some(t)
+        let mut attempt = 0;
+        let results = loop {
+            attempt += 1;
+            match self.run_transaction(planned.clone()).await {
+                Err(f) if f.changed && attempt < CONDITIONAL_ATTEMPTS => {
+                    tracing::debug!(
+                        attempt,
+                        "re-planning a transaction whose conditional matches changed"
+                    );
                 }
-                Route::Update(ty, id) => Some(format!("{ty}/{id}")),
-                _ => None,
-            };
-            if let (Some(full), Some(t)) = (&p.full_url, target)
-                && mapping.insert(full.clone(), t).is_some()
-            {
-                return Err(in_entry(
-                    ServiceError::BadRequest(format!("fullUrl {full} appears more than once")),
-                    p.index,
-                ));
+                Err(f) if f.changed => {
+                    return Err(ServiceError::WriteRace);
+                }
+                Err(f) => {
+                    return Err(match f.index {
+                        Some(i) => in_entry(f.error, i),
+                        None => f.error,
+                    });
+                }
+                Ok(done) => break done,
             }
-        }
-        // 2. Rewrite references between entries.
-        for p in &mut planned {
-            if let Some(res) = p.resource.take() {
-                let mut v = Value::Object(res);
-                if let Some(u) = rewrite_references(&mut v, &mapping) {
-                    return Err(in_entry(
-                        ServiceError::BadRequest(format!(
-                            "the reference {u} is not the fullUrl of any entry in this transaction"
-                        )),
-                        p.index,
-                    ));
-                }
-                if let Value::Object(m) = v {
-                    p.resource = Some(m);
-                }
-            }
-        }
-        // 3. Validate and build operations; no resource may be touched twice (http.html#trules).
-        let mut ops: Vec<(usize, u8, Op)> = Vec::with_capacity(n);
-        let mut touched = HashSet::new();
-        let mut issues = Vec::new();
-        for p in planned {
-            let (index, ph) = (p.index, phase(p.method));
-            match self.entry_op(p, create_ids[index].take()) {
-                Ok(op) => {
-                    if let Some((ty, id)) = op.target()
-                        && op.is_write()
-                        && !touched.insert((ty, id.clone()))
-                    {
-                        return Err(in_entry(
-                            ServiceError::BadRequest(format!(
-                                "{ty}/{id} is changed by more than one entry; a transaction may touch each resource once"
-                            )),
-                            index,
-                        ));
-                    }
-                    ops.push((index, ph, op));
-                }
-                Err(ServiceError::Invalid(found)) => {
-                    if let ServiceError::Invalid(found) =
-                        in_entry(ServiceError::Invalid(found), index)
-                    {
-                        issues.extend(found);
-                    }
-                }
-                Err(other) => return Err(in_entry(other, index)),
-            }
-        }
-        if !issues.is_empty() {
-            return Err(ServiceError::Invalid(cap_issues(issues)));
-        }
-        ops.sort_by_key(|(index, ph, _)| (*ph, *index));
-
-        // 4. Run every entry in one unit of work.
-        let results = retry_on_race(|| {
-            let ops = ops.clone();
-            run_write(self.store.as_ref(), move |tx: &mut dyn WriteTx| {
-                Box::pin(async move {
-                    let mut done = Vec::with_capacity(ops.len());
-                    for (index, _, op) in ops {
-                        let d = apply(tx, op).await.map_err(|error| EntryFailure {
-                            index: Some(index),
-                            error,
-                        })?;
-                        done.push((index, d));
-                    }
-                    Ok::<_, EntryFailure>(done)
-                })
-            })
-        })
-        .await
-        .map_err(|f| match f.index {
-            Some(i) => in_entry(f.error, i),
-            None => f.error,
-        })?;
+        };
 
         let mut by_index: Vec<Option<Done>> = (0..n).map(|_| None).collect();
         for (i, d) in results {
@@ -474,6 +508,234 @@ impl FhirService {
             .map(|d| d.ok_or(ServiceError::Internal))
             .collect();
         self.bundle_response(ctx, "transaction-response", outcomes, Vec::new())
+    }
+
+    /// Plans a transaction (resolving conditional entries and references by search, then
+    /// assigning ids and rewriting references) and runs it as one unit of work that first
+    /// checks every search still finds what planning found.
+    async fn run_transaction(
+        &self,
+        mut planned: Vec<Planned>,
+    ) -> Result<Vec<(usize, Done)>, EntryFailure> {
+        let fail = |index: usize| {
+            move |error: ServiceError| EntryFailure {
+                index: Some(index),
+                error,
+                changed: false,
+            }
+        };
+        let n = planned.len();
+        let mut expectations: Vec<Expectation> = Vec::new();
+        // 1. Assign ids to creates and map every fullUrl to the resource's new identity;
+        // conditional creates and updates take the identity their criteria find.
+        let mut mapping: HashMap<String, String> = HashMap::new();
+        let mut create_ids = vec![None; n];
+        let mut existing: Vec<Option<(ResourceType, ResourceId)>> = vec![None; n];
+        for p in &mut planned {
+            let target = match &p.route {
+                Route::Create(ty) => {
+                    let ty = *ty;
+                    let mut id = ResourceId::generate();
+                    if let Some(c) = &p.if_none_exist {
+                        let criteria = self
+                            .entry_criteria(ty, c, 2, "ifNoneExist")
+                            .map_err(fail(p.index))?;
+                        let e = self.expect(criteria).await.map_err(fail(p.index))?;
+                        match e.found.as_slice() {
+                            [] => {}
+                            [(t, found)] => {
+                                id = found.clone();
+                                existing[p.index] = Some((*t, found.clone()));
+                            }
+                            _ => {
+                                return Err(fail(p.index)(ServiceError::PreconditionFailed(
+                                    "ifNoneExist matches more than one resource; make the \
+                                     criteria more selective"
+                                        .into(),
+                                )));
+                            }
+                        }
+                        expectations.push(e);
+                    }
+                    let t = format!("{ty}/{id}");
+                    if let Some(c) = &p.if_none_exist {
+                        // A conditional reference with the same criteria as a conditional
+                        // create in this transaction means that entry's resource.
+                        let c = c.strip_prefix('?').unwrap_or(c);
+                        mapping.insert(format!("{ty}?{c}"), t.clone());
+                    }
+                    create_ids[p.index] = Some(id);
+                    Some(t)
+                }
+                Route::Update(ty, id) => Some(format!("{ty}/{id}")),
+                Route::ConditionalUpdate(ty) => {
+                    let ty = *ty;
+                    let criteria = Criteria::new(self, ty, &p.query, 2, "a conditional update")
+                        .map_err(fail(p.index))?;
+                    let e = self.expect(criteria).await.map_err(fail(p.index))?;
+                    let id = match e.found.as_slice() {
+                        [] => p
+                            .resource
+                            .as_ref()
+                            .and_then(|r| r.get("id"))
+                            .and_then(Value::as_str)
+                            .and_then(|s| ResourceId::parse(s).ok())
+                            .unwrap_or_else(ResourceId::generate),
+                        [(_, id)] => id.clone(),
+                        _ => {
+                            return Err(fail(p.index)(ServiceError::PreconditionFailed(
+                                "the conditional update matches more than one resource; make \
+                                 the criteria more selective"
+                                    .into(),
+                            )));
+                        }
+                    };
+                    expectations.push(e);
+                    // From here on it is a plain update of the resource the criteria chose.
+                    p.route = Route::Update(ty, id.clone());
+                    p.query.clear();
+                    if let Some(r) = p.resource.as_mut() {
+                        r.insert("id".into(), Value::from(id.as_str()));
+                    }
+                    Some(format!("{ty}/{id}"))
+                }
+                _ => None,
+            };
+            if let (Some(full), Some(t)) = (&p.full_url, target)
+                && mapping.insert(full.clone(), t).is_some()
+            {
+                return Err(fail(p.index)(ServiceError::BadRequest(format!(
+                    "fullUrl {full} appears more than once"
+                ))));
+            }
+        }
+        // 2. Conditional references (`Patient?identifier=...`) resolve to the one resource
+        // they match (http.html#trules).
+        for p in &planned {
+            let mut refs = Vec::new();
+            if let Some(r) = &p.resource {
+                collect_conditional_references(&Value::Object(r.clone()), &mut refs);
+            }
+            for text in refs {
+                if mapping.contains_key(&text) {
+                    continue;
+                }
+                let (ty, query) = text.split_once('?').unwrap_or((&text, ""));
+                let ty = ResourceType::parse(ty).ok_or_else(|| {
+                    fail(p.index)(ServiceError::BadRequest(format!(
+                        "the conditional reference {} does not start with a resource type",
+                        text.chars().take(80).collect::<String>()
+                    )))
+                })?;
+                let criteria = self
+                    .entry_criteria(ty, query, 2, "a conditional reference")
+                    .map_err(fail(p.index))?;
+                let e = self.expect(criteria).await.map_err(fail(p.index))?;
+                let target = match e.found.as_slice() {
+                    [(t, id)] => format!("{t}/{id}"),
+                    found => {
+                        return Err(fail(p.index)(ServiceError::PreconditionFailed(format!(
+                            "the conditional reference {} matches {} resources; it must match \
+                             exactly one",
+                            text.chars().take(80).collect::<String>(),
+                            found.len()
+                        ))));
+                    }
+                };
+                expectations.push(e);
+                mapping.insert(text, target);
+            }
+        }
+        // 3. Rewrite references between entries.
+        for p in &mut planned {
+            if let Some(res) = p.resource.take() {
+                let mut v = Value::Object(res);
+                if let Some(u) = rewrite_references(&mut v, &mapping) {
+                    return Err(fail(p.index)(ServiceError::BadRequest(format!(
+                        "the reference {u} is not the fullUrl of any entry in this transaction"
+                    ))));
+                }
+                if let Value::Object(m) = v {
+                    p.resource = Some(m);
+                }
+            }
+        }
+        // 4. Validate and build operations; no resource may be touched twice (http.html#trules).
+        let mut ops: Vec<(usize, u8, Op)> = Vec::with_capacity(n);
+        let mut touched = HashSet::new();
+        let mut issues = Vec::new();
+        for p in planned {
+            let (index, ph) = (p.index, phase(p.method));
+            // A conditional create that found its resource reads it instead.
+            if let Some((ty, id)) = existing[index].take() {
+                ops.push((index, ph, Op::Read { ty, id }));
+                continue;
+            }
+            let mut p = p;
+            // The search was made while planning and is checked again in the unit.
+            p.if_none_exist = None;
+            match self.entry_op(p, create_ids[index].take()) {
+                Ok(op) => {
+                    if let Some((ty, id)) = op.target()
+                        && op.is_write()
+                        && !touched.insert((ty, id.clone()))
+                    {
+                        return Err(fail(index)(ServiceError::BadRequest(format!(
+                            "{ty}/{id} is changed by more than one entry; a transaction may touch each resource once"
+                        ))));
+                    }
+                    ops.push((index, ph, op));
+                }
+                Err(ServiceError::Invalid(found)) => {
+                    if let ServiceError::Invalid(found) =
+                        in_entry(ServiceError::Invalid(found), index)
+                    {
+                        issues.extend(found);
+                    }
+                }
+                Err(other) => return Err(fail(index)(other)),
+            }
+        }
+        if !issues.is_empty() {
+            return Err(EntryFailure {
+                index: None,
+                error: ServiceError::Invalid(cap_issues(issues)),
+                changed: false,
+            });
+        }
+        ops.sort_by_key(|(index, ph, _)| (*ph, *index));
+
+        // 5. Run every entry in one unit of work, after checking the planned searches.
+        retry_on_race(|| {
+            let ops = ops.clone();
+            let expectations = expectations.clone();
+            run_write(self.store.as_ref(), move |tx: &mut dyn WriteTx| {
+                Box::pin(async move {
+                    for e in &expectations {
+                        tx.lock_criteria(e.criteria.lock_key).await?;
+                        let now = tx.search_ids(&e.criteria.query).await?;
+                        if now != e.found {
+                            return Err(EntryFailure {
+                                index: None,
+                                error: ServiceError::WriteRace,
+                                changed: true,
+                            });
+                        }
+                    }
+                    let mut done = Vec::with_capacity(ops.len());
+                    for (index, _, op) in ops {
+                        let d = apply(tx, op).await.map_err(|error| EntryFailure {
+                            index: Some(index),
+                            error,
+                            changed: false,
+                        })?;
+                        done.push((index, d));
+                    }
+                    Ok::<_, EntryFailure>(done)
+                })
+            })
+        })
+        .await
     }
 
     async fn batch(
@@ -499,9 +761,16 @@ impl FhirService {
             };
             if matches!(
                 planned.route,
-                Route::HistoryInstance(..) | Route::HistoryType(_) | Route::HistorySystem
+                Route::HistoryInstance(..)
+                    | Route::HistoryType(_)
+                    | Route::HistorySystem
+                    | Route::Search(_)
             ) {
-                match self.history(&planned.route, &planned.query).await {
+                let answer = match &planned.route {
+                    Route::Search(scope) => self.search(ctx, scope, &planned.query).await,
+                    route => self.history(route, &planned.query).await,
+                };
+                match answer {
                     Ok(resp) => {
                         histories.push((i, resp.body.unwrap_or_default()));
                         outcomes[i] = Some(Ok(Done {

@@ -244,6 +244,13 @@ pub(crate) fn check_resource(
         }
     }
     conformance_errors(&body)?;
+    if let Some(text) = conditional_reference(&Value::Object(body.clone())) {
+        return Err(ServiceError::BadRequest(format!(
+            "the conditional reference {} is only resolved inside a transaction Bundle; send \
+             the resource in a transaction or reference it as Type/id",
+            text.chars().take(80).collect::<String>()
+        )));
+    }
     Ok(body)
 }
 
@@ -262,6 +269,20 @@ pub(crate) fn conformance_errors(resource: &Map<String, Value>) -> Result<(), Se
         Ok(())
     } else {
         Err(ServiceError::Invalid(cap_issues(issues)))
+    }
+}
+
+/// The first `Reference.reference` that is search criteria (`Patient?identifier=...`).
+fn conditional_reference(v: &Value) -> Option<String> {
+    match v {
+        Value::Object(m) => m.iter().find_map(|(k, child)| match child {
+            Value::String(s) if k == "reference" && s.contains('?') && !s.contains("://") => {
+                Some(s.clone())
+            }
+            other => conditional_reference(other),
+        }),
+        Value::Array(items) => items.iter().find_map(conditional_reference),
+        _ => None,
     }
 }
 

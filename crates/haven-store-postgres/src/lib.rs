@@ -191,6 +191,15 @@ impl ResourceStore for PgStore {
         reads::related(&mut conn, related, limit).await
     }
 
+    async fn meta(&self, name: &str) -> Result<Option<String>, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(map_err)?;
+        sqlx::query_scalar("SELECT value FROM store_meta WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(map_err)
+    }
+
     async fn scan(&self, after_rid: i64, limit: u32) -> Result<Vec<Found>, StoreError> {
         let mut conn = self.pool.acquire().await.map_err(map_err)?;
         reads::scan(&mut conn, after_rid, limit).await
@@ -410,6 +419,30 @@ impl WriteTx for PgTx<'_> {
             .await
             .map(|_| ())
             .map_err(map_err);
+        self.track(r)
+    }
+
+    async fn set_meta(&mut self, name: &str, value: Option<&str>) -> Result<(), StoreError> {
+        let r = match value {
+            Some(v) => {
+                sqlx::query(
+                    "INSERT INTO store_meta (name, value) VALUES ($1, $2) \
+                 ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                )
+                .bind(name)
+                .bind(v)
+                .execute(&mut *self.conn)
+                .await
+            }
+            None => {
+                sqlx::query("DELETE FROM store_meta WHERE name = $1")
+                    .bind(name)
+                    .execute(&mut *self.conn)
+                    .await
+            }
+        }
+        .map(|_| ())
+        .map_err(map_err);
         self.track(r)
     }
 

@@ -188,6 +188,15 @@ impl ResourceStore for SqliteStore {
         reads::related(&mut conn, related, limit).await
     }
 
+    async fn meta(&self, name: &str) -> Result<Option<String>, StoreError> {
+        let mut conn = reads::acquire(&self.readers).await?;
+        sqlx::query_scalar("SELECT value FROM store_meta WHERE name = ?1")
+            .bind(name)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(reads::map_err)
+    }
+
     async fn scan(&self, after_rid: i64, limit: u32) -> Result<Vec<Found>, StoreError> {
         let mut conn = reads::acquire(&self.readers).await?;
         reads::scan(&mut conn, after_rid, limit).await

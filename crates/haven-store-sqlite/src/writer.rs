@@ -208,6 +208,30 @@ impl WriteTx for SqliteTx<'_> {
         Ok(())
     }
 
+    async fn set_meta(&mut self, name: &str, value: Option<&str>) -> Result<(), StoreError> {
+        let r = match value {
+            Some(v) => {
+                sqlx::query(
+                    "INSERT INTO store_meta (name, value) VALUES (?1, ?2) \
+                 ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                )
+                .bind(name)
+                .bind(v)
+                .execute(&mut *self.conn)
+                .await
+            }
+            None => {
+                sqlx::query("DELETE FROM store_meta WHERE name = ?1")
+                    .bind(name)
+                    .execute(&mut *self.conn)
+                    .await
+            }
+        }
+        .map(|_| ())
+        .map_err(map_err);
+        self.track(r)
+    }
+
     async fn replace_index(
         &mut self,
         ty: ResourceType,

@@ -144,6 +144,10 @@ pub trait ResourceStore: Send + Sync + 'static {
     /// Current resources in `rid` order after `after_rid`, at most `limit`, for re-indexing.
     async fn scan(&self, after_rid: i64, limit: u32) -> Result<Vec<Found>, StoreError>;
 
+    /// A maintenance setting (`store_meta`), e.g. which search definitions the index was
+    /// built with. Written with [`WriteTx::set_meta`].
+    async fn meta(&self, name: &str) -> Result<Option<String>, StoreError>;
+
     /// Runs a unit of work in one transaction and returns once it is durable (or rolled back).
     /// Use the typed wrapper [`run_write`] rather than calling this directly.
     async fn write_erased(&self, work: ErasedWriteFn) -> Result<ErasedOutcome, StoreError>;

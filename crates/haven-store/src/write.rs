@@ -52,6 +52,9 @@ pub trait WriteTx: Send {
     /// `key` is a hash of the criteria.
     async fn lock_criteria(&mut self, key: i64) -> Result<(), StoreError>;
 
+    /// Sets a maintenance setting (see [`crate::ResourceStore::meta`]); `None` removes it.
+    async fn set_meta(&mut self, name: &str, value: Option<&str>) -> Result<(), StoreError>;
+
     /// Replaces the index rows of a current resource without a new version (re-indexing
     /// after a change of search definitions). Returns false if the resource is gone.
     async fn replace_index(

@@ -42,6 +42,16 @@ enum Command {
     },
     /// Apply database migrations and exit.
     Migrate,
+    /// Rebuild the search index (after an upgrade that changed search definitions). Safe to
+    /// interrupt: a second run resumes where the first stopped.
+    Reindex {
+        /// Resources per transaction.
+        #[arg(long, default_value_t = 500)]
+        batch: u32,
+        /// Start from the beginning even if an interrupted run could be resumed.
+        #[arg(long)]
+        restart: bool,
+    },
     /// Probe a running server's /healthz (for container health checks); exit 0 when healthy.
     Healthcheck {
         /// Probe /readyz instead: healthy only when the database answers (readiness probes).
@@ -89,6 +99,9 @@ fn main() -> ExitCode {
         }
         Command::Healthcheck { ready } => healthcheck::run(&config, ready),
         Command::Migrate => run_async(async move { serve::migrate(&config).await }),
+        Command::Reindex { batch, restart } => {
+            run_async(async move { serve::reindex(&config, batch, restart).await })
+        }
         Command::Serve { role } => run_async(async move { serve::run(config, role).await }),
     }
 }

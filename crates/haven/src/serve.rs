@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use haven_http::{AppState, Modules};
+use haven_service::search::IndexStatus;
 use haven_service::{FhirService, ServiceConfig};
 use haven_store::ResourceStore;
 use haven_store_postgres::{PgOptions, PgStore};
@@ -63,6 +64,48 @@ pub async fn migrate(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `haven reindex`: recomputes the search index, resumably, with progress on stderr.
+pub async fn reindex(config: &Config, batch: u32, restart: bool) -> anyhow::Result<()> {
+    let store = open_store(config).await?;
+    let service = FhirService::new(
+        store,
+        ServiceConfig {
+            limits: config.limits(),
+            base_url: String::new(),
+        },
+    );
+    let started = std::time::Instant::now();
+    let mut last_print = std::time::Instant::now() - std::time::Duration::from_secs(10);
+    let done = service
+        .reindex(batch, restart, |p| {
+            if p.done == 0 || last_print.elapsed().as_secs_f64() >= 1.0 || p.done >= p.total {
+                last_print = std::time::Instant::now();
+                let rate = p.done as f64 / started.elapsed().as_secs_f64().max(0.001);
+                let pct = if p.total == 0 {
+                    100.0
+                } else {
+                    p.done as f64 * 100.0 / p.total as f64
+                };
+                eprintln!(
+                    "reindex: {}/{} resources ({pct:.1}%){}, {rate:.0}/s",
+                    p.done,
+                    p.total,
+                    if p.resumed { ", resumed" } else { "" }
+                );
+            }
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("reindex failed: {e}; run it again to resume"))?;
+    service.shutdown().await;
+    println!(
+        "search index rebuilt: {} resources in {:.1} s (definitions {})",
+        done.done,
+        started.elapsed().as_secs_f64(),
+        haven_service::search::fingerprint()
+    );
+    Ok(())
+}
+
 pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
     // Signal handlers first: a SIGTERM that arrives right after start-up must still mean a
     // graceful shutdown, not the default action (termination).
@@ -99,6 +142,18 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
         metrics_token: config.metrics.token.as_ref().map(|t| Arc::from(t.expose())),
         trusted_proxies: config.trusted_proxies()?,
     };
+    match service.index_status().await {
+        Ok(IndexStatus::Current) => metrics::gauge!("haven_search_index_stale").set(0.0),
+        Ok(IndexStatus::Stale) => {
+            metrics::gauge!("haven_search_index_stale").set(1.0);
+            tracing::warn!(
+                "the search index was built with other search definitions (or by an older \
+                 Haven); searches may miss resources until `haven reindex` has run"
+            );
+        }
+        // The database may be briefly unreachable at start; readiness reports that.
+        Err(e) => tracing::warn!(error = %e, "cannot check the search index version"),
+    }
     // Connect info gives the middleware each request's TCP peer (see `trusted_proxies`).
     tokio::spawn(watch_readiness(service.clone()));
     let app =

@@ -8,7 +8,7 @@ use crate::model::ResourceType;
 use crate::primitives::is_valid_id;
 
 const FORMS: &str = "'#id', 'Type/id', 'Type/id/_history/vid', an absolute http(s) URL ending in Type/id, \
-                     'urn:uuid:<uuid>' or 'urn:oid:<oid>'";
+                     'urn:uuid:<uuid>', 'urn:oid:<oid>' or (in a transaction) 'Type?criteria'";
 
 /// What a reference string points at, as far as syntax tells.
 #[derive(Debug, PartialEq, Eq)]
@@ -89,6 +89,17 @@ fn parse(text: &str) -> Result<Target<'_>, &'static str> {
             Ok(Target::Urn)
         } else {
             Err("not a valid urn:oid")
+        };
+    }
+    // A conditional reference (`Patient?identifier=...`): valid syntax, resolved by search
+    // when a transaction is processed (http.html#trules). Servers refuse it elsewhere.
+    if !text.contains("://")
+        && let Some((ty, criteria)) = text.split_once('?')
+    {
+        return match ResourceType::parse(ty) {
+            Some(rt) if !criteria.is_empty() => Ok(Target::Typed(rt)),
+            Some(_) => Err("a conditional reference needs search criteria after '?'"),
+            None => Err("a conditional reference must start with a resource type"),
         };
     }
     let absolute = text
@@ -176,6 +187,12 @@ mod tests {
             Ok(Target::Urn)
         );
         assert_eq!(parse("urn:oid:1.2.840.113619"), Ok(Target::Urn));
+        // Conditional references are syntax the validator accepts; the service resolves them
+        // in transactions and refuses them elsewhere.
+        assert!(matches!(
+            parse("Patient?identifier=x"),
+            Ok(Target::Typed(t)) if t.as_str() == "Patient"
+        ));
     }
 
     #[test]
@@ -200,7 +217,8 @@ mod tests {
             "urn:oid:3.1",
             "urn:oid:1",
             "urn:oid:1.02",
-            "Patient?identifier=x",
+            "Patient?",
+            "patient?identifier=x",
             "ftp://example.org/Patient/1",
         ] {
             assert!(parse(bad).is_err(), "{bad}");

@@ -16,7 +16,10 @@
 //! cannot make it skip or repeat entries that did not change; a changed entry may move.
 
 pub mod index;
+mod reindex;
 pub(crate) mod translate;
+
+pub use reindex::{IndexStatus, ReindexProgress, fingerprint};
 
 use std::collections::HashSet;
 

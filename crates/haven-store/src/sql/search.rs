@@ -253,8 +253,9 @@ pub fn related(related: &Related, limit: u32, ph: Placeholders) -> Statement {
             params,
             target,
         } => {
-            let params = b.params("x", params);
+            // Arguments in the order their placeholders appear.
             let from = b.int_list(from);
+            let params = b.params("x", params);
             sql.push_str(&format!(
                 "SELECT u.rid FROM search_reference x JOIN resource u \
                  ON u.resource_type = x.target_type AND u.id = x.target_id \
