@@ -53,7 +53,7 @@ pub struct TestApp {
 /// The backend the suite runs against: `HAVEN_TEST_BACKEND=postgres` selects PostgreSQL (one
 /// throwaway database per data directory, see `haven_store_postgres::testing`); otherwise the
 /// embedded SQLite store.
-fn postgres_backend() -> bool {
+pub fn postgres_backend() -> bool {
     std::env::var("HAVEN_TEST_BACKEND").is_ok_and(|b| b == "postgres")
 }
 

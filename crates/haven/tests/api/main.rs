@@ -12,4 +12,5 @@ mod history;
 mod negotiation;
 mod ops;
 mod process;
+mod reindex;
 mod validation;
