@@ -87,6 +87,10 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(options.busy_timeout)
             .foreign_keys(true)
+            // Text in the search index compares bytewise (haven_store::sql::search); SQLite's
+            // LIKE folds ASCII case unless told not to, PostgreSQL's never does. Same answer
+            // for `:contains` on both stores.
+            .pragma("case_sensitive_like", "ON")
             .disable_statement_logging();
 
         let mut conn = SqliteConnection::connect_with(&base.clone().create_if_missing(true))

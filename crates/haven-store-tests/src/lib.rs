@@ -5,6 +5,10 @@
 //! [`store_contract_tests!`], giving it a fresh, empty store per test. A behaviour that only
 //! one backend has is a bug in the other.
 
+mod search;
+
+pub use search::*;
+
 use bytes::Bytes;
 use haven_domain::{ResourceId, ResourceType, Timestamp, VersionId};
 use haven_store::{
@@ -33,6 +37,23 @@ macro_rules! store_contract_tests {
             history_since_and_at,
             history_pages_stop_at_the_byte_budget,
             writes_are_visible_to_new_reads,
+            // The search index (`search` module).
+            index_rows_match_each_predicate,
+            index_follows_updates_deletes_and_reindexing,
+            scan_walks_current_resources_in_rid_order,
+            none_matches_negation_and_missing,
+            composite_values_match_within_one_group,
+            boolean_conditions_and_ids,
+            chains_follow_references_to_current_targets,
+            reverse_chains_find_referenced_resources,
+            related_finds_targets_and_sources,
+            sorts_by_each_key_kind_with_missing_last,
+            keyset_pages_walk_forward_and_back,
+            totals_count_every_match,
+            paging_while_writing_sees_each_entry_once,
+            search_pages_stop_at_the_byte_budget,
+            unit_searches_see_their_own_writes,
+            conditional_creates_under_one_lock_create_once,
         );
     };
     (@each $make:expr; $($name:ident),* $(,)?) => {

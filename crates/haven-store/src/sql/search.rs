@@ -527,14 +527,18 @@ impl Builder {
             } => {
                 let x = self.alias("x");
                 let s = self.alias("s");
+                // The resource's type is checked as well as its id: in a search of several
+                // types, another type's resource with the same id is not the one referenced.
+                self.args.push(SqlArg::Text(target.as_str().to_owned()));
                 let params = self.params(&x, std::slice::from_ref(param));
                 self.args.push(SqlArg::Text(target.as_str().to_owned()));
                 self.args.push(SqlArg::Text(source.as_str().to_owned()));
                 let inner = self.condition(&s, inner);
                 format!(
-                    "{a}.id IN (SELECT {x}.target_id FROM search_reference {x} JOIN resource {s} \
-                     ON {s}.rid = {x}.rid WHERE {params} AND {x}.target_type = ? \
-                     AND {s}.resource_type = ? AND {s}.deleted = 0 AND {inner})"
+                    "({a}.resource_type = ? AND {a}.id IN (SELECT {x}.target_id \
+                     FROM search_reference {x} JOIN resource {s} ON {s}.rid = {x}.rid \
+                     WHERE {params} AND {x}.target_type = ? AND {s}.resource_type = ? \
+                     AND {s}.deleted = 0 AND {inner}))"
                 )
             }
             Condition::IdIn(ids) => {
@@ -624,30 +628,30 @@ impl Builder {
         let mut alternatives = Vec::new();
         let keys = q.sort.len().min(cursor.keys.len());
         for i in 0..=keys {
+            // Walking forward, nothing follows a missing key (missing values sort last), so
+            // that level has no alternative. Decided before the equalities bind their
+            // arguments: a dropped alternative must leave no arguments behind.
+            if i < keys && !cursor.backward && cursor.keys[i] == SortValue::Null {
+                continue;
+            }
             let mut conj = Vec::new();
             for (j, value) in cursor.keys.iter().enumerate().take(i) {
                 conj.push(self.key_eq(j, value));
             }
             let step = if i == keys {
                 self.args.push(SqlArg::Int(cursor.rid));
-                Some(if cursor.backward {
+                if cursor.backward {
                     "q.rid < ?".to_owned()
                 } else {
                     "q.rid > ?".to_owned()
-                })
+                }
             } else {
                 self.key_step(i, q.sort[i].descending, &cursor.keys[i], cursor.backward)
             };
-            if let Some(step) = step {
-                conj.push(step);
-                alternatives.push(format!("({})", conj.join(" AND ")));
-            }
+            conj.push(step);
+            alternatives.push(format!("({})", conj.join(" AND ")));
         }
-        if alternatives.is_empty() {
-            "1 = 0".to_owned()
-        } else {
-            format!("({})", alternatives.join(" OR "))
-        }
+        format!("({})", alternatives.join(" OR "))
     }
 
     fn key_eq(&mut self, i: usize, value: &SortValue) -> String {
@@ -660,27 +664,27 @@ impl Builder {
         }
     }
 
-    /// Key `i` strictly beyond `value` in the walking direction; `None` if nothing can be.
+    /// Key `i` strictly beyond `value` in the walking direction. Missing values sort last:
+    /// everything else precedes them (and nothing follows them, which [`Builder::keyset`]
+    /// handles by leaving that level out).
     fn key_step(
         &mut self,
         i: usize,
         descending: bool,
         value: &SortValue,
         backward: bool,
-    ) -> Option<String> {
+    ) -> String {
         match (value, backward) {
-            // Missing values sort last: nothing follows them, everything else precedes them.
-            (SortValue::Null, false) => None,
-            (SortValue::Null, true) => Some(format!("q.k{i} IS NOT NULL")),
+            (SortValue::Null, _) => format!("q.k{i} IS NOT NULL"),
             (v, false) => {
                 self.sort_value(v);
                 let op = if descending { "<" } else { ">" };
-                Some(format!("(q.k{i} {op} ? OR q.k{i} IS NULL)"))
+                format!("(q.k{i} {op} ? OR q.k{i} IS NULL)")
             }
             (v, true) => {
                 self.sort_value(v);
                 let op = if descending { ">" } else { "<" };
-                Some(format!("q.k{i} {op} ?"))
+                format!("q.k{i} {op} ?")
             }
         }
     }
@@ -742,6 +746,12 @@ mod tests {
                 target: patient(),
                 inner: Box::new(Condition::IdIn(vec!["a".into(), "b".into()])),
             },
+            Condition::ReferencedBy {
+                source: patient(),
+                param: ParamKey(10),
+                target: patient(),
+                inner: Box::new(Condition::IdIn(vec!["c".into()])),
+            },
             Condition::Composite {
                 parts: vec![
                     (
@@ -778,6 +788,37 @@ mod tests {
                     Placeholders::Numbered => s.sql.matches('$').count(),
                 };
                 assert_eq!(n, s.args.len(), "{}", s.sql);
+            }
+        }
+    }
+
+    #[test]
+    fn cursors_with_missing_keys_bind_one_argument_per_placeholder() {
+        let mut q = query(Vec::new());
+        q.sort = [false, true]
+            .into_iter()
+            .map(|descending| SortSpec {
+                table: Table::Number,
+                params: vec![ParamKey(4)],
+                descending,
+            })
+            .collect();
+        let values = [SortValue::Null, SortValue::Float(1.5)];
+        for first in &values {
+            for second in &values {
+                for backward in [false, true] {
+                    q.cursor = Some(SearchCursor {
+                        keys: vec![first.clone(), second.clone()],
+                        rid: 9,
+                        backward,
+                    });
+                    let s = search_page(&q, Placeholders::Question);
+                    assert_eq!(s.sql.matches('?').count(), s.args.len(), "{}", s.sql);
+                    // The rid is bound right after the key values it follows.
+                    let rid_at = s.args.iter().position(|a| *a == SqlArg::Int(9));
+                    let before_rid = s.sql[..s.sql.find("q.rid ").unwrap()].matches('?').count();
+                    assert_eq!(rid_at, Some(before_rid), "{}", s.sql);
+                }
             }
         }
     }
