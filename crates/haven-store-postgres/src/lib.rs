@@ -24,7 +24,7 @@ use async_trait::async_trait;
 use futures::FutureExt;
 use haven_domain::{ResourceId, ResourceType, VersionId};
 use haven_store::sql::Placeholders;
-use haven_store::sql::search as search_sql;
+use haven_store::sql::search::PendingIndex;
 use haven_store::{
     ChangeKind, CurrentState, ErasedOutcome, ErasedWriteFn, Found, HistoryPage, HistoryQuery,
     IndexRow, NewVersion, Related, ResourceStore, SearchPage, SearchQuery, StoreError,
@@ -143,8 +143,14 @@ impl ResourceStore for PgStore {
             let mut unit = PgTx {
                 conn: &mut tx,
                 failed: false,
+                pending: PendingIndex::default(),
             };
             let r = AssertUnwindSafe(work(&mut unit)).catch_unwind().await;
+            if matches!(r, Ok(Ok(_))) && !unit.failed {
+                // The unit's index rows, written together before the commit.
+                let flushed = unit.flush().await;
+                let _ = unit.track(flushed);
+            }
             (r, unit.failed)
         };
         let (result, failed) = result;
@@ -224,6 +230,8 @@ struct PgTx<'c> {
     /// A statement failed. PostgreSQL has then aborted the transaction, and a COMMIT would
     /// silently roll back: a unit that swallowed the error must not be acknowledged.
     failed: bool,
+    /// Index changes not yet written: flushed before the unit searches and before commit.
+    pending: PendingIndex,
 }
 
 impl PgTx<'_> {
@@ -318,22 +326,22 @@ impl PgTx<'_> {
         .try_get(0)
         .map_err(map_err)?;
         let index = if deleted { Vec::new() } else { v.index };
-        self.write_index(rid, current.is_some(), &index).await
+        self.write_index(rid, current.is_some(), index);
+        Ok(())
     }
 
-    /// Replaces the index rows of `rid` (`existed`: it may have rows to remove).
-    async fn write_index(
-        &mut self,
-        rid: i64,
-        existed: bool,
-        rows: &[IndexRow],
-    ) -> Result<(), StoreError> {
-        let mut statements = Vec::new();
-        if existed {
-            statements.extend(search_sql::delete_index(rid, Placeholders::Numbered));
+    /// Replaces the index rows of `rid` (`existed`: it may have rows to remove), when the unit
+    /// flushes.
+    fn write_index(&mut self, rid: i64, existed: bool, rows: Vec<IndexRow>) {
+        self.pending.replace(rid, existed, rows);
+    }
+
+    /// Writes the buffered index changes.
+    async fn flush(&mut self) -> Result<(), StoreError> {
+        if self.pending.is_empty() {
+            return Ok(());
         }
-        statements.extend(search_sql::insert_index(rid, rows, Placeholders::Numbered));
-        for s in statements {
+        for s in self.pending.take_statements(Placeholders::Numbered) {
             reads::statement(s)
                 .execute(&mut *self.conn)
                 .await
@@ -361,7 +369,7 @@ impl PgTx<'_> {
         .transpose()
         .map_err(map_err)?;
         let Some(rid) = rid else { return Ok(false) };
-        self.write_index(rid, true, &rows).await?;
+        self.write_index(rid, true, rows);
         Ok(true)
     }
 }
@@ -405,6 +413,8 @@ impl WriteTx for PgTx<'_> {
         &mut self,
         query: &SearchQuery,
     ) -> Result<Vec<(ResourceType, ResourceId)>, StoreError> {
+        let flushed = self.flush().await;
+        self.track(flushed)?;
         let r = reads::search_ids(self.conn, query).await;
         self.track(r)
     }

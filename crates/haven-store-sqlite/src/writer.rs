@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use futures::FutureExt;
 use haven_domain::{ResourceId, ResourceType, VersionId};
 use haven_store::sql::Placeholders;
-use haven_store::sql::search as search_sql;
+use haven_store::sql::search::PendingIndex;
 use haven_store::{
     ChangeKind, CurrentState, ErasedOutcome, ErasedWriteFn, IndexRow, NewVersion, SearchQuery,
     StoreError, StoredVersion, WriteTx,
@@ -96,8 +96,14 @@ async fn run_unit(conn: &mut SqliteConnection, job: Job, acks: &mut Vec<Ack>) ->
         let mut tx = SqliteTx {
             conn: &mut *conn,
             failed: false,
+            pending: PendingIndex::default(),
         };
         let r = AssertUnwindSafe((job.work)(&mut tx)).catch_unwind().await;
+        if matches!(r, Ok(Ok(_))) && !tx.failed {
+            // The unit's index rows, written together before its savepoint is released.
+            let flushed = tx.flush().await;
+            let _ = tx.track(flushed);
+        }
         (r, tx.failed)
     };
     let (outcome, release) = match result {
@@ -148,6 +154,8 @@ struct SqliteTx<'c> {
     /// A statement failed. A unit that goes on and returns `Ok` anyway is not committed (the
     /// same rule as PostgreSQL, where a failed statement aborts the transaction).
     failed: bool,
+    /// Index changes not yet written: flushed before the unit searches and when it ends.
+    pending: PendingIndex,
 }
 
 impl SqliteTx<'_> {
@@ -198,6 +206,8 @@ impl WriteTx for SqliteTx<'_> {
         &mut self,
         query: &SearchQuery,
     ) -> Result<Vec<(ResourceType, ResourceId)>, StoreError> {
+        let flushed = self.flush().await;
+        self.track(flushed)?;
         let r = reads::search_ids(self.conn, query).await;
         self.track(r)
     }
@@ -296,22 +306,22 @@ impl SqliteTx<'_> {
         .try_get(0)
         .map_err(map_err)?;
         let index = if deleted { Vec::new() } else { v.index };
-        self.write_index(rid, current.is_some(), &index).await
+        self.write_index(rid, current.is_some(), index);
+        Ok(())
     }
 
-    /// Replaces the index rows of `rid` (`existed`: it may have rows to remove).
-    async fn write_index(
-        &mut self,
-        rid: i64,
-        existed: bool,
-        rows: &[IndexRow],
-    ) -> Result<(), StoreError> {
-        let mut statements = Vec::new();
-        if existed {
-            statements.extend(search_sql::delete_index(rid, Placeholders::Question));
+    /// Replaces the index rows of `rid` (`existed`: it may have rows to remove), when the unit
+    /// flushes.
+    fn write_index(&mut self, rid: i64, existed: bool, rows: Vec<IndexRow>) {
+        self.pending.replace(rid, existed, rows);
+    }
+
+    /// Writes the buffered index changes.
+    async fn flush(&mut self) -> Result<(), StoreError> {
+        if self.pending.is_empty() {
+            return Ok(());
         }
-        statements.extend(search_sql::insert_index(rid, rows, Placeholders::Question));
-        for s in statements {
+        for s in self.pending.take_statements(Placeholders::Question) {
             reads::statement(s)
                 .execute(&mut *self.conn)
                 .await
@@ -338,7 +348,7 @@ impl SqliteTx<'_> {
         .transpose()
         .map_err(map_err)?;
         let Some(rid) = rid else { return Ok(false) };
-        self.write_index(rid, true, &rows).await?;
+        self.write_index(rid, true, rows);
         Ok(true)
     }
 }

@@ -38,24 +38,43 @@ const ROWS_PER_INSERT: usize = 200;
 /// Statements that delete every index row of `rid`.
 #[must_use]
 pub fn delete_index(rid: i64, ph: Placeholders) -> Vec<Statement> {
-    Table::ALL
-        .iter()
-        .map(|t| {
-            finish(
-                format!("DELETE FROM {} WHERE rid = ?", t.name()),
-                vec![SqlArg::Int(rid)],
+    delete_index_of(&[rid], ph)
+}
+
+/// Statements that delete every index row of each of `rids`.
+#[must_use]
+pub fn delete_index_of(rids: &[i64], ph: Placeholders) -> Vec<Statement> {
+    let mut out = Vec::new();
+    for chunk in rids.chunks(ROWS_PER_INSERT) {
+        let list = vec!["?"; chunk.len()].join(", ");
+        for t in Table::ALL {
+            out.push(finish(
+                format!("DELETE FROM {} WHERE rid IN ({list})", t.name()),
+                chunk.iter().map(|r| SqlArg::Int(*r)).collect(),
                 ph,
-            )
-        })
-        .collect()
+            ));
+        }
+    }
+    out
 }
 
 /// Multi-row INSERTs of `rows` for `rid`, grouped by table.
 #[must_use]
 pub fn insert_index(rid: i64, rows: &[IndexRow], ph: Placeholders) -> Vec<Statement> {
+    let rows: Vec<(i64, &IndexRow)> = rows.iter().map(|r| (rid, r)).collect();
+    insert_index_rows(&rows, ph)
+}
+
+/// Multi-row INSERTs of rows of any resources, grouped by table: a unit of work that writes
+/// a hundred resources inserts their index in a handful of statements.
+#[must_use]
+pub fn insert_index_rows(rows: &[(i64, &IndexRow)], ph: Placeholders) -> Vec<Statement> {
     let mut out = Vec::new();
     for table in Table::ALL {
-        let of_table: Vec<&IndexRow> = rows.iter().filter(|r| r.cell.table() == table).collect();
+        let of_table: Vec<&(i64, &IndexRow)> = rows
+            .iter()
+            .filter(|(_, r)| r.cell.table() == table)
+            .collect();
         for chunk in of_table.chunks(ROWS_PER_INSERT) {
             let cols = table.columns();
             let mut sql = format!("INSERT INTO {} (rid, param, grp", table.name());
@@ -66,12 +85,12 @@ pub fn insert_index(rid: i64, rows: &[IndexRow], ph: Placeholders) -> Vec<Statem
             sql.push_str(") VALUES ");
             let one = format!("(?, ?, ?{})", ", ?".repeat(cols.len()));
             let mut args = Vec::with_capacity(chunk.len() * (3 + cols.len()));
-            for (i, row) in chunk.iter().enumerate() {
+            for (i, (rid, row)) in chunk.iter().enumerate() {
                 if i > 0 {
                     sql.push_str(", ");
                 }
                 sql.push_str(&one);
-                args.push(SqlArg::Int(rid));
+                args.push(SqlArg::Int(*rid));
                 args.push(SqlArg::Int(i64::from(row.param.0)));
                 args.push(SqlArg::Int(i64::from(row.grp)));
                 push_cell(&row.cell, &mut args);
@@ -80,6 +99,50 @@ pub fn insert_index(rid: i64, rows: &[IndexRow], ph: Placeholders) -> Vec<Statem
         }
     }
     out
+}
+
+/// Index changes of a unit of work, held until the unit ends (or searches) and then written
+/// in a few multi-row statements instead of several per resource.
+#[derive(Debug, Default)]
+pub struct PendingIndex {
+    /// (rid, whether the resource may already have rows, its new rows)
+    entries: Vec<(i64, bool, Vec<IndexRow>)>,
+    at: std::collections::HashMap<i64, usize>,
+}
+
+impl PendingIndex {
+    /// Records that `rid`'s rows become `rows`; a later call for the same rid wins.
+    pub fn replace(&mut self, rid: i64, existed: bool, rows: Vec<IndexRow>) {
+        match self.at.get(&rid) {
+            Some(&i) => {
+                self.entries[i].1 |= existed;
+                self.entries[i].2 = rows;
+            }
+            None => {
+                self.at.insert(rid, self.entries.len());
+                self.entries.push((rid, existed, rows));
+            }
+        }
+    }
+
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The statements that apply every recorded change (deletions first), emptying the buffer.
+    pub fn take_statements(&mut self, ph: Placeholders) -> Vec<Statement> {
+        let entries = std::mem::take(&mut self.entries);
+        self.at.clear();
+        let existed: Vec<i64> = entries.iter().filter(|e| e.1).map(|e| e.0).collect();
+        let mut out = delete_index_of(&existed, ph);
+        let rows: Vec<(i64, &IndexRow)> = entries
+            .iter()
+            .flat_map(|(rid, _, rows)| rows.iter().map(move |r| (*rid, r)))
+            .collect();
+        out.extend(insert_index_rows(&rows, ph));
+        out
+    }
 }
 
 fn push_cell(cell: &IndexCell, args: &mut Vec<SqlArg>) {
