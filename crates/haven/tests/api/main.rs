@@ -5,6 +5,8 @@
 
 mod binary;
 mod bundle;
+mod compartment;
+mod conditional;
 mod crud;
 mod errors_limits;
 mod helpers;
@@ -13,4 +15,5 @@ mod negotiation;
 mod ops;
 mod process;
 mod reindex;
+mod search;
 mod validation;
