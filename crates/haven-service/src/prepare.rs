@@ -63,8 +63,8 @@ pub(crate) enum Op {
 #[derive(Clone, Debug)]
 pub(crate) struct Criteria {
     pub query: haven_store::SearchQuery,
-    /// Units deciding on the same criteria serialize on this key (see
-    /// `WriteTx::lock_criteria`): a hash of the type and the sorted criteria.
+    /// Units deciding on criteria over the same type serialize on this key (see
+    /// `WriteTx::lock_criteria`).
     pub lock_key: i64,
 }
 
@@ -95,16 +95,13 @@ impl Criteria {
         prepared.query.sort.clear();
         prepared.query.cursor = None;
         prepared.query.total = false;
-        let mut sorted: Vec<&(String, String)> = pairs.iter().collect();
-        sorted.sort();
-        // FNV-1a, 64 bits: stable across processes and replicas (std's hasher is not).
+        // One lock per resource type, not per criteria text: `identifier=x` and
+        // `identifier=sys|x&family=y` can match the same resource, so conditional writes of one
+        // type must all serialize to keep "create once". FNV-1a, 64 bits: stable across
+        // processes and replicas (std's hasher is not).
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in ty.as_str().bytes().chain(
-            sorted
-                .iter()
-                .flat_map(|(k, v)| k.bytes().chain([0]).chain(v.bytes()).chain([0])),
-        ) {
-            h ^= u64::from(b);
+        for b in b"haven.conditional.".iter().chain(ty.as_str().as_bytes()) {
+            h ^= u64::from(*b);
             h = h.wrapping_mul(0x0100_0000_01b3);
         }
         Ok(Self {

@@ -72,7 +72,8 @@ CREATE TABLE search_number (
     lower   DOUBLE PRECISION NOT NULL,
     upper   DOUBLE PRECISION NOT NULL,
     system  TEXT COLLATE "C",
-    code    TEXT COLLATE "C"
+    code    TEXT COLLATE "C",
+    unit    TEXT COLLATE "C"
 );
 CREATE INDEX search_number_match ON search_number (param, lower, rid);
 CREATE INDEX search_number_rid ON search_number (rid, param);

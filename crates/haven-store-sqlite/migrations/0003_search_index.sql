@@ -76,7 +76,8 @@ CREATE TABLE search_number (
     lower   REAL    NOT NULL,
     upper   REAL    NOT NULL,
     system  TEXT,
-    code    TEXT
+    code    TEXT,
+    unit    TEXT
 );
 CREATE INDEX search_number_match ON search_number (param, lower, rid);
 CREATE INDEX search_number_rid ON search_number (rid, param);

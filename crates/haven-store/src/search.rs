@@ -75,7 +75,7 @@ impl Table {
                 Col::IdentValue,
             ],
             Table::Date => &[Col::Start, Col::End],
-            Table::Number => &[Col::Lower, Col::Upper, Col::System, Col::Code],
+            Table::Number => &[Col::Lower, Col::Upper, Col::System, Col::Code, Col::Unit],
             Table::Uri => &[Col::Value],
         }
     }
@@ -114,6 +114,8 @@ pub enum Col {
     End,
     Lower,
     Upper,
+    /// A quantity's human-readable unit (`Quantity.unit`).
+    Unit,
     Value,
 }
 
@@ -138,6 +140,7 @@ impl Col {
             Col::End => "end_at",
             Col::Lower => "lower",
             Col::Upper => "upper",
+            Col::Unit => "unit",
             Col::Value => "value",
         }
     }
@@ -186,6 +189,7 @@ pub enum IndexCell {
         upper: f64,
         system: Option<String>,
         code: Option<String>,
+        unit: Option<String>,
     },
     Uri {
         value: String,

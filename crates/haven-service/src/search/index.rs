@@ -132,6 +132,7 @@ fn cell(value: IndexValue) -> Option<IndexCell> {
                 upper,
                 system: None,
                 code: None,
+                unit: None,
             }
         }
         IndexValue::Quantity {
@@ -140,7 +141,7 @@ fn cell(value: IndexValue) -> Option<IndexCell> {
             upper,
             system,
             code,
-            unit: _,
+            unit,
         } => {
             let (lower, upper) = point_or_range(value.as_deref(), lower, upper)?;
             IndexCell::Number {
@@ -148,6 +149,7 @@ fn cell(value: IndexValue) -> Option<IndexCell> {
                 upper,
                 system,
                 code,
+                unit,
             }
         }
         IndexValue::Uri { value } => IndexCell::Uri { value },

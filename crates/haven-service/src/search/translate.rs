@@ -296,11 +296,18 @@ fn value_pred(v: &SearchValue) -> Pred {
             code,
         } => {
             let mut all = vec![number_pred(*prefix, value, *lower, *upper)];
-            if let Some(c) = code {
-                all.push(Pred::Eq(Col::Code, text(c)));
-            }
-            if let Some(s) = system {
-                all.push(Pred::Eq(Col::System, text(s)));
+            match (system, code) {
+                (Some(s), Some(c)) => {
+                    all.push(Pred::Eq(Col::System, text(s)));
+                    all.push(Pred::Eq(Col::Code, text(c)));
+                }
+                // `value||unit`: the code or the human unit (search.html#quantity).
+                (None, Some(c)) => all.push(Pred::Or(vec![
+                    Pred::Eq(Col::Code, text(c)),
+                    Pred::Eq(Col::Unit, text(c)),
+                ])),
+                (Some(s), None) => all.push(Pred::Eq(Col::System, text(s))),
+                (None, None) => {}
             }
             Pred::And(all)
         }

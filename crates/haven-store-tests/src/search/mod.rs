@@ -107,6 +107,7 @@ fn number(param: ParamKey, value: f64) -> IndexRow {
             upper: value,
             system: None,
             code: None,
+            unit: None,
         },
     }
 }

@@ -191,11 +191,13 @@ fn push_cell(cell: &IndexCell, args: &mut Vec<SqlArg>) {
             upper,
             system,
             code,
+            unit,
         } => {
             args.push(SqlArg::Float(*lower));
             args.push(SqlArg::Float(*upper));
             args.push(text(system));
             args.push(text(code));
+            args.push(text(unit));
         }
         IndexCell::Uri { value } => args.push(SqlArg::Text(value.clone())),
     }

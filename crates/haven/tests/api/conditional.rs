@@ -194,7 +194,6 @@ async fn concurrent_conditional_updates_make_one_resource() {
 /// Clients that write the same criteria differently (with or without the system, other
 /// parameter order) still race on the same patient: one resource, not several.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "server bug: If-None-Exist criteria written differently do not serialize; duplicates on PostgreSQL"]
 async fn concurrent_conditional_creates_with_equivalent_criteria_make_one_resource() {
     let app = Arc::new(spawn_app().await);
     let forms = [

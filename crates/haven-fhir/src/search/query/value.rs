@@ -484,7 +484,7 @@ fn prefix<'a>(label: &str, text: &'a str) -> Result<(Prefix, &'a str), Fail> {
                 .next()
                 .is_some_and(|b| b.is_ascii_digit() || b == b'-') =>
         {
-            return Err(Fail::unknown(format!(
+            return Err(Fail::invalid(format!(
                 "{label}: `{head}` is not a comparison prefix; use one of eq, ne, gt, lt, ge, \
                  le, sa, eb, ap"
             )));

@@ -152,7 +152,6 @@ async fn quantities_with_units_and_prefixes() {
 /// human unit (unit) are mg". A quantity with only `unit: "mg"`, or with code `[lb_av]` and
 /// unit `lbs`, is found by its unit.
 #[tokio::test]
-#[ignore = "server bug: value||code does not match Quantity.unit (R4 search.html#quantity)"]
 async fn quantity_code_without_system_also_matches_the_unit() {
     let app = spawn_app().await;
     put_all(&app, &quantities()).await;

@@ -426,7 +426,6 @@ async fn malformed_values_are_refused() {
 /// `xx2020` is neither a date nor a prefix and a date: ignoring the criterion (as an
 /// unsupported parameter) returns every patient instead of those asked for.
 #[tokio::test]
-#[ignore = "server bug: an unknown date prefix is ignored as unsupported instead of refused (400)"]
 async fn an_unknown_comparison_prefix_is_refused() {
     let app = app_with_patients().await;
 

@@ -489,12 +489,12 @@ fn invalid_messages_name_the_parameter_but_not_the_value() {
 }
 
 #[test]
-fn modifiers_and_prefixes_that_do_not_exist_are_unknown() {
+fn unknown_modifiers_are_unknown_and_unknown_prefixes_invalid() {
     let table: &[(&str, &str, &str, ProblemKind)] = &[
         ("Patient", "name:foo", "x", ProblemKind::Unknown),
         ("Patient", "name:text", "x", ProblemKind::Unknown),
         ("Patient", "birthdate:exact", "2020", ProblemKind::Unknown),
-        ("Patient", "birthdate", "xx2020", ProblemKind::Unknown),
+        ("Patient", "birthdate", "xx2020", ProblemKind::Invalid),
         ("Observation", "code:Patient", "x", ProblemKind::Unknown),
         ("Observation", "subject:Patiënt", "1", ProblemKind::Unknown),
         ("Observation", "subject:[type]", "1", ProblemKind::Unknown),
