@@ -245,6 +245,9 @@ pub enum Pred {
 pub enum Condition {
     True,
     False,
+    /// The wrapped condition is expected to leave few resources (an identifier, a resource
+    /// id): the store lets it select the candidates the other conditions are checked on.
+    Selective(Box<Condition>),
     /// Some row of `table` for one of `params` satisfies `pred`.
     Any {
         table: Table,

@@ -158,17 +158,27 @@ fn matches(
     let pred = Pred::Or(values.iter().map(value_pred).collect());
     let params = keys(param, types);
     if negated {
-        Condition::None {
+        return Condition::None {
             table,
             params,
             pred,
-        }
+        };
+    }
+    let any = Condition::Any {
+        table,
+        params,
+        pred,
+    };
+    // Identifiers name few resources (an MRN, a national id): let them select the candidates.
+    let identifies = param.param_type == ParamType::Token
+        && (param.code == "identifier" || param.code.ends_with("-identifier"))
+        && values
+            .iter()
+            .all(|v| matches!(v, SearchValue::Token { code: Some(_), .. }));
+    if identifies {
+        Condition::Selective(Box::new(any))
     } else {
-        Condition::Any {
-            table,
-            params,
-            pred,
-        }
+        any
     }
 }
 

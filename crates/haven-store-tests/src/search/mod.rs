@@ -265,7 +265,33 @@ async fn found_ids(store: &dyn ResourceStore, q: &SearchQuery) -> Vec<String> {
     let page = store.search(q).await.unwrap();
     assert!(!page.has_next, "the test expects every match on one page");
     assert!(!page.has_previous, "a first page has nothing before it");
-    ids(&page)
+    let found = ids(&page);
+    for variant in modes(q) {
+        let other = ids(&store.search(&variant).await.unwrap());
+        assert_eq!(
+            other, found,
+            "the same conditions written another way (driver/probe) disagree: {:?}",
+            variant.conditions
+        );
+    }
+    found
+}
+
+/// The query with its conditions written the other ways the store can write them: a store
+/// lets one selective condition drive and the others probe, so forcing every condition to
+/// probe (behind a selective `True`) or to drive (marked selective) must not change a result.
+fn modes(q: &SearchQuery) -> Vec<SearchQuery> {
+    let mut probing = q.clone();
+    probing
+        .conditions
+        .insert(0, Condition::Selective(Box::new(Condition::True)));
+    let mut driving = q.clone();
+    driving.conditions = q
+        .conditions
+        .iter()
+        .map(|c| Condition::Selective(Box::new(c.clone())))
+        .collect();
+    vec![probing, driving]
 }
 
 /// The ids of Patients matching one condition.

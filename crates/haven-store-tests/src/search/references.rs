@@ -54,9 +54,20 @@ fn external(param: ParamKey, url: &str) -> IndexRow {
 }
 
 async fn labels_of(store: &dyn ResourceStore, types: &[&str], c: Condition) -> Vec<String> {
-    let page = store.search(&query(types, vec![c])).await.unwrap();
+    let q = query(types, vec![c]);
+    let page = store.search(&q).await.unwrap();
     assert!(!page.has_next);
-    page.matches.iter().map(label).collect()
+    let labels: Vec<String> = page.matches.iter().map(label).collect();
+    for variant in super::modes(&q) {
+        let page = store.search(&variant).await.unwrap();
+        let other: Vec<String> = page.matches.iter().map(label).collect();
+        assert_eq!(
+            other, labels,
+            "driver/probe disagree: {:?}",
+            variant.conditions
+        );
+    }
+    labels
 }
 
 pub async fn chains_follow_references_to_current_targets(store: &dyn ResourceStore) {

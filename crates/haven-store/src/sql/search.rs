@@ -430,6 +430,74 @@ fn finish(sql: String, args: Vec<SqlArg>, ph: Placeholders) -> Statement {
     Statement { sql, args }
 }
 
+/// How a condition is written.
+///
+/// SQLite evaluates `rid IN (SELECT ...)` by building the whole list first, so a broad
+/// criterion written that way reads every match (a common LOINC code: a tenth of the
+/// Observations) even when another criterion (one patient) leaves a handful of candidates.
+/// So one condition, the most selective, *drives*: it is written as a membership test that
+/// produces the candidates through its index; every other condition *probes* each candidate
+/// with a correlated `EXISTS` through the `(rid, param)` index. When no condition is
+/// selective, none drives: the type's resources are walked in row order and probed, which
+/// stops as soon as a page is full. PostgreSQL plans both forms as semi-joins with its own
+/// statistics.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    Driver,
+    Probe,
+}
+
+/// How many resources a condition is expected to leave, from its shape alone (the store has
+/// no value statistics): `Selective` marks and ids are few, a reference to one resource is
+/// few, an equality or prefix on a value is moderate, ranges, negations and the like broad.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum Rank {
+    Few,
+    Moderate,
+    Broad,
+}
+
+fn rank(c: &Condition) -> Rank {
+    match c {
+        Condition::Selective(_) | Condition::IdIn(_) | Condition::False => Rank::Few,
+        Condition::Any { pred, table, .. } => match (table, pred_rank(pred)) {
+            (Table::Reference, r) if r == Rank::Few => Rank::Few,
+            (_, r) => r.max(Rank::Moderate),
+        },
+        Condition::Composite { .. } => Rank::Moderate,
+        Condition::Chain { inner, .. } => rank(inner),
+        // A reverse chain drives only when what it starts from is few.
+        Condition::ReferencedBy { inner, .. } => match rank(inner) {
+            Rank::Few => Rank::Few,
+            _ => Rank::Broad,
+        },
+        Condition::And(cs) => cs.iter().map(rank).min().unwrap_or(Rank::Broad),
+        Condition::Or(cs) => cs.iter().map(rank).max().unwrap_or(Rank::Few),
+        Condition::True | Condition::None { .. } => Rank::Broad,
+    }
+}
+
+/// `Few` for an equality on a reference's target id; `Moderate` for equalities and prefixes;
+/// `Broad` for ranges and the rest.
+fn pred_rank(p: &Pred) -> Rank {
+    match p {
+        Pred::Eq(Col::TargetId, _) => Rank::Few,
+        Pred::Eq(..) | Pred::StartsWith(..) => Rank::Moderate,
+        // A date `eq` is a bounded range on start: moderate.
+        Pred::And(ps) => ps.iter().map(pred_rank).min().unwrap_or(Rank::Broad).min(
+            if ps.iter().any(|p| matches!(p, Pred::Ge(Col::Start, _)))
+                && ps.iter().any(|p| matches!(p, Pred::Lt(Col::Start, _)))
+            {
+                Rank::Moderate
+            } else {
+                Rank::Broad
+            },
+        ),
+        Pred::Or(ps) => ps.iter().map(pred_rank).max().unwrap_or(Rank::Few),
+        _ => Rank::Broad,
+    }
+}
+
 /// Accumulates the arguments of a statement while its text is built, and hands out unique
 /// table aliases for nested sub-selects.
 #[derive(Default)]
@@ -500,31 +568,73 @@ impl Builder {
                 parts.push(format!("{r}.resource_type IN ({list})"));
             }
         }
-        for c in &q.conditions {
-            parts.push(self.condition(r, c));
-        }
+        parts.extend(self.conditions(r, &q.conditions, Mode::Driver));
         parts.join(" AND ")
     }
 
-    fn condition(&mut self, a: &str, c: &Condition) -> String {
+    /// ANDed conditions on alias `a`. In driver mode the most selective one (if it is selective
+    /// enough) selects the candidates and the others probe each candidate; see [`Mode`].
+    fn conditions(&mut self, a: &str, cs: &[Condition], mode: Mode) -> Vec<String> {
+        let driver = match mode {
+            Mode::Probe => None,
+            Mode::Driver => cs
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| rank(c) < Rank::Broad)
+                .min_by_key(|(i, c)| (rank(c), *i))
+                .map(|(i, _)| i),
+        };
+        cs.iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let m = if Some(i) == driver {
+                    Mode::Driver
+                } else {
+                    Mode::Probe
+                };
+                self.condition(a, c, m)
+            })
+            .collect()
+    }
+
+    fn condition(&mut self, a: &str, c: &Condition, mode: Mode) -> String {
         match c {
             Condition::True => "1 = 1".to_owned(),
             Condition::False => "1 = 0".to_owned(),
+            Condition::Selective(inner) => self.condition(a, inner, mode),
             Condition::Any {
                 table,
                 params,
                 pred,
             } => {
-                let sub = self.index_select(*table, params, pred);
-                format!("{a}.rid IN ({sub})")
+                let x = self.alias("i");
+                let params = self.params(&x, params);
+                let pred = self.pred(&x, pred);
+                let t = table.name();
+                match mode {
+                    Mode::Driver => format!(
+                        "{a}.rid IN (SELECT {x}.rid FROM {t} {x} WHERE {params} AND ({pred}))"
+                    ),
+                    Mode::Probe => format!(
+                        "EXISTS (SELECT 1 FROM {t} {x} WHERE {x}.rid = {a}.rid AND {params} \
+                         AND ({pred}))"
+                    ),
+                }
             }
             Condition::None {
                 table,
                 params,
                 pred,
             } => {
-                let sub = self.index_select(*table, params, pred);
-                format!("{a}.rid NOT IN ({sub})")
+                // Always a probe: the complement of a value is rarely selective.
+                let x = self.alias("i");
+                let params = self.params(&x, params);
+                let pred = self.pred(&x, pred);
+                format!(
+                    "NOT EXISTS (SELECT 1 FROM {} {x} WHERE {x}.rid = {a}.rid AND {params} \
+                     AND ({pred}))",
+                    table.name()
+                )
             }
             Condition::Composite { parts } => {
                 let mut from = String::new();
@@ -546,11 +656,16 @@ impl Builder {
                         first = Some(x);
                     }
                 }
-                match first {
-                    None => "1 = 0".to_owned(),
-                    Some(f) => format!(
-                        "{a}.rid IN (SELECT {f}.rid FROM {from} WHERE {})",
-                        wheres.join(" AND ")
+                let Some(f) = first else {
+                    return "1 = 0".to_owned();
+                };
+                let wheres = wheres.join(" AND ");
+                match mode {
+                    Mode::Driver => {
+                        format!("{a}.rid IN (SELECT {f}.rid FROM {from} WHERE {wheres})")
+                    }
+                    Mode::Probe => format!(
+                        "EXISTS (SELECT 1 FROM {from} WHERE {f}.rid = {a}.rid AND {wheres})"
                     ),
                 }
             }
@@ -558,14 +673,20 @@ impl Builder {
                 if cs.is_empty() {
                     return "1 = 1".to_owned();
                 }
-                let parts: Vec<String> = cs.iter().map(|c| self.condition(a, c)).collect();
+                let parts = self.conditions(a, cs, mode);
                 format!("({})", parts.join(" AND "))
             }
             Condition::Or(cs) => {
                 if cs.is_empty() {
                     return "1 = 0".to_owned();
                 }
-                let parts: Vec<String> = cs.iter().map(|c| self.condition(a, c)).collect();
+                // An OR drives only if every branch can.
+                let m = if cs.iter().all(|c| rank(c) < Rank::Broad) {
+                    mode
+                } else {
+                    Mode::Probe
+                };
+                let parts: Vec<String> = cs.iter().map(|c| self.condition(a, c, m)).collect();
                 format!("({})", parts.join(" OR "))
             }
             Condition::Chain {
@@ -577,12 +698,26 @@ impl Builder {
                 let t = self.alias("t");
                 let params = self.params(&x, params);
                 self.args.push(SqlArg::Text(target.as_str().to_owned()));
-                let inner = self.condition(&t, inner);
-                format!(
-                    "{a}.rid IN (SELECT {x}.rid FROM search_reference {x} JOIN resource {t} \
-                     ON {t}.resource_type = {x}.target_type AND {t}.id = {x}.target_id \
-                     WHERE {params} AND {x}.target_type = ? AND {t}.deleted = 0 AND {inner})"
-                )
+                let join = format!(
+                    "search_reference {x} JOIN resource {t} \
+                     ON {t}.resource_type = {x}.target_type AND {t}.id = {x}.target_id"
+                );
+                match mode {
+                    Mode::Driver => {
+                        let inner = self.condition(&t, inner, Mode::Driver);
+                        format!(
+                            "{a}.rid IN (SELECT {x}.rid FROM {join} WHERE {params} \
+                             AND {x}.target_type = ? AND {t}.deleted = 0 AND {inner})"
+                        )
+                    }
+                    Mode::Probe => {
+                        let inner = self.condition(&t, inner, Mode::Probe);
+                        format!(
+                            "EXISTS (SELECT 1 FROM {join} WHERE {x}.rid = {a}.rid AND {params} \
+                             AND {x}.target_type = ? AND {t}.deleted = 0 AND {inner})"
+                        )
+                    }
+                }
             }
             Condition::ReferencedBy {
                 source,
@@ -592,35 +727,39 @@ impl Builder {
             } => {
                 let x = self.alias("x");
                 let s = self.alias("s");
-                // The resource's type is checked as well as its id: in a search of several
-                // types, another type's resource with the same id is not the one referenced.
-                self.args.push(SqlArg::Text(target.as_str().to_owned()));
                 let params = self.params(&x, std::slice::from_ref(param));
                 self.args.push(SqlArg::Text(target.as_str().to_owned()));
-                self.args.push(SqlArg::Text(source.as_str().to_owned()));
-                let inner = self.condition(&s, inner);
-                format!(
-                    "({a}.resource_type = ? AND {a}.id IN (SELECT {x}.target_id \
-                     FROM search_reference {x} JOIN resource {s} ON {s}.rid = {x}.rid \
-                     WHERE {params} AND {x}.target_type = ? AND {s}.resource_type = ? \
-                     AND {s}.deleted = 0 AND {inner}))"
-                )
+                match mode {
+                    Mode::Driver => {
+                        self.args.push(SqlArg::Text(source.as_str().to_owned()));
+                        let inner = self.condition(&s, inner, Mode::Driver);
+                        self.args.push(SqlArg::Text(target.as_str().to_owned()));
+                        format!(
+                            "({a}.id IN (SELECT {x}.target_id FROM search_reference {x} \
+                             JOIN resource {s} ON {s}.rid = {x}.rid WHERE {params} \
+                             AND {x}.target_type = ? AND {s}.resource_type = ? \
+                             AND {s}.deleted = 0 AND {inner}) AND {a}.resource_type = ?)"
+                        )
+                    }
+                    Mode::Probe => {
+                        self.args.push(SqlArg::Text(target.as_str().to_owned()));
+                        self.args.push(SqlArg::Text(source.as_str().to_owned()));
+                        let inner = self.condition(&s, inner, Mode::Probe);
+                        format!(
+                            "EXISTS (SELECT 1 FROM search_reference {x} \
+                             JOIN resource {s} ON {s}.rid = {x}.rid WHERE {params} \
+                             AND {x}.target_type = ? AND {x}.target_id = {a}.id \
+                             AND {a}.resource_type = ? AND {s}.resource_type = ? \
+                             AND {s}.deleted = 0 AND {inner})"
+                        )
+                    }
+                }
             }
             Condition::IdIn(ids) => {
                 let list = self.text_list(ids);
                 format!("{a}.id IN ({list})")
             }
         }
-    }
-
-    fn index_select(&mut self, table: Table, params: &[ParamKey], pred: &Pred) -> String {
-        let x = self.alias("i");
-        let params = self.params(&x, params);
-        let pred = self.pred(&x, pred);
-        format!(
-            "SELECT {x}.rid FROM {} {x} WHERE {params} AND ({pred})",
-            table.name()
-        )
     }
 
     fn pred(&mut self, x: &str, p: &Pred) -> String {
