@@ -461,7 +461,7 @@ fn rank(c: &Condition) -> Rank {
     match c {
         Condition::Selective(_) | Condition::IdIn(_) | Condition::False => Rank::Few,
         Condition::Any { pred, table, .. } => match (table, pred_rank(pred)) {
-            (Table::Reference, r) if r == Rank::Few => Rank::Few,
+            (Table::Reference, Rank::Few) => Rank::Few,
             (_, r) => r.max(Rank::Moderate),
         },
         Condition::Composite { .. } => Rank::Moderate,
