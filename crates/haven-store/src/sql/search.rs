@@ -553,6 +553,15 @@ impl Builder {
         }
     }
 
+    /// Like [`Builder::params`], for a probe correlated on `rid`: the unary `+` keeps the
+    /// planner from choosing the `(param, value...)` index, which it may otherwise prefer for
+    /// being covering and would then scan every row of the parameter for each candidate; the
+    /// `(rid, param)` index finds a resource's few rows directly.
+    fn probe_params(&mut self, alias: &str, keys: &[ParamKey]) -> String {
+        let p = self.params(alias, keys);
+        p.replacen(&format!("{alias}.param"), &format!("+{alias}.param"), 1)
+    }
+
     /// The WHERE clause of the matches of `q` on the head alias `r`.
     fn filter(&mut self, r: &str, q: &SearchQuery) -> String {
         let mut parts = vec![format!("{r}.deleted = 0")];
@@ -608,7 +617,10 @@ impl Builder {
                 pred,
             } => {
                 let x = self.alias("i");
-                let params = self.params(&x, params);
+                let params = match mode {
+                    Mode::Driver => self.params(&x, params),
+                    Mode::Probe => self.probe_params(&x, params),
+                };
                 let pred = self.pred(&x, pred);
                 let t = table.name();
                 match mode {
@@ -628,7 +640,7 @@ impl Builder {
             } => {
                 // Always a probe: the complement of a value is rarely selective.
                 let x = self.alias("i");
-                let params = self.params(&x, params);
+                let params = self.probe_params(&x, params);
                 let pred = self.pred(&x, pred);
                 format!(
                     "NOT EXISTS (SELECT 1 FROM {} {x} WHERE {x}.rid = {a}.rid AND {params} \
@@ -649,7 +661,11 @@ impl Builder {
                             table.name()
                         )),
                     }
-                    let params = self.params(&x, std::slice::from_ref(key));
+                    let params = if first.is_none() && mode == Mode::Probe {
+                        self.probe_params(&x, std::slice::from_ref(key))
+                    } else {
+                        self.params(&x, std::slice::from_ref(key))
+                    };
                     let pred = self.pred(&x, pred);
                     wheres.push(format!("{params} AND ({pred})"));
                     if first.is_none() {
@@ -696,7 +712,10 @@ impl Builder {
             } => {
                 let x = self.alias("x");
                 let t = self.alias("t");
-                let params = self.params(&x, params);
+                let params = match mode {
+                    Mode::Driver => self.params(&x, params),
+                    Mode::Probe => self.probe_params(&x, params),
+                };
                 self.args.push(SqlArg::Text(target.as_str().to_owned()));
                 let join = format!(
                     "search_reference {x} JOIN resource {t} \
