@@ -243,7 +243,7 @@ pub fn search_page(q: &SearchQuery, ph: Placeholders) -> Statement {
     for (i, key) in q.sort.iter().enumerate() {
         let agg = if key.descending { "MAX" } else { "MIN" };
         let col = key.table.sort_column().name();
-        let params = b.params("s", &key.params);
+        let params = b.probe_params("s", &key.params);
         sql.push_str(&format!(
             ", (SELECT {agg}(s.{col}) FROM {} s WHERE s.rid = r.rid AND {params}) AS k{i}",
             key.table.name()
