@@ -38,6 +38,21 @@ impl FhirService {
             .iter()
             .map(|i| json!({ "code": i.as_str() }))
             .collect();
+        // `_revinclude` targets: for each type, the reference parameters that can point at it.
+        let mut revincludes: std::collections::HashMap<&str, Vec<String>> =
+            std::collections::HashMap::new();
+        for source in defs.resource_types() {
+            for p in defs.search_params(*source).filter(|p| {
+                p.is_supported() && p.param_type == haven_fhir::search::ParamType::Reference
+            }) {
+                for target in &p.targets {
+                    revincludes
+                        .entry(target.as_str())
+                        .or_default()
+                        .push(format!("{source}:{}", p.code));
+                }
+            }
+        }
         let resources: Vec<Value> = defs
             .resource_types()
             .iter()
@@ -83,6 +98,7 @@ impl FhirService {
                     "conditionalUpdate": true,
                     "conditionalDelete": "multiple",
                     "searchInclude": includes,
+                    "searchRevInclude": revincludes.get(t.as_str()).cloned().unwrap_or_default(),
                     "searchParam": search_param,
                     "operation": operation,
                 })

@@ -83,6 +83,20 @@ async fn capability_statement_lists_every_r4_type() {
         .iter()
         .find(|r| r["type"] == "Patient")
         .expect("Patient");
+    let revincludes = patient["searchRevInclude"].as_array().unwrap();
+    assert!(
+        revincludes.iter().any(|r| r == "Observation:subject"),
+        "{revincludes:?}"
+    );
+    assert!(
+        patient["searchInclude"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r == "Patient:general-practitioner"),
+        "{}",
+        patient["searchInclude"]
+    );
     let params = patient["searchParam"].as_array().unwrap();
     for (name, kind) in [
         ("birthdate", "date"),
