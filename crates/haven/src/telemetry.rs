@@ -64,5 +64,9 @@ pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
         "haven_ready",
         "1 when the database answers (checked every 5 s), else 0"
     );
+    metrics::describe_gauge!(
+        "haven_search_index_stale",
+        "1 when the search index was built with other search definitions (run haven reindex)"
+    );
     Ok(handle)
 }
