@@ -466,14 +466,21 @@ fn rank(c: &Condition) -> Rank {
         },
         Condition::Composite { .. } => Rank::Moderate,
         Condition::Chain { inner, .. } => rank(inner),
-        // A reverse chain drives only when what it starts from is few.
-        Condition::ReferencedBy { inner, .. } => match rank(inner) {
-            Rank::Few => Rank::Few,
-            _ => Rank::Broad,
-        },
+        // A reverse chain finds as many resources as its inner condition finds referrers.
+        Condition::ReferencedBy { inner, .. } => rank(inner),
         Condition::And(cs) => cs.iter().map(rank).min().unwrap_or(Rank::Broad),
         Condition::Or(cs) => cs.iter().map(rank).max().unwrap_or(Rank::Few),
         Condition::True | Condition::None { .. } => Rank::Broad,
+    }
+}
+
+/// Whether a condition reaches this resource's rows through references to or from others.
+fn indirect(c: &Condition) -> bool {
+    match c {
+        Condition::Chain { .. } | Condition::ReferencedBy { .. } => true,
+        Condition::Selective(inner) => indirect(inner),
+        Condition::And(cs) | Condition::Or(cs) => cs.iter().any(indirect),
+        _ => false,
     }
 }
 
@@ -590,7 +597,9 @@ impl Builder {
                 .iter()
                 .enumerate()
                 .filter(|(_, c)| rank(c) < Rank::Broad)
-                .min_by_key(|(i, c)| (rank(c), *i))
+                // Among equals, a condition on this resource's own rows beats one that goes
+                // through references (chains, `_has`), which reads more to find the same.
+                .min_by_key(|(i, c)| (rank(c), indirect(c), *i))
                 .map(|(i, _)| i),
         };
         cs.iter()
