@@ -35,6 +35,11 @@ impl Machine {
     }
 }
 
+/// Today's date, UTC (`2026-11-28`).
+pub fn today() -> String {
+    time::OffsetDateTime::now_utc().date().to_string()
+}
+
 /// The 1-minute load average.
 pub fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")

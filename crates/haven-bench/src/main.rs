@@ -16,6 +16,7 @@ mod machine;
 mod postgres;
 mod report;
 mod scenarios;
+mod search;
 mod server;
 mod synth;
 
@@ -38,6 +39,8 @@ enum Scenario {
     Crud,
     History,
     Import,
+    /// The search benchmark: loads a population (`--patients`), then measures each query kind.
+    Search,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -47,7 +50,7 @@ enum Backend {
 }
 
 impl Backend {
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Self::Sqlite => "sqlite",
             Self::Postgres => "postgres",
@@ -104,9 +107,38 @@ struct Args {
     /// Haven's log level (`info`, its default, writes one line per request).
     #[arg(long, default_value = "info")]
     haven_log_level: String,
-    /// Seed of the synthetic patients imported.
+    /// Seed of the synthetic patients imported, and of the search population.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Search: patients in the population (about 10 resources each). The target is stated for
+    /// 100000.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    patients: u64,
+    /// Search: keep the loaded population in DIR (SQLite data directory, notes) and in a
+    /// PostgreSQL database named after it, and reuse it (or resume its loading) next time.
+    #[arg(long, value_name = "DIR")]
+    reuse_data: Option<PathBuf>,
+    /// Search: connections loading the population, one patient Bundle in flight each.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    load_connections: u64,
+    /// Search: connections of the measurements; each kind is measured once per value (1: a
+    /// search's own latency; more: under load, queueing included).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1,16",
+        value_parser = clap::value_parser!(u64).range(1..=1024)
+    )]
+    search_connections: Vec<u64>,
+    /// Search: query kinds to measure, in this order. Broad kinds go last: on SQLite a query
+    /// that runs for minutes keeps running on one of the server's readers after the client
+    /// gave up, and would slow every kind measured after it.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "identifier,family+birthdate,obs-subject-code-date,has,has-common+family,total-accurate,sort-large"
+    )]
+    search_kinds: Vec<search::queries::Kind>,
 }
 
 fn main() -> ExitCode {
@@ -156,7 +188,7 @@ fn require_file(path: &Path, build: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn progress(server: &str, what: &str, rec: &Recorded) {
+pub(crate) fn progress(server: &str, what: &str, rec: &Recorded) {
     eprintln!(
         "  {server:<8} {what:<24} {:>9.1}/s  p50 {:.2} ms  p99 {:.2} ms  errors {}",
         rec.rate(),
@@ -167,7 +199,7 @@ fn progress(server: &str, what: &str, rec: &Recorded) {
 }
 
 /// Runs one measurement and gauges how much CPU other processes took meanwhile.
-async fn measure(
+pub(crate) async fn measure(
     workload: Workload,
     base: &str,
     shape: Shape,
@@ -247,14 +279,40 @@ async fn bench(args: Args, threads: usize) -> anyhow::Result<u64> {
         args.duration, args.connections, args.scenarios, args.backends
     );
 
+    // bench/run splices whichever of these this run writes: remove those of an earlier run.
+    let latest = args.out.join("latest.md");
+    let latest_search = args.out.join("latest-search.md");
+    for stale in [&latest, &latest_search] {
+        if stale.exists() {
+            std::fs::remove_file(stale)
+                .with_context(|| format!("cannot remove {}", stale.display()))?;
+        }
+    }
+
     if args.scenarios.contains(&Scenario::Read) {
         measure_ceiling(&args, shapes, &mut report).await?;
     }
-    for &backend in &args.backends {
-        measure_haven(&args, backend, pg_version.as_deref(), shapes, &mut report).await?;
+    let main_scenarios = args.scenarios.iter().any(|s| *s != Scenario::Search);
+    if main_scenarios {
+        for &backend in &args.backends {
+            measure_haven(&args, backend, pg_version.as_deref(), shapes, &mut report).await?;
+        }
+    }
+    if args.scenarios.contains(&Scenario::Search) {
+        measure_search(&args, pg_version.as_deref(), shapes, &mut report).await?;
     }
 
-    let text = report.render();
+    let mut text = String::new();
+    if main_scenarios {
+        let main = report.render();
+        std::fs::write(&latest, &main)?;
+        text.push_str(&main);
+    }
+    if report.search.is_some() {
+        let search = report.render_search();
+        std::fs::write(&latest_search, &search)?;
+        text.push_str(&search);
+    }
     let stamp = now
         .format(time::macros::format_description!(
             "[year][month][day]T[hour][minute][second]Z"
@@ -262,7 +320,6 @@ async fn bench(args: Args, threads: usize) -> anyhow::Result<u64> {
         .unwrap_or_default();
     let file = args.out.join(format!("results-{stamp}.md"));
     std::fs::write(&file, &text).with_context(|| format!("cannot write {}", file.display()))?;
-    std::fs::write(args.out.join("latest.md"), &text)?;
     println!("{text}");
     eprintln!("haven-bench: report written to {}", file.display());
     Ok(report.errors())
@@ -330,18 +387,6 @@ async fn measure_haven(
     };
     eprintln!("{name}: Haven at {base}");
 
-    if report.search.is_none() {
-        let status = setup.search_status().await?;
-        report.search = Some(if status == 405 {
-            "not run: search not implemented yet (`GET /fhir/Patient` answers 405).".into()
-        } else {
-            format!(
-                "not run: the search mix is not written yet (`GET /fhir/Patient` now answers \
-                 {status}; add the scenario to haven-bench)."
-            )
-        });
-    }
-
     for &scenario in &args.scenarios {
         match scenario {
             Scenario::Read => {
@@ -387,12 +432,35 @@ async fn measure_haven(
                 progress(name, "import (bundles)", &rec);
                 report.import.push(Row::new(name, None, rec, noise));
             }
+            // Run on a server of its own, after the others (see `search`).
+            Scenario::Search => {}
         }
     }
 
     let peak = server.memory().unwrap_or_default();
     let group_commit = setup.metrics().await.as_deref().and_then(group_commit);
-    report.durability.push(match &database {
+    report
+        .durability
+        .push(durability(database.as_ref(), pg_version, temp.path()));
+    let stop = server.stop()?;
+    report.servers.push(ServerRun {
+        name: name.into(),
+        idle,
+        peak,
+        logs: server.logs(),
+        group_commit,
+        stop,
+    });
+    Ok(())
+}
+
+/// What an acknowledged write means on a backend, for the report.
+fn durability(
+    database: Option<&postgres::Database>,
+    pg_version: Option<&str>,
+    dir: &Path,
+) -> String {
+    match database {
         Some(db) => format!(
             "PostgreSQL {}: synchronous_commit={}, fsync={}, wal_sync_method={}, \
              full_page_writes={} (`SHOW` in the benchmark database)",
@@ -404,18 +472,58 @@ async fn measure_haven(
         ),
         None => format!(
             "SQLite: WAL journal, synchronous=FULL (set by haven-store-sqlite); data on {}",
-            machine::filesystem(temp.path())
+            machine::filesystem(dir)
         ),
-    });
-    let stop = server.stop()?;
-    report.servers.push(ServerRun {
-        name: name.into(),
-        idle,
-        peak,
-        logs: server.logs(),
-        group_commit,
-        stop,
-    });
+    }
+}
+
+/// The search scenario on every selected backend (each on a Haven of its own).
+async fn measure_search(
+    args: &Args,
+    pg_version: Option<&str>,
+    shapes: Shapes,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let options = search::Options {
+        spec: search::populate::Spec {
+            patients: args.patients,
+            seed: args.seed,
+        },
+        kinds: args.search_kinds.clone(),
+        load_connections: usize::try_from(args.load_connections)?,
+        shape: shapes.normal,
+        connections: args
+            .search_connections
+            .iter()
+            .map(|c| usize::try_from(*c))
+            .collect::<Result<_, _>>()?,
+        reuse: args.reuse_data.clone(),
+        haven_bin: args.haven_bin.clone(),
+        postgres_url: args.postgres_url.clone(),
+        log_level: args.haven_log_level.clone(),
+    };
+    let started = std::time::Instant::now();
+    let population = search::Population::generate(options.spec, &options.kinds);
+    eprintln!(
+        "search: population generated in {:.1} s: {}",
+        started.elapsed().as_secs_f64(),
+        population.describe()
+    );
+    let mut out = search::SearchReport::new(&population, &options);
+    if args.backends.contains(&Backend::Sqlite) {
+        out.sqlite_shell = search::explain::sqlite_version().ok();
+    }
+    for &backend in &args.backends {
+        search::run(
+            &options,
+            &population,
+            backend,
+            |db, dir| durability(db, pg_version, dir),
+            &mut out,
+        )
+        .await?;
+    }
+    report.search = Some(out);
     Ok(())
 }
 

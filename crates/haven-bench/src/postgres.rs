@@ -8,11 +8,12 @@ use std::process::Command;
 
 use anyhow::{Context, bail};
 
-/// A database created for one run; dropped with the guard.
+/// A database created for one run and dropped with the guard, or kept for later runs.
 pub struct Database {
     admin_url: String,
     pub name: String,
     pub url: String,
+    keep: bool,
 }
 
 /// Runs one statement with psql and returns its unaligned, tuples-only output.
@@ -69,7 +70,33 @@ impl Database {
             admin_url: admin_url.to_owned(),
             url: with_database(admin_url, &name)?,
             name,
+            keep: false,
         })
+    }
+
+    /// The database `name` (letters, digits and `_`), created if it does not exist, and kept
+    /// when the guard is dropped. Returns whether it existed.
+    pub fn kept(admin_url: &str, name: &str) -> anyhow::Result<(Self, bool)> {
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            bail!("{name:?} is not a plain database name");
+        }
+        let existed = psql(
+            admin_url,
+            &format!("SELECT count(*) FROM pg_database WHERE datname = '{name}'"),
+        )? == "1";
+        if !existed {
+            psql(admin_url, &format!("CREATE DATABASE {name}"))
+                .context("cannot create the benchmark database")?;
+        }
+        Ok((
+            Self {
+                admin_url: admin_url.to_owned(),
+                url: with_database(admin_url, name)?,
+                name: name.to_owned(),
+                keep: true,
+            },
+            existed,
+        ))
     }
 
     /// `SHOW <setting>` in this database.
@@ -85,6 +112,9 @@ pub fn check(admin_url: &str) -> anyhow::Result<String> {
 
 impl Drop for Database {
     fn drop(&mut self) {
+        if self.keep {
+            return;
+        }
         if let Err(e) = psql(
             &self.admin_url,
             &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),

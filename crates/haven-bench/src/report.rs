@@ -5,6 +5,7 @@ use std::fmt::Write;
 use crate::load::Recorded;
 use crate::machine::Machine;
 use crate::scenarios::HISTORY_VERSIONS;
+use crate::search::SearchReport;
 use crate::server::{LogStats, Memory};
 use crate::synth::RESOURCES_PER_BUNDLE;
 
@@ -59,11 +60,12 @@ pub struct Report {
     pub history: Vec<Row>,
     pub import: Vec<Row>,
     pub import_note: String,
-    pub search: Option<String>,
     pub servers: Vec<ServerRun>,
+    /// The search scenario, reported in a section of its own.
+    pub search: Option<SearchReport>,
 }
 
-fn rate(v: f64) -> String {
+pub(crate) fn rate(v: f64) -> String {
     if v >= 100.0 {
         format!("{v:.0}")
     } else {
@@ -71,7 +73,7 @@ fn rate(v: f64) -> String {
     }
 }
 
-fn ms(v: f64) -> String {
+pub(crate) fn ms(v: f64) -> String {
     match v {
         v if v < 1.0 => format!("{v:.3}"),
         v if v < 10.0 => format!("{v:.2}"),
@@ -85,7 +87,7 @@ fn mib(kib: u64) -> String {
 }
 
 /// The latency and error cells shared by every table.
-fn tail(rec: &Recorded) -> String {
+pub(crate) fn tail(rec: &Recorded) -> String {
     format!(
         "{} | {} | {} | {} | {}",
         ms(rec.quantile_ms(0.50)),
@@ -96,19 +98,24 @@ fn tail(rec: &Recorded) -> String {
     )
 }
 
-const LATENCY_HEADER: &str = "p50 ms | p95 ms | p99 ms | max ms | errors";
-const LATENCY_ALIGN: &str = "---:|---:|---:|---:|---:";
+pub(crate) const LATENCY_HEADER: &str = "p50 ms | p95 ms | p99 ms | max ms | errors";
+pub(crate) const LATENCY_ALIGN: &str = "---:|---:|---:|---:|---:";
 
 impl Report {
     /// Failed interactions over every scenario.
     pub fn errors(&self) -> u64 {
+        let search = self.search.as_ref().map_or(0, |s| {
+            s.check_failures + s.rows.iter().map(|r| r.rec.errors).sum::<u64>()
+        });
         [&self.read, &self.crud, &self.history, &self.import]
             .iter()
             .flat_map(|rows| rows.iter())
             .map(|r| r.rec.errors)
-            .sum()
+            .sum::<u64>()
+            + search
     }
 
+    /// The report of every scenario but search.
     pub fn render(&self) -> String {
         let mut out = String::new();
         // Writing to a String cannot fail.
@@ -116,8 +123,33 @@ impl Report {
         out
     }
 
-    fn write(&self, o: &mut String) -> std::fmt::Result {
-        writeln!(o, "# Haven benchmark, {}\n", self.date)?;
+    /// The search section, with a header of its own (it is spliced into its own place).
+    pub fn render_search(&self) -> String {
+        let mut out = String::new();
+        if let Some(search) = &self.search {
+            let _ = self.header(
+                &mut out,
+                "Haven search benchmark",
+                &[
+                    ("population", search.population.as_str()),
+                    ("settings", search.settings.as_str()),
+                ],
+                &search.durability,
+            );
+            let _ = search.write(&mut out);
+        }
+        out
+    }
+
+    /// The title and the table of where and how the run happened.
+    fn header(
+        &self,
+        o: &mut String,
+        title: &str,
+        rows: &[(&str, &str)],
+        durability: &[String],
+    ) -> std::fmt::Result {
+        writeln!(o, "# {title}, {}\n", self.date)?;
         writeln!(o, "| | |\n|---|---|")?;
         writeln!(o, "| commit | {} |", self.commit)?;
         if let Some(m) = &self.machine {
@@ -132,7 +164,9 @@ impl Report {
             "| load average before the run | {} (1 min) |",
             self.load_before
         )?;
-        writeln!(o, "| settings | {} |", self.settings)?;
+        for (name, value) in rows {
+            writeln!(o, "| {name} | {value} |")?;
+        }
         let per_request = if self.log_level == "info" {
             ": one line per request"
         } else {
@@ -143,7 +177,7 @@ impl Report {
             "| Haven logging | `{}`, JSON{per_request}, read and discarded by the harness |",
             self.log_level
         )?;
-        for d in &self.durability {
+        for d in durability {
             writeln!(o, "| durability | {d} |")?;
         }
         writeln!(
@@ -151,6 +185,15 @@ impl Report {
             "\nLatencies are per HTTP interaction, in milliseconds, over successful interactions that \
              finished inside the measured window. Errors count every transport error or non-2xx \
              answer, warm-up included. Client and servers share the machine's CPUs over loopback.\n"
+        )
+    }
+
+    fn write(&self, o: &mut String) -> std::fmt::Result {
+        self.header(
+            o,
+            "Haven benchmark",
+            &[("settings", self.settings.as_str())],
+            &self.durability,
         )?;
 
         if !self.read.is_empty() {
@@ -270,121 +313,132 @@ impl Report {
             )?;
         }
 
-        if let Some(search) = &self.search {
-            writeln!(o, "## Search mix\n\n{search}\n")?;
-        }
+        writeln!(
+            o,
+            "## Search\n\nThe search benchmark has a report of its own (`bench/out/latest-search.md`, \
+             the Search section of docs/PERFORMANCE.md): it loads a population first \
+             (`bench/run --scenarios search --patients 100000`).\n"
+        )?;
 
-        if !self.servers.is_empty() {
-            writeln!(o, "## Memory\n")?;
-            writeln!(
-                o,
-                "Resident memory of each server process (PostgreSQL's own processes are not counted).\n"
-            )?;
-            writeln!(
-                o,
-                "| server | idle (VmRSS before load) | peak (VmHWM after all scenarios) |"
-            )?;
-            writeln!(o, "|---|---:|---:|")?;
-            for s in &self.servers {
-                writeln!(
-                    o,
-                    "| {} | {} | {} |",
-                    s.name,
-                    mib(s.idle.rss_kib),
-                    mib(s.peak.hwm_kib)
-                )?;
-            }
-            writeln!(o, "\n## Server logs\n")?;
-            writeln!(
-                o,
-                "| server | log lines | warnings | errors | stop |\n|---|---:|---:|---:|---|"
-            )?;
-            for s in &self.servers {
-                writeln!(
-                    o,
-                    "| {} | {} | {} | {} | {} |",
-                    s.name, s.logs.lines, s.logs.warnings, s.logs.errors, s.stop
-                )?;
-            }
-            for s in &self.servers {
-                for (message, count) in &s.logs.messages {
-                    writeln!(o, "- {}: {count} × {message}", s.name)?;
-                }
-            }
-            for s in &self.servers {
-                if let Some(g) = &s.group_commit {
-                    writeln!(
-                        o,
-                        "\nGroup commit ({}, whole run, from `/metrics`): {g}.",
-                        s.name
-                    )?;
-                }
-            }
-            writeln!(o)?;
-        }
-
-        let noise = [
+        write_servers(o, &self.servers)?;
+        let sections = [
             ("read", &self.read),
             ("crud", &self.crud),
             ("history", &self.history),
             ("import", &self.import),
-        ]
-        .into_iter()
+        ];
+        write_noise(o, &sections)?;
+        write_failures(o, &sections)?;
+        Ok(())
+    }
+}
+
+/// Memory and logs of each server process.
+pub(crate) fn write_servers(o: &mut String, servers: &[ServerRun]) -> std::fmt::Result {
+    if servers.is_empty() {
+        return Ok(());
+    }
+    writeln!(o, "## Memory\n")?;
+    writeln!(
+        o,
+        "Resident memory of each server process (PostgreSQL's own processes are not counted).\n"
+    )?;
+    writeln!(
+        o,
+        "| server | idle (VmRSS before load) | peak (VmHWM after all scenarios) |"
+    )?;
+    writeln!(o, "|---|---:|---:|")?;
+    for s in servers {
+        writeln!(
+            o,
+            "| {} | {} | {} |",
+            s.name,
+            mib(s.idle.rss_kib),
+            mib(s.peak.hwm_kib)
+        )?;
+    }
+    writeln!(o, "\n## Server logs\n")?;
+    writeln!(
+        o,
+        "| server | log lines | warnings | errors | stop |\n|---|---:|---:|---:|---|"
+    )?;
+    for s in servers {
+        writeln!(
+            o,
+            "| {} | {} | {} | {} | {} |",
+            s.name, s.logs.lines, s.logs.warnings, s.logs.errors, s.stop
+        )?;
+    }
+    for s in servers {
+        for (message, count) in &s.logs.messages {
+            writeln!(o, "- {}: {count} × {message}", s.name)?;
+        }
+    }
+    for s in servers {
+        if let Some(g) = &s.group_commit {
+            writeln!(
+                o,
+                "\nGroup commit ({}, whole run, from `/metrics`): {g}.",
+                s.name
+            )?;
+        }
+    }
+    writeln!(o)
+}
+
+fn variant_suffix(r: &Row) -> String {
+    r.variant
+        .as_deref()
+        .map(|v| format!(" ({v})"))
+        .unwrap_or_default()
+}
+
+/// The share of the machine other processes took during each measurement.
+pub(crate) fn write_noise(o: &mut String, sections: &[(&str, &Vec<Row>)]) -> std::fmt::Result {
+    let noise = sections
+        .iter()
         .filter(|(_, rows)| !rows.is_empty())
         .map(|(scenario, rows)| {
             let cells = rows
                 .iter()
-                .map(|r| {
-                    let variant = r
-                        .variant
-                        .as_deref()
-                        .map(|v| format!(" ({v})"))
-                        .unwrap_or_default();
-                    format!("{}{variant} {:.0} %", r.server, 100.0 * r.noise)
-                })
+                .map(|r| format!("{}{} {:.0} %", r.server, variant_suffix(r), 100.0 * r.noise))
                 .collect::<Vec<_>>()
                 .join(", ");
             format!("- {scenario}: {cells}")
         })
         .collect::<Vec<_>>();
-        if !noise.is_empty() {
-            writeln!(o, "## Other processes\n")?;
-            writeln!(
-                o,
-                "Share of the machine's CPU time that went, during each measurement, to processes \
-                 outside the run (not the harness, the server under test or PostgreSQL) or to other \
-                 guests of the hypervisor (steal). Above a few percent the figures above are low.\n\n{}\n",
-                noise.join("\n")
-            )?;
-        }
+    if noise.is_empty() {
+        return Ok(());
+    }
+    writeln!(o, "## Other processes\n")?;
+    writeln!(
+        o,
+        "Share of the machine's CPU time that went, during each measurement, to processes \
+         outside the run (not the harness, the server under test or PostgreSQL) or to other \
+         guests of the hypervisor (steal). Above a few percent the figures above are low.\n\n{}\n",
+        noise.join("\n")
+    )
+}
 
-        let failures = [
-            ("read", &self.read),
-            ("crud", &self.crud),
-            ("history", &self.history),
-            ("import", &self.import),
-        ]
-        .into_iter()
+/// The first distinct failures of each measurement.
+pub(crate) fn write_failures(o: &mut String, sections: &[(&str, &Vec<Row>)]) -> std::fmt::Result {
+    let failures = sections
+        .iter()
         .flat_map(|(scenario, rows)| {
             rows.iter().flat_map(move |r| {
-                r.rec.error_samples.iter().map(move |e| {
-                    let variant = r
-                        .variant
-                        .as_deref()
-                        .map(|v| format!(" ({v})"))
-                        .unwrap_or_default();
-                    format!("- {scenario}{variant}, {}: {e}", r.server)
-                })
+                r.rec
+                    .error_samples
+                    .iter()
+                    .map(move |e| format!("- {scenario}{}, {}: {e}", variant_suffix(r), r.server))
             })
         })
         .collect::<Vec<_>>();
-        if !failures.is_empty() {
-            writeln!(
-                o,
-                "## Failures (first distinct ones)\n\n{}\n",
-                failures.join("\n")
-            )?;
-        }
-        Ok(())
+    if failures.is_empty() {
+        return Ok(());
     }
+    writeln!(
+        o,
+        "## Failures (first distinct ones)\n\n{}\n",
+        failures.join("\n")
+    )
 }

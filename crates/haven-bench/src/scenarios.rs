@@ -6,6 +6,7 @@
 //! | crud | 9 linked resources created, read, updated (`If-Match`), deleted: 36 interactions | interaction |
 //! | history | `GET /fhir/Patient/{id}/_history` (10 versions) or `GET /fhir/Patient/_history?_count=50` | request |
 //! | import | one transaction Bundle of a synthetic patient (100 resources) | Bundle |
+//! | search | one search of a kind, the values cycling over the population (`search` module) | request |
 
 use std::time::Duration;
 
@@ -30,6 +31,8 @@ const HISTORY_FILLER: u32 = 50;
 pub enum Workload {
     /// One GET of a fixed path.
     Get { path: String },
+    /// One GET of one of `paths`, the connections spread over them.
+    GetEach { paths: Vec<String> },
     /// The clinical CRUD cycle.
     Crud,
     /// One transaction Bundle per iteration, generated from `seed`, the worker and the iteration.
@@ -45,6 +48,16 @@ impl Workload {
     ) -> Result<(), Halt> {
         match self {
             Self::Get { path } => {
+                let request = conn.get(path);
+                conn.send(request, 1).await.map(drop)
+            }
+            Self::GetEach { paths } => {
+                let at = (worker as u64).wrapping_mul(7919).wrapping_add(iteration);
+                let Some(path) =
+                    paths.get(usize::try_from(at % paths.len().max(1) as u64).unwrap_or(0))
+                else {
+                    return Err(conn.fail("no search queries to run".into()));
+                };
                 let request = conn.get(path);
                 conn.send(request, 1).await.map(drop)
             }
@@ -225,17 +238,6 @@ impl Setup {
                 .await?;
         }
         Ok(id)
-    }
-
-    /// The status of `GET /fhir/Patient` (search), to report honestly whether search exists yet.
-    pub async fn search_status(&self) -> anyhow::Result<u16> {
-        let response = self
-            .client
-            .get(format!("{}{FHIR}/Patient", self.base))
-            .timeout(Duration::from_secs(30))
-            .send()
-            .await?;
-        Ok(response.status().as_u16())
     }
 
     /// The size of a GET response body, in bytes.

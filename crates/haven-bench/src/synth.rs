@@ -1,4 +1,5 @@
-//! Synthetic patients for the import scenario: one transaction Bundle of 100 resources each.
+//! Synthetic data: patients for the import scenario (one transaction Bundle of 100 resources
+//! each, below) and the population of the search benchmark ([`population`]).
 //!
 //! A Bundle holds 1 Patient, 5 Encounters, 80 Observations (the same 9 vital signs and 7 labs at
 //! every encounter), 5 Conditions, 5 MedicationRequests, 2 Procedures and 2 Immunizations, linked
@@ -6,6 +7,9 @@
 //! deterministic: the same seed gives the same bytes on every machine, so two runs import the
 //! same data. The generator is a xorshift64* PRNG seeded through SplitMix64; statistical quality
 //! is irrelevant here, reproducibility is the point.
+
+pub mod population;
+mod vocab;
 
 use serde_json::{Value, json};
 

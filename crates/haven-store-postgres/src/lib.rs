@@ -75,6 +75,11 @@ fn connect_options(url: &str, options: &PgOptions) -> Result<PgConnectOptions, S
         .options([
             ("statement_timeout", ms.as_str()),
             ("synchronous_commit", "on"),
+            // Search statements are prepared once per connection and run with very different
+            // values (one patient, or a code on a tenth of all Observations). After five runs
+            // PostgreSQL would switch to a generic plan that assumes every condition is
+            // selective and can be a hundred times slower; plan each execution for its values.
+            ("plan_cache_mode", "force_custom_plan"),
         ])
         .application_name("haven")
         .disable_statement_logging())

@@ -233,7 +233,7 @@ impl Table {
 /// another page exists), in the page's order, or reversed for a backward cursor.
 #[must_use]
 pub fn search_page(q: &SearchQuery, ph: Placeholders) -> Statement {
-    let mut b = Builder::default();
+    let mut b = Builder::new(ph);
     let backward = q.cursor.as_ref().is_some_and(|c| c.backward);
     let mut sql = String::from("SELECT q.rid");
     for i in 0..q.sort.len() {
@@ -280,7 +280,7 @@ pub fn search_page(q: &SearchQuery, ph: Placeholders) -> Statement {
 /// `SELECT count(*)` of the matches of `q` (sort and cursor ignored).
 #[must_use]
 pub fn search_count(q: &SearchQuery, ph: Placeholders) -> Statement {
-    let mut b = Builder::default();
+    let mut b = Builder::new(ph);
     let filter = b.filter("r", q);
     finish(
         format!("SELECT count(*) FROM resource r WHERE {filter}"),
@@ -292,7 +292,7 @@ pub fn search_count(q: &SearchQuery, ph: Placeholders) -> Statement {
 /// The `(resource_type, id)` of up to `q.limit` matches, in rid order.
 #[must_use]
 pub fn search_ids(q: &SearchQuery, ph: Placeholders) -> Statement {
-    let mut b = Builder::default();
+    let mut b = Builder::new(ph);
     let filter = b.filter("r", q);
     b.args.push(SqlArg::Int(i64::from(q.limit)));
     finish(
@@ -307,7 +307,7 @@ pub fn search_ids(q: &SearchQuery, ph: Placeholders) -> Statement {
 /// Rows like [`search_page`] (without sort keys) of related resources, in rid order.
 #[must_use]
 pub fn related(related: &Related, limit: u32, ph: Placeholders) -> Statement {
-    let mut b = Builder::default();
+    let mut b = Builder::new(ph);
     let mut sql = format!(
         "SELECT t.rid, {VERSION_COLUMNS} FROM resource t JOIN resource_version v ON v.seq = t.seq \
          WHERE t.deleted = 0 AND t.rid IN ("
@@ -507,13 +507,21 @@ fn pred_rank(p: &Pred) -> Rank {
 
 /// Accumulates the arguments of a statement while its text is built, and hands out unique
 /// table aliases for nested sub-selects.
-#[derive(Default)]
 struct Builder {
     args: Vec<SqlArg>,
     aliases: usize,
+    ph: Placeholders,
 }
 
 impl Builder {
+    fn new(ph: Placeholders) -> Self {
+        Self {
+            args: Vec::new(),
+            aliases: 0,
+            ph,
+        }
+    }
+
     fn alias(&mut self, prefix: &str) -> String {
         self.aliases += 1;
         format!("{prefix}{}", self.aliases)
@@ -560,13 +568,20 @@ impl Builder {
         }
     }
 
-    /// Like [`Builder::params`], for a probe correlated on `rid`: the unary `+` keeps the
+    /// Like [`Builder::params`], for a probe correlated on `rid`: the unary `+` keeps SQLite's
     /// planner from choosing the `(param, value...)` index, which it may otherwise prefer for
     /// being covering and would then scan every row of the parameter for each candidate; the
     /// `(rid, param)` index finds a resource's few rows directly.
+    /// SQLite only: PostgreSQL plans a probe as a semi-join with statistics, and there the `+`
+    /// would only hide a useful index.
     fn probe_params(&mut self, alias: &str, keys: &[ParamKey]) -> String {
         let p = self.params(alias, keys);
-        p.replacen(&format!("{alias}.param"), &format!("+{alias}.param"), 1)
+        match self.ph {
+            Placeholders::Question => {
+                p.replacen(&format!("{alias}.param"), &format!("+{alias}.param"), 1)
+            }
+            Placeholders::Numbered => p,
+        }
     }
 
     /// The WHERE clause of the matches of `q` on the head alias `r`.
