@@ -159,18 +159,21 @@ enum Pred {
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 enum Rank {
     Few,
+    Narrow,
     Moderate,
     Broad,
 }
 
 impl Pred {
     /// `pred_rank` of the predicate (inside the one-alternative OR, which keeps its rank):
-    /// an equality on a reference's id is few, equalities, prefixes and a date `eq` (a range
-    /// bounded on start) moderate, the other ranges broad.
+    /// an equality on a reference's id is few, a date `eq` at day precision narrow,
+    /// equalities and prefixes moderate, the other ranges broad.
     fn rank(&self) -> Rank {
         match self {
             Pred::Reference { .. } => Rank::Few,
-            Pred::Token { .. } | Pred::StartsWith(_) | Pred::DateEq(_) => Rank::Moderate,
+            // A date `eq` at day precision is within one day: narrow.
+            Pred::DateEq(_) => Rank::Narrow,
+            Pred::Token { .. } | Pred::StartsWith(_) => Rank::Moderate,
             Pred::DateGe(_) | Pred::DateLe(_) => Rank::Broad,
         }
     }
@@ -203,7 +206,8 @@ impl Criterion {
             } => Rank::Few,
             Criterion::Any { table, pred, .. } => match (*table, pred.rank()) {
                 ("search_reference", Rank::Few) => Rank::Few,
-                (_, r) => r.max(Rank::Moderate),
+                (_, Rank::Few) => Rank::Moderate,
+                (_, r) => r,
             },
             // A reverse chain finds as many as its inner criterion finds referrers.
             Criterion::Has { inner, .. } => inner.rank(),
@@ -323,22 +327,27 @@ impl Builder {
                 };
                 let x = self.alias("x");
                 let s = self.alias("s");
-                // Never the probe form of the key here: the reference is reached by target.
-                let params = self.params(&x, &param_key(source, param), Mode::Driver);
-                self.text(target);
+                let key = param_key(source, param);
                 let branch = match mode {
                     Mode::Driver => {
                         self.text(source);
                         let inner = self.condition(&s, inner, Mode::Driver);
+                        // The key in its probe form: the references are reached by rid.
+                        let params = self.params(&x, &key, Mode::Probe);
+                        self.text(target);
                         self.text(target);
                         format!(
                             "({a}.id IN (SELECT {x}.target_id FROM search_reference {x} \
-                             JOIN resource {s} ON {s}.rid = {x}.rid WHERE {params} \
-                             AND {x}.target_type = ? AND {s}.resource_type = ? \
-                             AND {s}.deleted = 0 AND {inner}) AND {a}.resource_type = ?)"
+                             WHERE {x}.rid IN (SELECT {s}.rid FROM resource {s} \
+                             WHERE {s}.resource_type = ? AND {s}.deleted = 0 AND {inner}) \
+                             AND {params} AND {x}.target_type = ?) AND {a}.resource_type = ?)"
                         )
                     }
                     Mode::Probe => {
+                        // Never the probe form of the key here: the reference is reached by
+                        // target.
+                        let params = self.params(&x, &key, Mode::Driver);
+                        self.text(target);
                         self.text(target);
                         self.text(source);
                         let inner = self.condition(&s, inner, Mode::Probe);
@@ -606,14 +615,14 @@ mod tests {
         let page = |q: Query| statements(&q).page.numbered();
         assert_eq!(
             page(Query::Has { code: "2284-8" }),
-            "SELECT q.rid, v.resource_type, v.id, v.version, v.last_updated, v.change_kind, v.body FROM (SELECT r.rid, r.seq FROM resource r WHERE r.deleted = 0 AND r.resource_type = $1 AND ((r.id IN (SELECT x1.target_id FROM search_reference x1 JOIN resource s2 ON s2.rid = x1.rid WHERE x1.param = $2 AND x1.target_type = $3 AND s2.resource_type = $4 AND s2.deleted = 0 AND s2.rid IN (SELECT i3.rid FROM search_token i3 WHERE i3.param = $5 AND (((i3.code = $6 AND i3.system = $7))))) AND r.resource_type = $8))) q JOIN resource_version v ON v.seq = q.seq ORDER BY q.rid ASC LIMIT $9"
+            "SELECT q.rid, v.resource_type, v.id, v.version, v.last_updated, v.change_kind, v.body FROM (SELECT r.rid, r.seq FROM resource r WHERE r.deleted = 0 AND r.resource_type = $1 AND ((r.id IN (SELECT x1.target_id FROM search_reference x1 WHERE x1.rid IN (SELECT s2.rid FROM resource s2 WHERE s2.resource_type = $2 AND s2.deleted = 0 AND s2.rid IN (SELECT i3.rid FROM search_token i3 WHERE i3.param = $3 AND (((i3.code = $4 AND i3.system = $5))))) AND x1.param = $6 AND x1.target_type = $7) AND r.resource_type = $8))) q JOIN resource_version v ON v.seq = q.seq ORDER BY q.rid ASC LIMIT $9"
         );
         assert_eq!(
             page(Query::FamilyBirthdate {
                 family: "Lee",
                 birth: Date::from_calendar_date(1948, time::Month::October, 2).unwrap(),
             }),
-            "SELECT q.rid, v.resource_type, v.id, v.version, v.last_updated, v.change_kind, v.body FROM (SELECT r.rid, r.seq FROM resource r WHERE r.deleted = 0 AND r.resource_type = $1 AND r.rid IN (SELECT i1.rid FROM search_string i1 WHERE i1.param = $2 AND (((i1.normalized >= $3 AND i1.normalized < $4)))) AND EXISTS (SELECT 1 FROM search_date i2 WHERE i2.rid = r.rid AND i2.param = $5 AND (((i2.start_at >= $6 AND i2.start_at < $7 AND i2.end_at <= $8))))) q JOIN resource_version v ON v.seq = q.seq ORDER BY q.rid ASC LIMIT $9"
+            "SELECT q.rid, v.resource_type, v.id, v.version, v.last_updated, v.change_kind, v.body FROM (SELECT r.rid, r.seq FROM resource r WHERE r.deleted = 0 AND r.resource_type = $1 AND EXISTS (SELECT 1 FROM search_string i1 WHERE i1.rid = r.rid AND i1.param = $2 AND (((i1.normalized >= $3 AND i1.normalized < $4)))) AND r.rid IN (SELECT i2.rid FROM search_date i2 WHERE i2.param = $5 AND (((i2.start_at >= $6 AND i2.start_at < $7 AND i2.end_at <= $8))))) q JOIN resource_version v ON v.seq = q.seq ORDER BY q.rid ASC LIMIT $9"
         );
         assert_eq!(
             page(Query::ObsSubjectCodeDate {

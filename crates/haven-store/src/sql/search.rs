@@ -24,6 +24,7 @@ use crate::search::{
     SearchPage, SearchQuery, SortValue, Table,
 };
 use crate::sql::{Placeholders, SqlArg};
+use haven_domain::ResourceType;
 
 /// A statement and its arguments.
 #[derive(Clone, Debug)]
@@ -453,6 +454,8 @@ enum Mode {
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 enum Rank {
     Few,
+    /// A date (or instant) within one day: a birth date, a day's observations.
+    Narrow,
     Moderate,
     Broad,
 }
@@ -462,7 +465,8 @@ fn rank(c: &Condition) -> Rank {
         Condition::Selective(_) | Condition::IdIn(_) | Condition::False => Rank::Few,
         Condition::Any { pred, table, .. } => match (table, pred_rank(pred)) {
             (Table::Reference, Rank::Few) => Rank::Few,
-            (_, r) => r.max(Rank::Moderate),
+            (_, Rank::Few) => Rank::Moderate,
+            (_, r) => r,
         },
         Condition::Composite { .. } => Rank::Moderate,
         Condition::Chain { inner, .. } => rank(inner),
@@ -484,22 +488,36 @@ fn indirect(c: &Condition) -> bool {
     }
 }
 
-/// `Few` for an equality on a reference's target id; `Moderate` for equalities and prefixes;
-/// `Broad` for ranges and the rest.
+const DAY_MICROS: i64 = 86_400_000_000;
+
+/// `Few` for an equality on a reference's target id; `Narrow` for a date within one day;
+/// `Moderate` for equalities, prefixes and longer date ranges bounded on start; `Broad` for
+/// open ranges and the rest.
 fn pred_rank(p: &Pred) -> Rank {
     match p {
         Pred::Eq(Col::TargetId, _) => Rank::Few,
         Pred::Eq(..) | Pred::StartsWith(..) => Rank::Moderate,
-        // A date `eq` is a bounded range on start: moderate.
-        Pred::And(ps) => ps.iter().map(pred_rank).min().unwrap_or(Rank::Broad).min(
-            if ps.iter().any(|p| matches!(p, Pred::Ge(Col::Start, _)))
-                && ps.iter().any(|p| matches!(p, Pred::Lt(Col::Start, _)))
-            {
-                Rank::Moderate
-            } else {
-                Rank::Broad
-            },
-        ),
+        // A date `eq` is a range bounded on start: narrow within a day, else moderate.
+        Pred::And(ps) => {
+            let from = ps.iter().find_map(|p| match p {
+                Pred::Ge(Col::Start, Scalar::Int(v)) => Some(*v),
+                _ => None,
+            });
+            let to = ps.iter().find_map(|p| match p {
+                Pred::Lt(Col::Start, Scalar::Int(v)) => Some(*v),
+                _ => None,
+            });
+            let range = match (from, to) {
+                (Some(a), Some(b)) if b.saturating_sub(a) <= DAY_MICROS => Rank::Narrow,
+                (Some(_), Some(_)) => Rank::Moderate,
+                _ => Rank::Broad,
+            };
+            ps.iter()
+                .map(pred_rank)
+                .min()
+                .unwrap_or(Rank::Broad)
+                .min(range)
+        }
         Pred::Or(ps) => ps.iter().map(pred_rank).max().unwrap_or(Rank::Few),
         _ => Rank::Broad,
     }
@@ -736,28 +754,31 @@ impl Builder {
             } => {
                 let x = self.alias("x");
                 let t = self.alias("t");
-                let params = match mode {
-                    Mode::Driver => self.params(&x, params),
-                    Mode::Probe => self.probe_params(&x, params),
-                };
-                self.args.push(SqlArg::Text(target.as_str().to_owned()));
-                let join = format!(
-                    "search_reference {x} JOIN resource {t} \
-                     ON {t}.resource_type = {x}.target_type AND {t}.id = {x}.target_id"
-                );
+                let target = SqlArg::Text(target.as_str().to_owned());
                 match mode {
+                    // From the targets the inner condition selects to the references to them
+                    // (the `(param, target_id, target_type)` index), never the other way round.
                     Mode::Driver => {
+                        let params = self.params(&x, params);
+                        self.args.push(target.clone());
+                        self.args.push(target);
                         let inner = self.condition(&t, inner, Mode::Driver);
                         format!(
-                            "{a}.rid IN (SELECT {x}.rid FROM {join} WHERE {params} \
-                             AND {x}.target_type = ? AND {t}.deleted = 0 AND {inner})"
+                            "{a}.rid IN (SELECT {x}.rid FROM search_reference {x} WHERE {params} \
+                             AND {x}.target_type = ? AND {x}.target_id IN (SELECT {t}.id \
+                             FROM resource {t} WHERE {t}.resource_type = ? \
+                             AND {t}.deleted = 0 AND {inner}))"
                         )
                     }
                     Mode::Probe => {
+                        let params = self.probe_params(&x, params);
+                        self.args.push(target);
                         let inner = self.condition(&t, inner, Mode::Probe);
                         format!(
-                            "EXISTS (SELECT 1 FROM {join} WHERE {x}.rid = {a}.rid AND {params} \
-                             AND {x}.target_type = ? AND {t}.deleted = 0 AND {inner})"
+                            "EXISTS (SELECT 1 FROM search_reference {x} JOIN resource {t} \
+                             ON {t}.resource_type = {x}.target_type AND {t}.id = {x}.target_id \
+                             WHERE {x}.rid = {a}.rid AND {params} AND {x}.target_type = ? \
+                             AND {t}.deleted = 0 AND {inner})"
                         )
                     }
                 }
@@ -770,23 +791,28 @@ impl Builder {
             } => {
                 let x = self.alias("x");
                 let s = self.alias("s");
-                let params = self.params(&x, std::slice::from_ref(param));
-                self.args.push(SqlArg::Text(target.as_str().to_owned()));
+                let text = |v: &ResourceType| SqlArg::Text(v.as_str().to_owned());
                 match mode {
+                    // From the referrers the inner condition selects to their references (the
+                    // `(rid, param)` index), never by walking every reference of the parameter.
                     Mode::Driver => {
-                        self.args.push(SqlArg::Text(source.as_str().to_owned()));
+                        self.args.push(text(source));
                         let inner = self.condition(&s, inner, Mode::Driver);
-                        self.args.push(SqlArg::Text(target.as_str().to_owned()));
+                        let params = self.probe_params(&x, std::slice::from_ref(param));
+                        self.args.push(text(target));
+                        self.args.push(text(target));
                         format!(
                             "({a}.id IN (SELECT {x}.target_id FROM search_reference {x} \
-                             JOIN resource {s} ON {s}.rid = {x}.rid WHERE {params} \
-                             AND {x}.target_type = ? AND {s}.resource_type = ? \
-                             AND {s}.deleted = 0 AND {inner}) AND {a}.resource_type = ?)"
+                             WHERE {x}.rid IN (SELECT {s}.rid FROM resource {s} \
+                             WHERE {s}.resource_type = ? AND {s}.deleted = 0 AND {inner}) \
+                             AND {params} AND {x}.target_type = ?) AND {a}.resource_type = ?)"
                         )
                     }
                     Mode::Probe => {
-                        self.args.push(SqlArg::Text(target.as_str().to_owned()));
-                        self.args.push(SqlArg::Text(source.as_str().to_owned()));
+                        let params = self.params(&x, std::slice::from_ref(param));
+                        self.args.push(text(target));
+                        self.args.push(text(target));
+                        self.args.push(text(source));
                         let inner = self.condition(&s, inner, Mode::Probe);
                         format!(
                             "EXISTS (SELECT 1 FROM search_reference {x} \
