@@ -330,17 +330,19 @@ impl Builder {
                 let key = param_key(source, param);
                 let branch = match mode {
                     Mode::Driver => {
+                        let u = self.alias("u");
+                        self.text(target);
                         self.text(source);
                         let inner = self.condition(&s, inner, Mode::Driver);
                         // The key in its probe form: the references are reached by rid.
                         let params = self.params(&x, &key, Mode::Probe);
                         self.text(target);
-                        self.text(target);
                         format!(
-                            "({a}.id IN (SELECT {x}.target_id FROM search_reference {x} \
-                             WHERE {x}.rid IN (SELECT {s}.rid FROM resource {s} \
-                             WHERE {s}.resource_type = ? AND {s}.deleted = 0 AND {inner}) \
-                             AND {params} AND {x}.target_type = ?) AND {a}.resource_type = ?)"
+                            "{a}.rid IN (SELECT {u}.rid FROM resource {u} \
+                             WHERE {u}.resource_type = ? AND {u}.id IN (SELECT {x}.target_id \
+                             FROM search_reference {x} WHERE {x}.rid IN (SELECT {s}.rid \
+                             FROM resource {s} WHERE {s}.resource_type = ? AND {s}.deleted = 0 \
+                             AND {inner}) AND {params} AND {x}.target_type = ?))"
                         )
                     }
                     Mode::Probe => {
@@ -615,7 +617,7 @@ mod tests {
         let page = |q: Query| statements(&q).page.numbered();
         assert_eq!(
             page(Query::Has { code: "2284-8" }),
-            "SELECT q.rid, v.resource_type, v.id, v.version, v.last_updated, v.change_kind, v.body FROM (SELECT r.rid, r.seq FROM resource r WHERE r.deleted = 0 AND r.resource_type = $1 AND ((r.id IN (SELECT x1.target_id FROM search_reference x1 WHERE x1.rid IN (SELECT s2.rid FROM resource s2 WHERE s2.resource_type = $2 AND s2.deleted = 0 AND s2.rid IN (SELECT i3.rid FROM search_token i3 WHERE i3.param = $3 AND (((i3.code = $4 AND i3.system = $5))))) AND x1.param = $6 AND x1.target_type = $7) AND r.resource_type = $8))) q JOIN resource_version v ON v.seq = q.seq ORDER BY q.rid ASC LIMIT $9"
+            "SELECT q.rid, v.resource_type, v.id, v.version, v.last_updated, v.change_kind, v.body FROM (SELECT r.rid, r.seq FROM resource r WHERE r.deleted = 0 AND r.resource_type = $1 AND (r.rid IN (SELECT u3.rid FROM resource u3 WHERE u3.resource_type = $2 AND u3.id IN (SELECT x1.target_id FROM search_reference x1 WHERE x1.rid IN (SELECT s2.rid FROM resource s2 WHERE s2.resource_type = $3 AND s2.deleted = 0 AND s2.rid IN (SELECT i4.rid FROM search_token i4 WHERE i4.param = $4 AND (((i4.code = $5 AND i4.system = $6))))) AND x1.param = $7 AND x1.target_type = $8)))) q JOIN resource_version v ON v.seq = q.seq ORDER BY q.rid ASC LIMIT $9"
         );
         assert_eq!(
             page(Query::FamilyBirthdate {

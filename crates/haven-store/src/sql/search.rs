@@ -795,17 +795,22 @@ impl Builder {
                 match mode {
                     // From the referrers the inner condition selects to their references (the
                     // `(rid, param)` index), never by walking every reference of the parameter.
+                    // The ids found become rids (the `(resource_type, id)` index), so the
+                    // outer query looks its candidates up by rid like any other driver instead
+                    // of walking the type in rid order to test each id.
                     Mode::Driver => {
+                        let u = self.alias("u");
+                        self.args.push(text(target));
                         self.args.push(text(source));
                         let inner = self.condition(&s, inner, Mode::Driver);
                         let params = self.probe_params(&x, std::slice::from_ref(param));
                         self.args.push(text(target));
-                        self.args.push(text(target));
                         format!(
-                            "({a}.id IN (SELECT {x}.target_id FROM search_reference {x} \
-                             WHERE {x}.rid IN (SELECT {s}.rid FROM resource {s} \
-                             WHERE {s}.resource_type = ? AND {s}.deleted = 0 AND {inner}) \
-                             AND {params} AND {x}.target_type = ?) AND {a}.resource_type = ?)"
+                            "{a}.rid IN (SELECT {u}.rid FROM resource {u} \
+                             WHERE {u}.resource_type = ? AND {u}.id IN (SELECT {x}.target_id \
+                             FROM search_reference {x} WHERE {x}.rid IN (SELECT {s}.rid \
+                             FROM resource {s} WHERE {s}.resource_type = ? AND {s}.deleted = 0 \
+                             AND {inner}) AND {params} AND {x}.target_type = ?))"
                         )
                     }
                     Mode::Probe => {
