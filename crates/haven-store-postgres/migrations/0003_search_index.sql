@@ -45,8 +45,11 @@ CREATE TABLE search_reference (
     rid           BIGINT   NOT NULL,
     param         INTEGER NOT NULL,
     grp           INTEGER NOT NULL,
-    target_type   TEXT COLLATE "C",
-    target_id     TEXT COLLATE "C",
+    -- Default collation, like resource.resource_type and resource.id, so joins between a
+    -- reference and its target can use the target's primary key (a collation mismatch would
+    -- keep PostgreSQL off the index). These columns are only compared for equality.
+    target_type   TEXT,
+    target_id     TEXT,
     version       TEXT COLLATE "C",
     url           TEXT COLLATE "C",
     ident_system  TEXT COLLATE "C",
