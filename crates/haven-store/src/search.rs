@@ -230,7 +230,8 @@ pub enum Pred {
     Ge(Col, Scalar),
     /// The column's text starts with the given text (binary comparison).
     StartsWith(Col, String),
-    /// The column's text contains the given text.
+    /// The column's text contains the given text (case-sensitive, like every comparison
+    /// here: callers compare normalized text).
     Contains(Col, String),
     /// The column's text is a prefix of the given text (`:above` on uris).
     PrefixOf(Col, String),

@@ -128,29 +128,22 @@ impl FhirService {
                 base_url: Some(&self.config.base_url),
             },
         );
-        let invalid: Vec<&str> = request
+        let refused: Vec<Issue> = request
             .problems
             .iter()
             .filter(|p| p.kind == ProblemKind::Invalid || strict)
-            .map(|p| p.message.as_str())
+            .map(|p| Issue {
+                severity: Severity::Error,
+                code: match p.kind {
+                    ProblemKind::Invalid => IssueCode::Invalid,
+                    _ => IssueCode::NotSupported,
+                },
+                location: String::new(),
+                message: p.message.clone(),
+            })
             .collect();
-        if !invalid.is_empty() {
-            return Err(ServiceError::Invalid(
-                request
-                    .problems
-                    .iter()
-                    .filter(|p| p.kind == ProblemKind::Invalid || strict)
-                    .map(|p| Issue {
-                        severity: Severity::Error,
-                        code: match p.kind {
-                            ProblemKind::Invalid => IssueCode::Invalid,
-                            _ => IssueCode::NotSupported,
-                        },
-                        location: String::new(),
-                        message: p.message.clone(),
-                    })
-                    .collect(),
-            ));
+        if !refused.is_empty() {
+            return Err(ServiceError::Invalid(refused));
         }
         let outcome: Vec<Issue> = request
             .problems

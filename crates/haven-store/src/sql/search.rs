@@ -5,12 +5,14 @@
 //! is a bound argument. Statements are written with `?` and numbered for PostgreSQL at the
 //! end, like the history query.
 //!
-//! **Query shape.** A condition on a resource is a membership test of its `rid` (or `id`) in
-//! a sub-select over one index table, so the database can start from the most selective
-//! index and never reads resource bodies to decide a match:
+//! **Query shape.** Conditions read only index tables, never resource bodies. The most
+//! selective condition *drives*: a membership test of the resource's `rid` in a sub-select
+//! through its `(param, value...)` index. Every other condition *probes* each candidate with
+//! a correlated `EXISTS` through the `(rid, param)` index (see `Mode` and `Rank`):
 //!
 //! ```sql
-//! r.rid IN (SELECT x.rid FROM search_token x WHERE x.param = ? AND (x.code = ?))
+//! r.rid IN (SELECT i1.rid FROM search_reference i1 WHERE i1.param = ? AND (...))
+//!   AND EXISTS (SELECT 1 FROM search_token i2 WHERE i2.rid = r.rid AND +i2.param = ? AND (...))
 //! ```
 //!
 //! **Sorting and paging.** Sort keys are correlated `MIN`/`MAX` sub-selects of the key
