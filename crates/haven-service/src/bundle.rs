@@ -704,6 +704,10 @@ impl FhirService {
             });
         }
         ops.sort_by_key(|(index, ph, _)| (*ph, *index));
+        let ops = ops
+            .into_iter()
+            .map(|(index, ph, op)| Ok((index, ph, op.sealed().map_err(fail(index))?)))
+            .collect::<Result<Vec<_>, EntryFailure>>()?;
 
         // 5. Run every entry in one unit of work, after checking the planned searches.
         retry_on_race(|| {

@@ -77,6 +77,7 @@ impl FhirService {
                     kept.push(("_at", v.clone()));
                 }
                 "_cursor" => {
+                    // `b<tx>.<seq>` or `a<tx>.<seq>` (see `HistoryPos`).
                     let parsed = v
                         .strip_prefix('b')
                         .and_then(|n| n.parse().ok())
@@ -133,7 +134,7 @@ impl FhirService {
         {
             link.push(Link {
                 relation: "previous",
-                url: link_to(Some(format!("a{}", first.seq))),
+                url: link_to(Some(format!("a{}", first.pos))),
             });
         }
         if page.has_older
@@ -141,7 +142,7 @@ impl FhirService {
         {
             link.push(Link {
                 relation: "next",
-                url: link_to(Some(format!("b{}", last.seq))),
+                url: link_to(Some(format!("b{}", last.pos))),
             });
         }
         let mut entry = Vec::with_capacity(page.entries.len());

@@ -167,6 +167,30 @@ pub(crate) async fn apply(tx: &mut dyn WriteTx, op: Op) -> Result<Done, ServiceE
                 write: true,
             })
         }
+        Op::Insert {
+            ty,
+            id,
+            last_updated,
+            bytes,
+            index,
+        } => {
+            let stored = append(
+                tx,
+                ty,
+                id,
+                VersionId::FIRST,
+                last_updated,
+                ChangeKind::Create,
+                Some((bytes, index)),
+            )
+            .await?;
+            Ok(Done {
+                status: 201,
+                version: Some(stored),
+                located: true,
+                write: true,
+            })
+        }
         Op::Update {
             ty,
             id,
@@ -400,6 +424,7 @@ impl FhirService {
                 read_result(v)
             }
             write => {
+                let write = write.sealed()?;
                 retry_on_race(|| {
                     let op = write.clone();
                     run_write(self.store.as_ref(), move |tx: &mut dyn WriteTx| {

@@ -57,6 +57,15 @@ pub(crate) enum Op {
         ty: ResourceType,
         criteria: Criteria,
     },
+    /// An unconditional create whose stored form (bytes and index rows) was computed before
+    /// the unit of work (see [`Op::sealed`]).
+    Insert {
+        ty: ResourceType,
+        id: ResourceId,
+        last_updated: Timestamp,
+        bytes: Bytes,
+        index: Vec<haven_store::IndexRow>,
+    },
 }
 
 /// The search criteria of a conditional interaction, ready for the store.
@@ -116,6 +125,7 @@ impl Op {
     pub(crate) fn target(&self) -> Option<(ResourceType, &ResourceId)> {
         match self {
             Op::Create { ty, id, .. }
+            | Op::Insert { ty, id, .. }
             | Op::Update { ty, id, .. }
             | Op::Patch { ty, id, .. }
             | Op::Delete { ty, id, .. }
@@ -127,6 +137,34 @@ impl Op {
 
     pub(crate) fn is_write(&self) -> bool {
         !matches!(self, Op::Read { .. } | Op::Vread { .. })
+    }
+
+    /// Moves the work that depends on nothing in the store out of the unit of work: an
+    /// unconditional create knows its id, version (1) and time already, so its serialization
+    /// and search-index extraction (FHIRPath over every parameter of the type) run here, on the
+    /// caller's task, instead of inside the unit. On SQLite the unit runs on the one writer
+    /// task, where this work would serialize every create in the server.
+    pub(crate) fn sealed(self) -> Result<Op, ServiceError> {
+        match self {
+            Op::Create {
+                ty,
+                id,
+                body,
+                if_none_exist: None,
+            } => {
+                let last_updated = Timestamp::now();
+                let (bytes, index) =
+                    finalize_indexed(ty, body, &id, VersionId::FIRST, last_updated)?;
+                Ok(Op::Insert {
+                    ty,
+                    id,
+                    last_updated,
+                    bytes,
+                    index,
+                })
+            }
+            other => Ok(other),
+        }
     }
 }
 

@@ -5,8 +5,8 @@ use haven_domain::{ResourceId, ResourceType, VersionId};
 use haven_store::sql::search::{self as search_sql, KeyKind, Statement};
 use haven_store::sql::{self, Placeholders, SqlArg};
 use haven_store::{
-    CurrentState, Found, HistoryEntry, HistoryPage, HistoryQuery, Related, SearchPage, SearchQuery,
-    SortValue, StoreError, StoredVersion,
+    CurrentState, Found, HistoryEntry, HistoryPage, HistoryPos, HistoryQuery, HistoryScope,
+    Related, SearchPage, SearchQuery, SortValue, StoreError, StoredVersion,
 };
 use sqlx::postgres::{PgArguments, PgRow};
 use sqlx::query::Query;
@@ -123,17 +123,73 @@ pub(crate) async fn read_version(
     row.map(|r| version_from_row(&r, Some(ty))).transpose()
 }
 
-/// History, newest first, with keyset paging on `seq` (query text and page assembly shared in `haven_store::sql`).
+/// How long a history read waits for transactions that were running when it began (see
+/// [`history`]). Writes are short, so this is normally a few milliseconds; a transaction held
+/// open longer (an idle session in another program) only delays, never hides, what it covers.
+const HORIZON_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The oldest transaction still running, cluster-wide: every transaction below it has ended.
+const HORIZON_SQL: &str = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint";
+
+/// History, newest first, with keyset paging on `(txid, seq)` (query text and page assembly
+/// shared in `haven_store::sql`).
+///
+/// Writers run in parallel, so versions commit out of sequence order. A read shows only
+/// versions below the visibility horizon (see [`haven_store::HistoryPos`]), so a page never
+/// shows a version while an older position may still appear. To also show the caller its own
+/// and everyone's committed writes, it first waits (up to [`HORIZON_WAIT`]) until the horizon
+/// has passed the newest transaction visible in the scope: the transactions that delay it are
+/// ones that were already running, so the wait ends as soon as they do.
 pub(crate) async fn history(
     conn: &mut PgConnection,
     q: &HistoryQuery,
 ) -> Result<HistoryPage, StoreError> {
-    let built = sql::history_sql(q, Placeholders::Numbered);
+    let (scope_sql, scope_args) = match &q.scope {
+        HistoryScope::System => (String::new(), Vec::new()),
+        HistoryScope::Type(t) => (
+            " WHERE resource_type = $1".to_owned(),
+            vec![t.as_str().to_owned()],
+        ),
+        HistoryScope::Instance(t, id) => (
+            " WHERE resource_type = $1 AND id = $2".to_owned(),
+            vec![t.as_str().to_owned(), id.as_str().to_owned()],
+        ),
+    };
+    let newest_sql = format!(
+        "SELECT ({HORIZON_SQL}) AS horizon, (SELECT max(txid) FROM resource_version{scope_sql}) AS newest"
+    );
+    let mut first = sqlx::query(sqlx::AssertSqlSafe(newest_sql));
+    for a in scope_args {
+        first = first.bind(a);
+    }
+    let row = first.fetch_one(&mut *conn).await.map_err(map_err)?;
+    let mut horizon: i64 = row.try_get("horizon").map_err(map_err)?;
+    let newest: Option<i64> = row.try_get("newest").map_err(map_err)?;
+    if let Some(newest) = newest {
+        let deadline = tokio::time::Instant::now() + HORIZON_WAIT;
+        let mut pause = std::time::Duration::from_millis(1);
+        while horizon <= newest && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(std::time::Duration::from_millis(20));
+            horizon = sqlx::query_scalar(HORIZON_SQL)
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(map_err)?;
+        }
+    }
+    let built = sql::history_sql(
+        q,
+        Placeholders::Numbered,
+        sql::HistoryOrder::TxSeq { horizon },
+    );
     let query = bind(sqlx::query(sqlx::AssertSqlSafe(built.sql)), built.args);
     let rows = query.fetch(&mut *conn).map(|row| {
         let row = row.map_err(map_err)?;
         Ok(HistoryEntry {
-            seq: row.try_get("seq").map_err(map_err)?,
+            pos: HistoryPos {
+                tx: row.try_get("txid").map_err(map_err)?,
+                seq: row.try_get("seq").map_err(map_err)?,
+            },
             version: version_from_row(&row, None)?,
         })
     });

@@ -45,6 +45,9 @@ pub struct SqliteOptions {
     pub queue_depth: usize,
     /// How long a reader waits for a lock before giving up.
     pub busy_timeout: Duration,
+    /// Longest a search, history or scan statement may run before SQLite interrupts it (503).
+    /// Reads by key are bounded by their index lookup and are not timed.
+    pub statement_timeout: Duration,
     /// Caps the database file at this many pages (`PRAGMA max_page_count`); writes beyond it
     /// fail with 503 as on a full disk. `None`: no cap beyond SQLite's own.
     pub max_pages: Option<u32>,
@@ -57,6 +60,7 @@ impl Default for SqliteOptions {
             max_batch: 256,
             queue_depth: 1024,
             busy_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(5),
             max_pages: None,
         }
     }
@@ -65,6 +69,7 @@ impl Default for SqliteOptions {
 pub struct SqliteStore {
     path: PathBuf,
     readers: SqlitePool,
+    statement_timeout: Duration,
     jobs: Mutex<Option<mpsc::Sender<writer::Job>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
@@ -123,6 +128,7 @@ impl SqliteStore {
         Ok(Self {
             path: path.to_owned(),
             readers,
+            statement_timeout: options.statement_timeout,
             jobs: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(handle)),
         })
@@ -178,17 +184,17 @@ impl ResourceStore for SqliteStore {
     }
 
     async fn history(&self, query: &HistoryQuery) -> Result<HistoryPage, StoreError> {
-        let mut conn = reads::acquire(&self.readers).await?;
+        let mut conn = reads::acquire_timed(&self.readers, self.statement_timeout).await?;
         reads::history(&mut conn, query).await
     }
 
     async fn search(&self, query: &SearchQuery) -> Result<SearchPage, StoreError> {
-        let mut conn = reads::acquire(&self.readers).await?;
+        let mut conn = reads::acquire_timed(&self.readers, self.statement_timeout).await?;
         reads::search(&mut conn, query).await
     }
 
     async fn related(&self, related: &Related, limit: u32) -> Result<Vec<Found>, StoreError> {
-        let mut conn = reads::acquire(&self.readers).await?;
+        let mut conn = reads::acquire_timed(&self.readers, self.statement_timeout).await?;
         reads::related(&mut conn, related, limit).await
     }
 
@@ -202,7 +208,7 @@ impl ResourceStore for SqliteStore {
     }
 
     async fn scan(&self, after_rid: i64, limit: u32) -> Result<Vec<Found>, StoreError> {
-        let mut conn = reads::acquire(&self.readers).await?;
+        let mut conn = reads::acquire_timed(&self.readers, self.statement_timeout).await?;
         reads::scan(&mut conn, after_rid, limit).await
     }
 

@@ -5,8 +5,8 @@ use haven_domain::{ResourceId, ResourceType, VersionId};
 use haven_store::sql::search::{self as search_sql, KeyKind, Statement};
 use haven_store::sql::{self, Placeholders, SqlArg};
 use haven_store::{
-    CurrentState, Found, HistoryEntry, HistoryPage, HistoryQuery, Related, SearchPage, SearchQuery,
-    SortValue, StoreError, StoredVersion,
+    CurrentState, Found, HistoryEntry, HistoryPage, HistoryPos, HistoryQuery, Related, SearchPage,
+    SearchQuery, SortValue, StoreError, StoredVersion,
 };
 use sqlx::pool::PoolConnection;
 use sqlx::query::Query;
@@ -17,6 +17,57 @@ pub(crate) async fn acquire(pool: &SqlitePool) -> Result<PoolConnection<Sqlite>,
     pool.acquire()
         .await
         .map_err(|e| StoreError::Unavailable(e.to_string()))
+}
+
+/// A read connection whose statements SQLite interrupts once `timeout` has passed (for reads
+/// whose cost depends on the data: search, history, scan). The deadline is checked by a
+/// progress handler every few thousand VM instructions. Dropping the guard disarms the handler,
+/// so the connection goes back to the pool without a stale deadline, even when the request
+/// was abandoned half way.
+pub(crate) struct TimedConnection {
+    conn: PoolConnection<Sqlite>,
+    armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl std::ops::Deref for TimedConnection {
+    type Target = SqliteConnection;
+    fn deref(&self) -> &SqliteConnection {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for TimedConnection {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        &mut self.conn
+    }
+}
+
+impl Drop for TimedConnection {
+    fn drop(&mut self) {
+        self.armed
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// VM instructions between deadline checks: about every 10-50 µs of work.
+const PROGRESS_STEPS: i32 = 4_000;
+
+pub(crate) async fn acquire_timed(
+    pool: &SqlitePool,
+    timeout: std::time::Duration,
+) -> Result<TimedConnection, StoreError> {
+    let mut conn = acquire(pool).await?;
+    let armed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let deadline = std::time::Instant::now() + timeout;
+    let flag = armed.clone();
+    conn.lock_handle()
+        .await
+        .map_err(map_err)?
+        .set_progress_handler(PROGRESS_STEPS, move || {
+            // `false` interrupts the running statement (SQLITE_INTERRUPT).
+            !flag.load(std::sync::atomic::Ordering::Relaxed) || std::time::Instant::now() < deadline
+        });
+    Ok(TimedConnection { conn, armed })
 }
 
 /// Classifies driver errors. Conditions of the machine rather than of the request (busy, locked,
@@ -36,6 +87,8 @@ pub(crate) fn map_err(e: sqlx::Error) -> StoreError {
             match primary {
                 // SQLITE_BUSY, LOCKED, NOMEM, READONLY, IOERR, FULL, CANTOPEN
                 Some(5 | 6 | 7 | 8 | 10 | 13 | 14) => StoreError::Unavailable(e.to_string()),
+                // SQLITE_INTERRUPT: the statement timeout (see `acquire_timed`).
+                Some(9) => StoreError::Unavailable("statement timeout".into()),
                 _ => StoreError::internal(e),
             }
         }
@@ -125,17 +178,21 @@ pub(crate) async fn read_version(
     row.map(|r| version_from_row(&r, Some(ty))).transpose()
 }
 
-/// History, newest first, with keyset paging on `seq` (query text and page assembly shared in `haven_store::sql`).
+/// History, newest first, with keyset paging on `seq` (query text and page assembly shared in
+/// `haven_store::sql`). One writer commits in seq order, so seq alone is a stable position.
 pub(crate) async fn history(
     conn: &mut SqliteConnection,
     q: &HistoryQuery,
 ) -> Result<HistoryPage, StoreError> {
-    let built = sql::history_sql(q, Placeholders::Question);
+    let built = sql::history_sql(q, Placeholders::Question, sql::HistoryOrder::Seq);
     let query = bind(sqlx::query(sqlx::AssertSqlSafe(built.sql)), built.args);
     let rows = query.fetch(&mut *conn).map(|row| {
         let row = row.map_err(map_err)?;
         Ok(HistoryEntry {
-            seq: row.try_get("seq").map_err(map_err)?,
+            pos: HistoryPos {
+                tx: 0,
+                seq: row.try_get("seq").map_err(map_err)?,
+            },
             version: version_from_row(&row, None)?,
         })
     });

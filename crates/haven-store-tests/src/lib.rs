@@ -34,6 +34,7 @@ macro_rules! store_contract_tests {
             concurrent_units_are_all_durable,
             history_is_newest_first_and_scoped,
             history_pages_neither_skip_nor_repeat,
+            history_keeps_a_late_commit_ahead_of_every_cursor,
             history_since_and_at,
             history_pages_stop_at_the_byte_budget,
             writes_are_visible_to_new_reads,
@@ -554,8 +555,8 @@ pub async fn history_is_newest_first_and_scoped(store: &dyn ResourceStore) {
     );
     assert!(!all.has_older && !all.has_newer);
     assert!(all.entries[0].version.is_deleted());
-    let seqs: Vec<i64> = all.entries.iter().map(|e| e.seq).collect();
-    assert!(seqs.windows(2).all(|w| w[0] > w[1]));
+    let positions: Vec<_> = all.entries.iter().map(|e| e.pos).collect();
+    assert!(positions.windows(2).all(|w| w[0] > w[1]));
     let ty_page = store
         .history(&query(HistoryScope::Type(ty("Patient"))))
         .await
@@ -611,7 +612,7 @@ pub async fn history_pages_neither_skip_nor_repeat(store: &dyn ResourceStore) {
         if !page.has_older {
             break;
         }
-        cursor = Some(HistoryCursor::Before(page.entries.last().unwrap().seq));
+        cursor = Some(HistoryCursor::Before(page.entries.last().unwrap().pos));
     }
     assert_eq!(pages, 5);
     let expected: Vec<String> = (0..23).rev().map(|i| format!("p{i}")).collect();
@@ -623,16 +624,114 @@ pub async fn history_pages_neither_skip_nor_repeat(store: &dyn ResourceStore) {
     let first = store.history(&q).await.unwrap();
     let mut q2 = query(HistoryScope::Type(ty("Patient")));
     q2.count = 3;
-    q2.cursor = Some(HistoryCursor::Before(first.entries.last().unwrap().seq));
+    q2.cursor = Some(HistoryCursor::Before(first.entries.last().unwrap().pos));
     let second = store.history(&q2).await.unwrap();
     assert!(second.has_newer);
     let mut q3 = query(HistoryScope::Type(ty("Patient")));
     q3.count = 3;
-    q3.cursor = Some(HistoryCursor::After(second.entries[0].seq));
+    q3.cursor = Some(HistoryCursor::After(second.entries[0].pos));
     let back = store.history(&q3).await.unwrap();
     assert_eq!(labels(&back), labels(&first));
     assert!(back.has_older);
     assert!(!back.has_newer);
+}
+
+/// A unit that began writing first but commits last must not fall behind a cursor that a
+/// reader took in between. With parallel writers (PostgreSQL) the slow unit holds the smaller
+/// sequence number; a reader paging by seq alone would have passed it before it committed and
+/// never see it. On SQLite the second writer waits for the first, which proves nothing about
+/// ordering but must pass the same checks.
+pub async fn history_keeps_a_late_commit_ahead_of_every_cursor(store: &dyn ResourceStore) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    append(
+        store,
+        new_version("Patient", "early", 1, 1, ChangeKind::Create),
+    )
+    .await
+    .unwrap();
+    let (written_tx, written_rx) = tokio::sync::oneshot::channel::<()>();
+    let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+    let quick_done = tokio::sync::Notify::new();
+    let released = AtomicBool::new(false);
+    let slow = async {
+        run_write(store, move |tx: &mut dyn WriteTx| {
+            Box::pin(async move {
+                tx.append(new_version("Patient", "slow", 1, 2, ChangeKind::Create))
+                    .await?;
+                let _ = written_tx.send(());
+                let _ = release_rx.await;
+                Ok::<_, TestError>(())
+            })
+        })
+        .await
+    };
+    let quick = async {
+        written_rx.await.expect("slow unit wrote");
+        let r = append(
+            store,
+            new_version("Patient", "quick", 1, 3, ChangeKind::Create),
+        )
+        .await;
+        quick_done.notify_one();
+        r
+    };
+    let reader = async {
+        // Read once the quick unit has committed (or, on a one-writer store, after a while).
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(300), quick_done.notified())
+            .await;
+        let mut q = query(HistoryScope::Type(ty("Patient")));
+        q.count = 10;
+        let page = store.history(&q).await.unwrap();
+        // Before the slow unit may commit, the reader cannot show it.
+        if !released.load(Ordering::SeqCst) {
+            assert!(
+                !labels(&page).iter().any(|l| l.starts_with("slow")),
+                "{:?}",
+                labels(&page)
+            );
+        }
+        page
+    };
+    // Held longer than a PostgreSQL history read waits for running transactions (1 s), so the
+    // reader answers while the slow unit is still open.
+    let release = async {
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        released.store(true, Ordering::SeqCst);
+        let _ = release_tx.send(());
+    };
+    let (slow_r, quick_r, page, ()) = futures::join!(slow, quick, reader, release);
+    slow_r.unwrap();
+    quick_r.unwrap();
+
+    // Everything has committed. What the reader saw, plus what lies newer and older than it,
+    // is every version exactly once.
+    let mut seen = labels(&page);
+    if let Some(first) = page.entries.first() {
+        let mut q = query(HistoryScope::Type(ty("Patient")));
+        q.cursor = Some(HistoryCursor::After(first.pos));
+        seen.extend(labels(&store.history(&q).await.unwrap()));
+        let mut q = query(HistoryScope::Type(ty("Patient")));
+        q.cursor = Some(HistoryCursor::Before(page.entries.last().unwrap().pos));
+        seen.extend(labels(&store.history(&q).await.unwrap()));
+    } else {
+        seen.extend(labels(
+            &store
+                .history(&query(HistoryScope::Type(ty("Patient"))))
+                .await
+                .unwrap(),
+        ));
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        ["Patient/early/1", "Patient/quick/1", "Patient/slow/1"]
+    );
+    // And the newest page, read now, orders them as they became visible: positions only grow.
+    let all = store.history(&query(HistoryScope::System)).await.unwrap();
+    let positions: Vec<_> = all.entries.iter().map(|e| e.pos).collect();
+    let mut sorted = positions.clone();
+    sorted.sort_by(|a, b| b.cmp(a));
+    assert_eq!(positions, sorted);
 }
 
 pub async fn history_since_and_at(store: &dyn ResourceStore) {
@@ -716,7 +815,7 @@ pub async fn history_pages_stop_at_the_byte_budget(store: &dyn ResourceStore) {
         if !page.has_older {
             break;
         }
-        cursor = Some(HistoryCursor::Before(page.entries.last().unwrap().seq));
+        cursor = Some(HistoryCursor::Before(page.entries.last().unwrap().pos));
     }
     assert_eq!(seen, (1..=10).rev().collect::<Vec<u64>>());
     assert_eq!(pages, 4);

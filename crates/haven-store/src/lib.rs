@@ -18,7 +18,9 @@ pub mod sql;
 mod write;
 
 pub use error::StoreError;
-pub use history::{HistoryCursor, HistoryEntry, HistoryPage, HistoryQuery, HistoryScope, Period};
+pub use history::{
+    HistoryCursor, HistoryEntry, HistoryPage, HistoryPos, HistoryQuery, HistoryScope, Period,
+};
 pub use search::{
     Col, Condition, Found, IndexCell, IndexRow, ParamKey, Pred, Related, Scalar, SearchCursor,
     SearchPage, SearchQuery, SortSpec, SortValue, Table,

@@ -70,6 +70,9 @@ pub struct LimitsConfig {
     pub max_bundle_entries: usize,
     pub default_page_size: u32,
     pub max_page_size: u32,
+    /// Longest a single database statement may run, in milliseconds, on either backend; a
+    /// query cut off answers 503 with `Retry-After`.
+    pub statement_timeout_ms: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -119,6 +122,7 @@ impl Default for LimitsConfig {
             max_bundle_entries: l.max_bundle_entries,
             default_page_size: l.default_page_size,
             max_page_size: l.max_page_size,
+            statement_timeout_ms: 5_000,
         }
     }
 }
@@ -352,6 +356,12 @@ impl Config {
         {
             return bad("limits: need 0 < default_page_size <= max_page_size".into());
         }
+        if !(100..=600_000).contains(&l.statement_timeout_ms) {
+            return bad(format!(
+                "limits.statement_timeout_ms must be between 100 and 600000, not {}",
+                l.statement_timeout_ms
+            ));
+        }
         if let Some(url) = &self.public_url
             && !(url.starts_with("http://") || url.starts_with("https://"))
         {
@@ -375,6 +385,10 @@ impl Config {
     pub fn trusted_proxies(&self) -> Result<haven_http::TrustedProxies, ConfigError> {
         haven_http::TrustedProxies::parse(self.trusted_proxies.iter().map(String::as_str))
             .map_err(|e| ConfigError::Invalid(format!("trusted_proxies: {e}")))
+    }
+
+    pub fn statement_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.limits.statement_timeout_ms)
     }
 
     /// The database file inside the data directory.

@@ -25,7 +25,11 @@ fn modules(role: Role) -> Modules {
 
 async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn ResourceStore>> {
     if let Some(url) = &config.database_url {
-        let store = PgStore::connect(url.expose(), PgOptions::default())
+        let options = PgOptions {
+            statement_timeout: config.statement_timeout(),
+            ..PgOptions::default()
+        };
+        let store = PgStore::connect(url.expose(), options)
             .await
             .context("cannot open the PostgreSQL database (check database_url and that the server is reachable)")?;
         return Ok(Arc::new(store));
@@ -36,7 +40,11 @@ async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn ResourceStore>> {
             config.data_dir.display()
         )
     })?;
-    let store = SqliteStore::open(&config.database_path(), SqliteOptions::default())
+    let options = SqliteOptions {
+        statement_timeout: config.statement_timeout(),
+        ..SqliteOptions::default()
+    };
+    let store = SqliteStore::open(&config.database_path(), options)
         .await
         .with_context(|| format!("cannot open the database in {}", config.data_dir.display()))?;
     Ok(Arc::new(store))

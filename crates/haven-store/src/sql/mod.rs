@@ -40,14 +40,33 @@ pub struct HistorySql {
     pub args: Vec<SqlArg>,
 }
 
+/// How a backend orders its history (see [`crate::HistoryPos`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HistoryOrder {
+    /// One writer commits in seq order (SQLite): order by `seq`; every position's `tx` is 0.
+    Seq,
+    /// Parallel writers (PostgreSQL): order by `(txid, seq)` and show only versions whose
+    /// transaction is below `horizon`, the oldest transaction that was still running when the
+    /// read began. Everything below it has finished, so no version can later appear there.
+    TxSeq { horizon: i64 },
+}
+
 /// Builds the history query for `q`. Rows come back in the columns [`version_from_columns`]
-/// expects plus `seq`, newest first (or oldest first for an `After` cursor: see
+/// expects plus `txid` and `seq`, newest first (or oldest first for an `After` cursor: see
 /// [`history_page`]), one more than `q.count` to tell whether another page exists.
 #[must_use]
-pub fn history_sql(q: &HistoryQuery, placeholders: Placeholders) -> HistorySql {
-    let mut sql = String::from(
-        "SELECT v.seq, v.resource_type, v.id, v.version, v.last_updated, v.change_kind, v.body \
-         FROM resource_version v WHERE 1 = 1",
+pub fn history_sql(
+    q: &HistoryQuery,
+    placeholders: Placeholders,
+    order: HistoryOrder,
+) -> HistorySql {
+    let txid = match order {
+        HistoryOrder::Seq => "0",
+        HistoryOrder::TxSeq { .. } => "v.txid",
+    };
+    let mut sql = format!(
+        "SELECT {txid} AS txid, v.seq, v.resource_type, v.id, v.version, v.last_updated, \
+         v.change_kind, v.body FROM resource_version v WHERE 1 = 1",
     );
     let mut args = Vec::new();
     match &q.scope {
@@ -77,16 +96,41 @@ pub fn history_sql(q: &HistoryQuery, placeholders: Placeholders) -> HistorySql {
         args.push(SqlArg::Int(at.end.micros()));
         args.push(SqlArg::Int(at.start.micros()));
     }
-    match q.cursor {
-        Some(HistoryCursor::Before(s)) => {
-            sql.push_str(" AND v.seq < ? ORDER BY v.seq DESC LIMIT ?");
-            args.push(SqlArg::Int(s));
+    match order {
+        HistoryOrder::Seq => match q.cursor {
+            Some(HistoryCursor::Before(p)) => {
+                sql.push_str(" AND v.seq < ? ORDER BY v.seq DESC LIMIT ?");
+                args.push(SqlArg::Int(p.seq));
+            }
+            Some(HistoryCursor::After(p)) => {
+                sql.push_str(" AND v.seq > ? ORDER BY v.seq ASC LIMIT ?");
+                args.push(SqlArg::Int(p.seq));
+            }
+            None => sql.push_str(" ORDER BY v.seq DESC LIMIT ?"),
+        },
+        HistoryOrder::TxSeq { horizon } => {
+            sql.push_str(" AND v.txid < ?");
+            args.push(SqlArg::Int(horizon));
+            // Row comparisons: PostgreSQL uses them as one range condition on the
+            // (…, txid, seq) indexes.
+            match q.cursor {
+                Some(HistoryCursor::Before(p)) => {
+                    sql.push_str(
+                        " AND (v.txid, v.seq) < (?, ?) ORDER BY v.txid DESC, v.seq DESC LIMIT ?",
+                    );
+                    args.push(SqlArg::Int(p.tx));
+                    args.push(SqlArg::Int(p.seq));
+                }
+                Some(HistoryCursor::After(p)) => {
+                    sql.push_str(
+                        " AND (v.txid, v.seq) > (?, ?) ORDER BY v.txid ASC, v.seq ASC LIMIT ?",
+                    );
+                    args.push(SqlArg::Int(p.tx));
+                    args.push(SqlArg::Int(p.seq));
+                }
+                None => sql.push_str(" ORDER BY v.txid DESC, v.seq DESC LIMIT ?"),
+            }
         }
-        Some(HistoryCursor::After(s)) => {
-            sql.push_str(" AND v.seq > ? ORDER BY v.seq ASC LIMIT ?");
-            args.push(SqlArg::Int(s));
-        }
-        None => sql.push_str(" ORDER BY v.seq DESC LIMIT ?"),
     }
     args.push(SqlArg::Int(i64::from(q.count) + 1));
     if placeholders == Placeholders::Numbered {
@@ -206,18 +250,26 @@ mod tests {
             since: Some(Timestamp::from_micros(5)),
             at: None,
             count: 10,
-            cursor: Some(HistoryCursor::Before(99)),
+            cursor: Some(HistoryCursor::Before(crate::HistoryPos { tx: 7, seq: 99 })),
             max_bytes: 1 << 20,
         };
-        let s = history_sql(&q, Placeholders::Numbered);
+        let s = history_sql(
+            &q,
+            Placeholders::Numbered,
+            HistoryOrder::TxSeq { horizon: 50 },
+        );
         assert!(s.sql.contains("v.resource_type = $1"), "{}", s.sql);
         assert!(s.sql.contains("v.last_updated >= $2"));
-        assert!(s.sql.contains("v.seq < $3"));
-        assert!(s.sql.ends_with("LIMIT $4"));
+        assert!(s.sql.contains("v.txid < $3"));
+        assert!(s.sql.contains("(v.txid, v.seq) < ($4, $5)"));
+        assert!(s.sql.ends_with("LIMIT $6"));
         assert!(!s.sql.contains('?'));
-        assert_eq!(s.args.len(), 4);
-        assert_eq!(s.args[3], SqlArg::Int(11));
-        let s = history_sql(&q, Placeholders::Question);
+        assert_eq!(s.args.len(), 6);
+        assert_eq!(s.args[2], SqlArg::Int(50));
+        assert_eq!(s.args[5], SqlArg::Int(11));
+        let s = history_sql(&q, Placeholders::Question, HistoryOrder::Seq);
+        assert!(s.sql.contains("v.seq < ?"), "{}", s.sql);
+        assert!(!s.sql.contains("v.txid"), "{}", s.sql);
         assert_eq!(s.sql.matches('?').count(), 4);
     }
 }
