@@ -255,23 +255,34 @@ impl WriteTx for SqliteTx<'_> {
 
 impl SqliteTx<'_> {
     async fn append_inner(&mut self, v: NewVersion) -> Result<(), StoreError> {
-        let current: Option<i64> =
-            sqlx::query("SELECT version FROM resource WHERE resource_type = ?1 AND id = ?2")
-                .bind(v.resource_type.as_str())
-                .bind(v.id.as_str())
-                .fetch_optional(&mut *self.conn)
-                .await
-                .map_err(map_err)?
-                .map(|r| r.try_get::<i64, _>(0))
-                .transpose()
-                .map_err(map_err)?;
         let version = i64::try_from(v.version.get()).map_err(StoreError::internal)?;
-        if version != current.unwrap_or(0) + 1 {
-            return Err(StoreError::VersionConflict(format!(
+        let conflict = || {
+            StoreError::VersionConflict(format!(
                 "{}/{} version {}",
                 v.resource_type, v.id, v.version
-            )));
-        }
+            ))
+        };
+        // Version 1 needs no look-up: if any version of the resource exists, so does version 1,
+        // and the UNIQUE (resource_type, id, version) constraint refuses the insert. Creates,
+        // most of an import, save a statement on the one writer.
+        let existed = if version == 1 {
+            false
+        } else {
+            let current: Option<i64> =
+                sqlx::query("SELECT version FROM resource WHERE resource_type = ?1 AND id = ?2")
+                    .bind(v.resource_type.as_str())
+                    .bind(v.id.as_str())
+                    .fetch_optional(&mut *self.conn)
+                    .await
+                    .map_err(map_err)?
+                    .map(|r| r.try_get::<i64, _>(0))
+                    .transpose()
+                    .map_err(map_err)?;
+            if version != current.unwrap_or(0) + 1 {
+                return Err(conflict());
+            }
+            current.is_some()
+        };
         let seq: i64 = sqlx::query(
             "INSERT INTO resource_version \
              (resource_type, id, version, last_updated, change_kind, body) \
@@ -285,7 +296,11 @@ impl SqliteTx<'_> {
         .bind(v.body.as_deref())
         .fetch_one(&mut *self.conn)
         .await
-        .map_err(map_err)?
+        .map_err(|e| match &e {
+            // SQLITE_CONSTRAINT_UNIQUE: the version exists already.
+            sqlx::Error::Database(db) if db.code().as_deref() == Some("2067") => conflict(),
+            _ => map_err(e),
+        })?
         .try_get(0)
         .map_err(map_err)?;
         let deleted = v.change == ChangeKind::Delete;
@@ -306,7 +321,7 @@ impl SqliteTx<'_> {
         .try_get(0)
         .map_err(map_err)?;
         let index = if deleted { Vec::new() } else { v.index };
-        self.write_index(rid, current.is_some(), index);
+        self.write_index(rid, existed, index);
         Ok(())
     }
 
