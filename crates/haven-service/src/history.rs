@@ -129,12 +129,21 @@ impl FhirService {
             relation: "first",
             url: link_to(None),
         });
-        if page.has_newer
-            && let Some(first) = page.entries.first()
-        {
+        // History keeps growing, so every page links to what is newer than it, even the newest
+        // (possibly empty then): a client following changes asks that link again later. An
+        // empty newer page links to itself.
+        let newer_than = page
+            .entries
+            .first()
+            .map(|first| first.pos)
+            .or(match cursor {
+                Some(HistoryCursor::After(p)) => Some(p),
+                _ => None,
+            });
+        if let Some(pos) = newer_than {
             link.push(Link {
                 relation: "previous",
-                url: link_to(Some(format!("a{}", first.pos))),
+                url: link_to(Some(format!("a{pos}"))),
             });
         }
         if page.has_older

@@ -43,6 +43,22 @@ fn stale(current: VersionId, expected: VersionId) -> ServiceError {
     ))
 }
 
+/// The `If-Match` rule of update (http.html#concurrency): the named version must be current.
+fn check_if_match(
+    ty: ResourceType,
+    id: &haven_domain::ResourceId,
+    current: Option<&haven_store::CurrentState>,
+    if_match: Option<VersionId>,
+) -> Result<(), ServiceError> {
+    match (current, if_match) {
+        (Some(c), Some(expected)) if c.version != expected => Err(stale(c.version, expected)),
+        (None, Some(expected)) => Err(ServiceError::PreconditionFailed(format!(
+            "If-Match expected version {expected} but {ty}/{id} does not exist"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Runs one operation inside a unit of work. Reads see the unit's earlier writes.
 pub(crate) async fn apply(tx: &mut dyn WriteTx, op: Op) -> Result<Done, ServiceError> {
     let now = Timestamp::now();
@@ -188,6 +204,40 @@ pub(crate) async fn apply(tx: &mut dyn WriteTx, op: Op) -> Result<Done, ServiceE
                 status: 201,
                 version: Some(stored),
                 located: true,
+                write: true,
+            })
+        }
+        Op::Replace {
+            ty,
+            id,
+            base,
+            if_match,
+            version,
+            last_updated,
+            bytes,
+            index,
+        } => {
+            let current = tx.current(ty, &id).await?;
+            check_if_match(ty, &id, current.as_ref(), if_match)?;
+            if current != base {
+                // Written meanwhile: the sealed bytes name the wrong version.
+                return Err(ServiceError::WriteRace);
+            }
+            let created = current.is_none_or(|c| c.deleted);
+            let stored = append(
+                tx,
+                ty,
+                id,
+                version,
+                last_updated,
+                ChangeKind::Update,
+                Some((bytes, index)),
+            )
+            .await?;
+            Ok(Done {
+                status: if created { 201 } else { 200 },
+                version: Some(stored),
+                located: created,
                 write: true,
             })
         }
@@ -425,15 +475,67 @@ impl FhirService {
             }
             write => {
                 let write = write.sealed()?;
+                let mut attempt = 0;
                 retry_on_race(|| {
+                    attempt += 1;
                     let op = write.clone();
-                    run_write(self.store.as_ref(), move |tx: &mut dyn WriteTx| {
-                        Box::pin(apply(tx, op))
-                    })
+                    // The last attempt does its work inside the unit, so a resource updated
+                    // without pause by others still gets this update in.
+                    let seal = attempt < 3;
+                    async move {
+                        let op = if seal {
+                            self.seal_update(op).await?
+                        } else {
+                            op
+                        };
+                        run_write(self.store.as_ref(), move |tx: &mut dyn WriteTx| {
+                            Box::pin(apply(tx, op))
+                        })
+                        .await
+                    }
                 })
                 .await
             }
         }
+    }
+
+    /// Seals an update outside the unit of work: reads the head on the read path, and
+    /// serializes and indexes the new version there, so the unit (on SQLite, the one writer)
+    /// only checks the head and writes. Other operations pass through.
+    async fn seal_update(&self, op: Op) -> Result<Op, ServiceError> {
+        let Op::Update {
+            ty,
+            id,
+            body,
+            if_match,
+        } = op
+        else {
+            return Ok(op);
+        };
+        let head = self.store.read_current(ty, &id).await?;
+        let base = head.as_ref().map(|v| haven_store::CurrentState {
+            version: v.version,
+            last_updated: v.last_updated,
+            deleted: v.is_deleted(),
+        });
+        // A stale If-Match fails here already, with the same answer the unit would give.
+        check_if_match(ty, &id, base.as_ref(), if_match)?;
+        let now = Timestamp::now();
+        let (version, last_updated) = match &base {
+            Some(c) => (c.version.next(), now.max(c.last_updated.succ())),
+            None => (VersionId::FIRST, now),
+        };
+        let (bytes, index) = finalize_indexed(ty, body, &id, version, last_updated)?;
+        Ok(Op::Replace {
+            ty,
+            id,
+            base,
+            if_match,
+            version,
+            last_updated,
+            bytes,
+            index,
+        })
     }
 
     /// Runs one prepared operation: reads on the read path, writes as one unit of work.

@@ -66,6 +66,19 @@ pub(crate) enum Op {
         bytes: Bytes,
         index: Vec<haven_store::IndexRow>,
     },
+    /// An update whose stored form was computed before the unit of work from the head it read
+    /// then (`base`); the unit writes it only if the head is still that one, and otherwise
+    /// answers `WriteRace`, so the update is sealed again (see `FhirService::execute_op`).
+    Replace {
+        ty: ResourceType,
+        id: ResourceId,
+        base: Option<haven_store::CurrentState>,
+        if_match: Option<VersionId>,
+        version: VersionId,
+        last_updated: Timestamp,
+        bytes: Bytes,
+        index: Vec<haven_store::IndexRow>,
+    },
 }
 
 /// The search criteria of a conditional interaction, ready for the store.
@@ -126,6 +139,7 @@ impl Op {
         match self {
             Op::Create { ty, id, .. }
             | Op::Insert { ty, id, .. }
+            | Op::Replace { ty, id, .. }
             | Op::Update { ty, id, .. }
             | Op::Patch { ty, id, .. }
             | Op::Delete { ty, id, .. }

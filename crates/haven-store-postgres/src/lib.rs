@@ -346,7 +346,14 @@ impl PgTx<'_> {
         if self.pending.is_empty() {
             return Ok(());
         }
-        for s in self.pending.take_statements(Placeholders::Numbered) {
+        let writes = self.pending.take(Placeholders::Numbered);
+        for script in writes.delete_scripts {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(script))
+                .execute(&mut *self.conn)
+                .await
+                .map_err(map_err)?;
+        }
+        for s in writes.inserts {
             reads::statement(s)
                 .execute(&mut *self.conn)
                 .await

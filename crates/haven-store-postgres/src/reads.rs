@@ -128,8 +128,24 @@ pub(crate) async fn read_version(
 /// open longer (an idle session in another program) only delays, never hides, what it covers.
 const HORIZON_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// The oldest transaction still running, cluster-wide: every transaction below it has ended.
-const HORIZON_SQL: &str = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint";
+/// The visibility horizon: the oldest transaction still running *in this database* (other
+/// databases of the cluster cannot write our tables), or the next transaction id if none is;
+/// every transaction below it has ended. Run it before the statement that reads with it: a
+/// transaction that gets its id afterwards gets one at or above `xmax`.
+///
+/// `pg_stat_activity.backend_xid` is a 32-bit xid; it is widened to the 64-bit form stored in
+/// `resource_version.txid` with the epoch of the snapshot's `xmax` (a running transaction is
+/// never 2^31 transactions old). It lists the sessions of roles whose activity this role may
+/// see: Haven's replicas share one role, or the role has `pg_read_all_stats`.
+const HORIZON_SQL: &str = "\
+    WITH s AS (SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS next), \
+    running AS ( \
+        SELECT ((s.next >> 32) << 32) | a.backend_xid::text::bigint AS x, s.next \
+        FROM pg_stat_activity a, s \
+        WHERE a.datname = current_database() AND a.backend_xid IS NOT NULL \
+          AND a.pid <> pg_backend_pid()) \
+    SELECT LEAST((SELECT next FROM s), \
+                 (SELECT min(CASE WHEN x > next THEN x - 4294967296 ELSE x END) FROM running))";
 
 /// History, newest first, with keyset paging on `(txid, seq)` (query text and page assembly
 /// shared in `haven_store::sql`).

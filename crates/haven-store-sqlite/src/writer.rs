@@ -336,7 +336,14 @@ impl SqliteTx<'_> {
         if self.pending.is_empty() {
             return Ok(());
         }
-        for s in self.pending.take_statements(Placeholders::Question) {
+        let writes = self.pending.take(Placeholders::Question);
+        for script in writes.delete_scripts {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(script))
+                .execute(&mut *self.conn)
+                .await
+                .map_err(map_err)?;
+        }
+        for s in writes.inserts {
             reads::statement(s)
                 .execute(&mut *self.conn)
                 .await

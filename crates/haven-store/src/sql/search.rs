@@ -38,25 +38,28 @@ pub struct Statement {
 /// Rows per multi-row INSERT: stays well under SQLite's bound-parameter limit.
 const ROWS_PER_INSERT: usize = 200;
 
-/// Statements that delete every index row of `rid`.
+/// SQL scripts that delete every index row of each of `rids`: one `DELETE` per index table,
+/// several statements in one script, so a store sends them in one round trip (a simple query
+/// on PostgreSQL, one call into the connection's thread on SQLite) instead of one per table.
+/// The rids are integers the store itself assigned, written as literals: nothing from a client
+/// reaches this text.
 #[must_use]
-pub fn delete_index(rid: i64, ph: Placeholders) -> Vec<Statement> {
-    delete_index_of(&[rid], ph)
-}
-
-/// Statements that delete every index row of each of `rids`.
-#[must_use]
-pub fn delete_index_of(rids: &[i64], ph: Placeholders) -> Vec<Statement> {
+pub fn delete_index_scripts(rids: &[i64]) -> Vec<String> {
     let mut out = Vec::new();
     for chunk in rids.chunks(ROWS_PER_INSERT) {
-        let list = vec!["?"; chunk.len()].join(", ");
+        let list = chunk
+            .iter()
+            .map(i64::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut script = String::new();
         for t in Table::ALL {
-            out.push(finish(
-                format!("DELETE FROM {} WHERE rid IN ({list})", t.name()),
-                chunk.iter().map(|r| SqlArg::Int(*r)).collect(),
-                ph,
+            script.push_str(&format!(
+                "DELETE FROM {} WHERE rid IN ({list});\n",
+                t.name()
             ));
         }
+        out.push(script);
     }
     out
 }
@@ -104,6 +107,15 @@ pub fn insert_index_rows(rows: &[(i64, &IndexRow)], ph: Placeholders) -> Vec<Sta
     out
 }
 
+/// The writes [`PendingIndex::take`] produces, in the order to run them.
+#[derive(Debug)]
+pub struct IndexWrites {
+    /// Multi-statement scripts without parameters (`sqlx::raw_sql`).
+    pub delete_scripts: Vec<String>,
+    /// Ordinary statements with bound arguments.
+    pub inserts: Vec<Statement>,
+}
+
 /// Index changes of a unit of work, held until the unit ends (or searches) and then written
 /// in a few multi-row statements instead of several per resource.
 #[derive(Debug, Default)]
@@ -133,18 +145,20 @@ impl PendingIndex {
         self.entries.is_empty()
     }
 
-    /// The statements that apply every recorded change (deletions first), emptying the buffer.
-    pub fn take_statements(&mut self, ph: Placeholders) -> Vec<Statement> {
+    /// What applies every recorded change, emptying the buffer: first the deletion scripts
+    /// (run them with the driver's multi-statement call), then the inserts.
+    pub fn take(&mut self, ph: Placeholders) -> IndexWrites {
         let entries = std::mem::take(&mut self.entries);
         self.at.clear();
         let existed: Vec<i64> = entries.iter().filter(|e| e.1).map(|e| e.0).collect();
-        let mut out = delete_index_of(&existed, ph);
         let rows: Vec<(i64, &IndexRow)> = entries
             .iter()
             .flat_map(|(rid, _, rows)| rows.iter().map(move |r| (*rid, r)))
             .collect();
-        out.extend(insert_index_rows(&rows, ph));
-        out
+        IndexWrites {
+            delete_scripts: delete_index_scripts(&existed),
+            inserts: insert_index_rows(&rows, ph),
+        }
     }
 }
 

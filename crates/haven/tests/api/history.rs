@@ -163,7 +163,6 @@ async fn previous_link_returns_the_page_before() {
         app.put(&with_id(patient(), &format!("p{i}"))).await;
     }
     let first = app.get("Patient/_history?_count=2").await.json();
-    assert!(link(&first, "previous").is_none());
     assert_eq!(
         query_param(&link(&first, "self").unwrap(), "_count").as_deref(),
         Some("2")
@@ -179,6 +178,36 @@ async fn previous_link_returns_the_page_before() {
     assert!(link(&back.json(), "next").is_some());
     let restart = app.get_url(&link(&second, "first").unwrap()).await.json();
     assert_eq!(keys(&restart), keys(&first));
+}
+
+/// History keeps growing, so even the newest page links to what may come after it: a client
+/// following changes asks that link again later and gets exactly the versions written since.
+#[tokio::test]
+async fn the_newest_page_links_to_versions_written_after_it() {
+    let app = spawn_app().await;
+    for i in 0..3 {
+        app.put(&with_id(patient(), &format!("p{i}"))).await;
+    }
+    let newest = app.get("Patient/_history?_count=10").await.json();
+    assert_eq!(keys(&newest).len(), 3);
+    let feed = link(&newest, "previous").expect("the newest page links to newer versions");
+    let nothing_yet = app.get_url(&feed).await.json();
+    assert!(keys(&nothing_yet).is_empty());
+    assert_eq!(
+        link(&nothing_yet, "previous").as_deref(),
+        Some(feed.as_str()),
+        "an empty newer page links to itself"
+    );
+    for i in 3..5 {
+        app.put(&with_id(patient(), &format!("p{i}"))).await;
+    }
+    let since = app.get_url(&feed).await.json();
+    assert_eq!(keys(&since).len(), 2, "{since}");
+    let again = app
+        .get_url(&link(&since, "previous").expect("and onwards"))
+        .await
+        .json();
+    assert!(keys(&again).is_empty());
 }
 
 #[tokio::test]
