@@ -22,6 +22,18 @@ const RULES: &[(&str, &[&str], &[&str])] = &[
         &["haven-fhir"],
         &["tokio", "sqlx", "axum", "hyper", "tower", "reqwest", "mio"],
     ),
+    // All cryptography, and nothing else: no I/O, no async.
+    (
+        "haven-crypto",
+        &[],
+        &["tokio", "sqlx", "axum", "hyper", "tower", "reqwest", "mio"],
+    ),
+    // The audit record, chain and checkpoints: pure logic over haven-crypto.
+    (
+        "haven-audit",
+        &["haven-crypto", "haven-domain"],
+        &["tokio", "sqlx", "axum", "hyper", "tower", "reqwest", "mio"],
+    ),
     (
         "haven-store",
         &["haven-domain"],
