@@ -12,6 +12,7 @@
 //! - **Bounded waits.** Pool acquisition and every statement have timeouts, so a lost database
 //!   turns into a fast 503, never a hung request.
 
+mod audit;
 mod reads;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -22,13 +23,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::FutureExt;
-use haven_domain::{ResourceId, ResourceType, VersionId};
+use haven_domain::{ResourceId, ResourceType, Timestamp, VersionId};
 use haven_store::sql::Placeholders;
 use haven_store::sql::search::PendingIndex;
 use haven_store::{
-    ChangeKind, CurrentState, ErasedOutcome, ErasedWriteFn, Found, HistoryPage, HistoryQuery,
-    IndexRow, NewVersion, Related, ResourceStore, SearchPage, SearchQuery, StoreError,
-    StoredVersion, WriteTx,
+    AuditEntry, AuditPos, ChainHead, ChainLink, ChangeKind, CurrentState, ErasedOutcome,
+    ErasedWriteFn, Found, HistoryPage, HistoryQuery, IndexRow, LinkedRecord, NewVersion,
+    PatientEvent, Related, ResourceStore, SearchPage, SearchQuery, StoreError, StoredCheckpoint,
+    StoredVersion, UnsealedEvent, WriteTx,
 };
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, PgConnection, Row};
@@ -214,6 +216,37 @@ impl ResourceStore for PgStore {
     async fn scan(&self, after_rid: i64, limit: u32) -> Result<Vec<Found>, StoreError> {
         let mut conn = self.pool.acquire().await.map_err(map_err)?;
         reads::scan(&mut conn, after_rid, limit).await
+    }
+
+    async fn audit_links(
+        &self,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<LinkedRecord>, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(map_err)?;
+        audit::links(&mut conn, after_seq, limit).await
+    }
+
+    async fn audit_checkpoints(&self) -> Result<Vec<StoredCheckpoint>, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(map_err)?;
+        audit::checkpoints(&mut conn).await
+    }
+
+    async fn audit_unsealed_before(&self, before: Timestamp) -> Result<u64, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(map_err)?;
+        audit::unsealed_before(&mut conn, before).await
+    }
+
+    async fn audit_for_patient(
+        &self,
+        patient: &str,
+        since: Timestamp,
+        until: Timestamp,
+        after_id: i64,
+        limit: u32,
+    ) -> Result<Vec<PatientEvent>, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(map_err)?;
+        audit::for_patient(&mut conn, patient, since, until, after_id, limit).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -475,6 +508,35 @@ impl WriteTx for PgTx<'_> {
         rows: Vec<IndexRow>,
     ) -> Result<bool, StoreError> {
         let r = self.replace_index_inner(ty, id, rows).await;
+        self.track(r)
+    }
+
+    async fn audit(&mut self, entry: AuditEntry) -> Result<(), StoreError> {
+        let r = audit::insert(self.conn, entry).await;
+        self.track(r)
+    }
+
+    async fn audit_head(&mut self) -> Result<Option<ChainHead>, StoreError> {
+        let r = audit::head(self.conn).await;
+        self.track(r)
+    }
+
+    async fn unsealed_audit(
+        &mut self,
+        after: Option<AuditPos>,
+        limit: u32,
+    ) -> Result<Vec<UnsealedEvent>, StoreError> {
+        let r = audit::unsealed(self.conn, after, limit).await;
+        self.track(r)
+    }
+
+    async fn seal_audit(&mut self, links: Vec<ChainLink>) -> Result<(), StoreError> {
+        let r = audit::seal(self.conn, links).await;
+        self.track(r)
+    }
+
+    async fn audit_checkpoint(&mut self, checkpoint: StoredCheckpoint) -> Result<(), StoreError> {
+        let r = audit::checkpoint(self.conn, checkpoint).await;
         self.track(r)
     }
 }

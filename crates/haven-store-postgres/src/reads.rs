@@ -137,7 +137,7 @@ const HORIZON_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 /// `resource_version.txid` with the epoch of the snapshot's `xmax` (a running transaction is
 /// never 2^31 transactions old). It lists the sessions of roles whose activity this role may
 /// see: Haven's replicas share one role, or the role has `pg_read_all_stats`.
-const HORIZON_SQL: &str = "\
+pub(crate) const HORIZON_SQL: &str = "\
     WITH s AS (SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS next), \
     running AS ( \
         SELECT ((s.next >> 32) << 32) | a.backend_xid::text::bigint AS x, s.next \
@@ -221,6 +221,7 @@ pub(crate) fn bind(mut query: PgQuery, args: Vec<SqlArg>) -> PgQuery {
             SqlArg::OptText(s) => query.bind(s),
             SqlArg::Int(i) => query.bind(i),
             SqlArg::Float(f) => query.bind(f),
+            SqlArg::Blob(b) => query.bind(b),
         };
     }
     query

@@ -11,6 +11,7 @@
 //!   every unit that queued up meanwhile with one fsync. A unit is acknowledged only after that
 //!   commit; a unit that fails rolls back to its savepoint without touching its neighbours.
 
+mod audit;
 mod reads;
 mod writer;
 
@@ -20,10 +21,10 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use haven_domain::{ResourceId, ResourceType, VersionId};
+use haven_domain::{ResourceId, ResourceType, Timestamp, VersionId};
 use haven_store::{
-    ErasedOutcome, ErasedWriteFn, Found, HistoryPage, HistoryQuery, Related, ResourceStore,
-    SearchPage, SearchQuery, StoreError, StoredVersion,
+    ErasedOutcome, ErasedWriteFn, Found, HistoryPage, HistoryQuery, LinkedRecord, PatientEvent,
+    Related, ResourceStore, SearchPage, SearchQuery, StoreError, StoredCheckpoint, StoredVersion,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -221,6 +222,37 @@ impl ResourceStore for SqliteStore {
         answer
             .await
             .map_err(|_| StoreError::Unavailable("the writer stopped before answering".into()))?
+    }
+
+    async fn audit_links(
+        &self,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<LinkedRecord>, StoreError> {
+        let mut conn = reads::acquire_timed(&self.readers, self.statement_timeout).await?;
+        audit::links(&mut conn, after_seq, limit).await
+    }
+
+    async fn audit_checkpoints(&self) -> Result<Vec<StoredCheckpoint>, StoreError> {
+        let mut conn = reads::acquire_timed(&self.readers, self.statement_timeout).await?;
+        audit::checkpoints(&mut conn).await
+    }
+
+    async fn audit_unsealed_before(&self, before: Timestamp) -> Result<u64, StoreError> {
+        let mut conn = reads::acquire_timed(&self.readers, self.statement_timeout).await?;
+        audit::unsealed_before(&mut conn, before).await
+    }
+
+    async fn audit_for_patient(
+        &self,
+        patient: &str,
+        since: Timestamp,
+        until: Timestamp,
+        after_id: i64,
+        limit: u32,
+    ) -> Result<Vec<PatientEvent>, StoreError> {
+        let mut conn = reads::acquire_timed(&self.readers, self.statement_timeout).await?;
+        audit::for_patient(&mut conn, patient, since, until, after_id, limit).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -9,12 +9,14 @@ use haven_domain::{ResourceId, ResourceType, VersionId};
 use haven_store::sql::Placeholders;
 use haven_store::sql::search::PendingIndex;
 use haven_store::{
-    ChangeKind, CurrentState, ErasedOutcome, ErasedWriteFn, IndexRow, NewVersion, SearchQuery,
-    StoreError, StoredVersion, WriteTx,
+    AuditEntry, AuditPos, ChainHead, ChainLink, ChangeKind, CurrentState, ErasedOutcome,
+    ErasedWriteFn, IndexRow, NewVersion, SearchQuery, StoreError, StoredCheckpoint, StoredVersion,
+    UnsealedEvent, WriteTx,
 };
 use sqlx::{Connection, Row, SqliteConnection};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::audit;
 use crate::reads::{self, map_err};
 
 pub(crate) struct Job {
@@ -249,6 +251,35 @@ impl WriteTx for SqliteTx<'_> {
         rows: Vec<IndexRow>,
     ) -> Result<bool, StoreError> {
         let r = self.replace_index_inner(ty, id, rows).await;
+        self.track(r)
+    }
+
+    async fn audit(&mut self, entry: AuditEntry) -> Result<(), StoreError> {
+        let r = audit::insert(self.conn, entry).await;
+        self.track(r)
+    }
+
+    async fn audit_head(&mut self) -> Result<Option<ChainHead>, StoreError> {
+        let r = audit::head(self.conn).await;
+        self.track(r)
+    }
+
+    async fn unsealed_audit(
+        &mut self,
+        after: Option<AuditPos>,
+        limit: u32,
+    ) -> Result<Vec<UnsealedEvent>, StoreError> {
+        let r = audit::unsealed(self.conn, after, limit).await;
+        self.track(r)
+    }
+
+    async fn seal_audit(&mut self, links: Vec<ChainLink>) -> Result<(), StoreError> {
+        let r = audit::seal(self.conn, links).await;
+        self.track(r)
+    }
+
+    async fn audit_checkpoint(&mut self, checkpoint: StoredCheckpoint) -> Result<(), StoreError> {
+        let r = audit::checkpoint(self.conn, checkpoint).await;
         self.track(r)
     }
 }

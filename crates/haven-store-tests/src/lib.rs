@@ -5,8 +5,10 @@
 //! [`store_contract_tests!`], giving it a fresh, empty store per test. A behaviour that only
 //! one backend has is a bug in the other.
 
+mod audit;
 mod search;
 
+pub use audit::*;
 pub use search::*;
 
 use bytes::Bytes;
@@ -55,6 +57,11 @@ macro_rules! store_contract_tests {
             search_pages_stop_at_the_byte_budget,
             unit_searches_see_their_own_writes,
             conditional_creates_under_one_lock_create_once,
+            // The audit tables (`audit` module).
+            audit_events_commit_and_roll_back_with_their_unit,
+            sealing_takes_every_event_once_in_a_gap_free_chain,
+            sealing_waits_for_an_event_that_commits_late,
+            audit_reads_serve_verification_and_accounting,
         );
     };
     (@each $make:expr; $($name:ident),* $(,)?) => {

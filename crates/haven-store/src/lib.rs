@@ -11,12 +11,17 @@
 //! commit (group commit) without the service noticing, and makes "partly written" impossible to
 //! express: a unit either commits whole or leaves no trace.
 
+pub mod audit;
 mod error;
 mod history;
 pub mod search;
 pub mod sql;
 mod write;
 
+pub use audit::{
+    AuditEntry, AuditPos, ChainHead, ChainLink, LinkedRecord, PatientEvent, StoredCheckpoint,
+    UnsealedEvent,
+};
 pub use error::StoreError;
 pub use history::{
     HistoryCursor, HistoryEntry, HistoryPage, HistoryPos, HistoryQuery, HistoryScope, Period,
@@ -153,6 +158,32 @@ pub trait ResourceStore: Send + Sync + 'static {
     /// Runs a unit of work in one transaction and returns once it is durable (or rolled back).
     /// Use the typed wrapper [`run_write`] rather than calling this directly.
     async fn write_erased(&self, work: ErasedWriteFn) -> Result<ErasedOutcome, StoreError>;
+
+    /// Chain links in seq order after `after_seq`, at most `limit`, each with its event's
+    /// record (for verification).
+    async fn audit_links(
+        &self,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<LinkedRecord>, StoreError>;
+
+    /// Every stored checkpoint, in seq order.
+    async fn audit_checkpoints(&self) -> Result<Vec<StoredCheckpoint>, StoreError>;
+
+    /// Events that no link seals and that were recorded before `before` (a verifier's
+    /// question: the sealer should have reached them).
+    async fn audit_unsealed_before(&self, before: Timestamp) -> Result<u64, StoreError>;
+
+    /// Events concerning `patient` recorded in `[since, until)`, oldest first, after event id
+    /// `after_id`, at most `limit` (the accounting of disclosures).
+    async fn audit_for_patient(
+        &self,
+        patient: &str,
+        since: Timestamp,
+        until: Timestamp,
+        after_id: i64,
+        limit: u32,
+    ) -> Result<Vec<PatientEvent>, StoreError>;
 
     /// Cheap liveness check of the database, for `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;

@@ -7,7 +7,8 @@ use futures::future::BoxFuture;
 use haven_domain::{ResourceId, ResourceType, VersionId};
 
 use crate::{
-    CurrentState, IndexRow, NewVersion, ResourceStore, SearchQuery, StoreError, StoredVersion,
+    AuditEntry, AuditPos, ChainHead, ChainLink, CurrentState, IndexRow, NewVersion, ResourceStore,
+    SearchQuery, StoreError, StoredCheckpoint, StoredVersion, UnsealedEvent,
 };
 
 /// Operations available inside a write transaction. Reads here see the unit's own writes.
@@ -63,6 +64,28 @@ pub trait WriteTx: Send {
         id: &ResourceId,
         rows: Vec<IndexRow>,
     ) -> Result<bool, StoreError>;
+
+    /// Records an audit event in this unit: it commits, or rolls back, with the data.
+    async fn audit(&mut self, entry: AuditEntry) -> Result<(), StoreError>;
+
+    /// The newest chain link. Call [`WriteTx::lock_criteria`] with the sealer's key first, so
+    /// one sealer at a time extends the chain.
+    async fn audit_head(&mut self) -> Result<Option<ChainHead>, StoreError>;
+
+    /// Committed events after `after` in sealing order, at most `limit`, that no later commit
+    /// can precede (below the store's visibility horizon).
+    async fn unsealed_audit(
+        &mut self,
+        after: Option<AuditPos>,
+        limit: u32,
+    ) -> Result<Vec<UnsealedEvent>, StoreError>;
+
+    /// Appends chain links (seq must continue the chain; the store refuses a duplicate seq or a
+    /// second link for one event).
+    async fn seal_audit(&mut self, links: Vec<ChainLink>) -> Result<(), StoreError>;
+
+    /// Stores a signed checkpoint.
+    async fn audit_checkpoint(&mut self, checkpoint: StoredCheckpoint) -> Result<(), StoreError>;
 }
 
 /// The future a unit of work returns; it borrows the transaction for its whole run.

@@ -12,6 +12,7 @@ use crate::{
     StoreError, StoredVersion,
 };
 
+pub mod audit;
 pub mod search;
 
 /// A value to bind to a placeholder.
@@ -22,6 +23,7 @@ pub enum SqlArg {
     OptText(Option<String>),
     Int(i64),
     Float(f64),
+    Blob(Vec<u8>),
 }
 
 /// How a backend writes placeholders.
@@ -139,7 +141,7 @@ pub fn history_sql(
     HistorySql { sql, args }
 }
 
-fn number_placeholders(sql: &str) -> String {
+pub(crate) fn number_placeholders(sql: &str) -> String {
     let mut out = String::with_capacity(sql.len() + 16);
     let mut n = 0;
     for ch in sql.chars() {

@@ -1,0 +1,185 @@
+//! The audit tables (SQL text shared in `haven_store::sql::audit`).
+
+use haven_domain::Timestamp;
+use haven_store::sql::Placeholders;
+use haven_store::sql::audit as q;
+use haven_store::{
+    AuditEntry, AuditPos, ChainHead, ChainLink, LinkedRecord, PatientEvent, StoreError,
+    StoredCheckpoint, UnsealedEvent,
+};
+use sqlx::{Row, SqliteConnection};
+
+use crate::reads::{map_err, statement};
+
+const PH: Placeholders = Placeholders::Question;
+
+pub(crate) async fn insert(conn: &mut SqliteConnection, e: AuditEntry) -> Result<(), StoreError> {
+    let id: i64 = sqlx::query(q::INSERT_EVENT)
+        .bind(e.time.micros())
+        .bind(e.record)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(map_err)?
+        .try_get(0)
+        .map_err(map_err)?;
+    if !e.patients.is_empty() {
+        statement(q::insert_patients(id, e.time.micros(), &e.patients, PH))
+            .execute(&mut *conn)
+            .await
+            .map_err(map_err)?;
+    }
+    Ok(())
+}
+
+pub(crate) async fn head(conn: &mut SqliteConnection) -> Result<Option<ChainHead>, StoreError> {
+    let row = sqlx::query(q::head(false))
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(map_err)?;
+    row.map(|r| {
+        Ok(ChainHead {
+            seq: r.try_get(0).map_err(map_err)?,
+            hash: r.try_get(1).map_err(map_err)?,
+            pos: AuditPos {
+                tx: r.try_get(2).map_err(map_err)?,
+                id: r.try_get(3).map_err(map_err)?,
+            },
+        })
+    })
+    .transpose()
+}
+
+/// One writer: every committed event is final, so sealing order is id order.
+pub(crate) async fn unsealed(
+    conn: &mut SqliteConnection,
+    after: Option<AuditPos>,
+    limit: u32,
+) -> Result<Vec<UnsealedEvent>, StoreError> {
+    let rows = statement(q::unsealed(after, None, limit, PH))
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(map_err)?;
+    rows.iter()
+        .map(|r| {
+            Ok(UnsealedEvent {
+                pos: AuditPos {
+                    tx: r.try_get(0).map_err(map_err)?,
+                    id: r.try_get(1).map_err(map_err)?,
+                },
+                record: r.try_get(2).map_err(map_err)?,
+            })
+        })
+        .collect()
+}
+
+pub(crate) async fn seal(
+    conn: &mut SqliteConnection,
+    links: Vec<ChainLink>,
+) -> Result<(), StoreError> {
+    for chunk in links.chunks(200) {
+        statement(q::insert_links(chunk, PH))
+            .execute(&mut *conn)
+            .await
+            .map_err(map_err)?;
+    }
+    Ok(())
+}
+
+pub(crate) async fn checkpoint(
+    conn: &mut SqliteConnection,
+    c: StoredCheckpoint,
+) -> Result<(), StoreError> {
+    sqlx::query(q::INSERT_CHECKPOINT)
+        .bind(c.seq)
+        .bind(c.hash)
+        .bind(c.time.micros())
+        .bind(c.key_id)
+        .bind(c.signature)
+        .execute(&mut *conn)
+        .await
+        .map_err(map_err)?;
+    Ok(())
+}
+
+pub(crate) async fn links(
+    conn: &mut SqliteConnection,
+    after_seq: i64,
+    limit: u32,
+) -> Result<Vec<LinkedRecord>, StoreError> {
+    let rows = sqlx::query(q::LINKS)
+        .bind(after_seq)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(map_err)?;
+    rows.iter()
+        .map(|r| {
+            Ok(LinkedRecord {
+                seq: r.try_get(0).map_err(map_err)?,
+                event_id: r.try_get(1).map_err(map_err)?,
+                record: r.try_get(2).map_err(map_err)?,
+                hash: r.try_get(3).map_err(map_err)?,
+            })
+        })
+        .collect()
+}
+
+pub(crate) async fn checkpoints(
+    conn: &mut SqliteConnection,
+) -> Result<Vec<StoredCheckpoint>, StoreError> {
+    let rows = sqlx::query(q::CHECKPOINTS)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(map_err)?;
+    rows.iter()
+        .map(|r| {
+            Ok(StoredCheckpoint {
+                seq: r.try_get(0).map_err(map_err)?,
+                hash: r.try_get(1).map_err(map_err)?,
+                time: Timestamp::from_micros(r.try_get(2).map_err(map_err)?),
+                key_id: r.try_get(3).map_err(map_err)?,
+                signature: r.try_get(4).map_err(map_err)?,
+            })
+        })
+        .collect()
+}
+
+pub(crate) async fn unsealed_before(
+    conn: &mut SqliteConnection,
+    before: Timestamp,
+) -> Result<u64, StoreError> {
+    let n: i64 = sqlx::query_scalar(q::UNSEALED_BEFORE)
+        .bind(before.micros())
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(map_err)?;
+    u64::try_from(n).map_err(StoreError::internal)
+}
+
+pub(crate) async fn for_patient(
+    conn: &mut SqliteConnection,
+    patient: &str,
+    since: Timestamp,
+    until: Timestamp,
+    after_id: i64,
+    limit: u32,
+) -> Result<Vec<PatientEvent>, StoreError> {
+    let rows = sqlx::query(q::FOR_PATIENT)
+        .bind(patient)
+        .bind(since.micros())
+        .bind(until.micros())
+        .bind(after_id)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(map_err)?;
+    rows.iter()
+        .map(|r| {
+            Ok(PatientEvent {
+                id: r.try_get(0).map_err(map_err)?,
+                time: Timestamp::from_micros(r.try_get(1).map_err(map_err)?),
+                record: r.try_get(2).map_err(map_err)?,
+            })
+        })
+        .collect()
+}

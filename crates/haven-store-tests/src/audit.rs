@@ -1,0 +1,282 @@
+//! The audit tables: events commit or roll back with their unit; sealing sees every committed
+//! event exactly once, in an order no late commit can get behind; reads for verification and
+//! for the accounting of disclosures.
+
+use haven_domain::Timestamp;
+use haven_store::{
+    AuditEntry, ChainLink, ChangeKind, ResourceStore, StoreError, StoredCheckpoint, WriteTx,
+    run_write,
+};
+
+use crate::new_version;
+
+fn entry(label: &str, at: i64, patients: &[&str]) -> AuditEntry {
+    AuditEntry {
+        time: Timestamp::from_micros(at),
+        record: label.as_bytes().to_vec(),
+        patients: patients.iter().map(|p| (*p).to_owned()).collect(),
+    }
+}
+
+async fn record(store: &dyn ResourceStore, e: AuditEntry) {
+    run_write(store, move |tx: &mut dyn WriteTx| {
+        Box::pin(async move {
+            tx.audit(e).await?;
+            Ok::<_, StoreError>(())
+        })
+    })
+    .await
+    .unwrap();
+}
+
+/// One sealing round as the service runs it: lock, read the head, seal what is final.
+/// Returns the labels sealed. The "hash" is the label, which is all the store needs.
+async fn seal_round(store: &dyn ResourceStore) -> Vec<String> {
+    run_write(store, move |tx: &mut dyn WriteTx| {
+        Box::pin(async move {
+            tx.lock_criteria(0x5ea1).await?;
+            let head = tx.audit_head().await?;
+            let (mut seq, after) = head.map_or((0, None), |h| (h.seq, Some(h.pos)));
+            let events = tx.unsealed_audit(after, 100).await?;
+            let mut links = Vec::new();
+            let mut labels = Vec::new();
+            for e in events {
+                seq += 1;
+                labels.push(String::from_utf8(e.record.clone()).unwrap());
+                links.push(ChainLink {
+                    seq,
+                    event_id: e.pos.id,
+                    hash: e.record,
+                });
+            }
+            if !links.is_empty() {
+                tx.seal_audit(links).await?;
+            }
+            Ok::<_, StoreError>(labels)
+        })
+    })
+    .await
+    .unwrap()
+}
+
+async fn chain(store: &dyn ResourceStore) -> Vec<(i64, String)> {
+    store
+        .audit_links(0, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| {
+            (
+                l.seq,
+                String::from_utf8(l.record.expect("record present")).unwrap(),
+            )
+        })
+        .collect()
+}
+
+pub async fn audit_events_commit_and_roll_back_with_their_unit(store: &dyn ResourceStore) {
+    // Committed together with a version.
+    run_write(store, move |tx: &mut dyn WriteTx| {
+        Box::pin(async move {
+            tx.append(new_version("Patient", "a", 1, 1, ChangeKind::Create))
+                .await?;
+            tx.audit(entry("create a", 1, &["a"])).await?;
+            Ok::<_, StoreError>(())
+        })
+    })
+    .await
+    .unwrap();
+    // Rolled back with it.
+    #[derive(Debug)]
+    struct Refused;
+    impl From<StoreError> for Refused {
+        fn from(_: StoreError) -> Self {
+            Refused
+        }
+    }
+    let r = run_write(store, move |tx: &mut dyn WriteTx| {
+        Box::pin(async move {
+            tx.audit(entry("create b", 2, &["b"])).await?;
+            tx.append(new_version("Patient", "b", 1, 2, ChangeKind::Create))
+                .await?;
+            Err::<(), _>(Refused)
+        })
+    })
+    .await;
+    assert!(r.is_err());
+    assert_eq!(seal_round(store).await, ["create a"]);
+    assert_eq!(chain(store).await, [(1, "create a".to_owned())]);
+    assert!(seal_round(store).await.is_empty(), "sealed twice");
+}
+
+pub async fn sealing_takes_every_event_once_in_a_gap_free_chain(store: &dyn ResourceStore) {
+    for i in 0..250 {
+        record(store, entry(&format!("e{i}"), i, &[])).await;
+    }
+    let mut sealed = Vec::new();
+    loop {
+        let round = seal_round(store).await;
+        if round.is_empty() {
+            break;
+        }
+        sealed.extend(round);
+    }
+    assert_eq!(sealed.len(), 250);
+    let links = chain(store).await;
+    assert_eq!(links.len(), 250);
+    for (i, (seq, label)) in links.iter().enumerate() {
+        assert_eq!(*seq, i as i64 + 1);
+        assert_eq!(label, &sealed[i]);
+    }
+    // Chain links are unique per seq and per event.
+    let again = run_write(store, move |tx: &mut dyn WriteTx| {
+        Box::pin(async move {
+            tx.seal_audit(vec![ChainLink {
+                seq: 1,
+                event_id: 999_999,
+                hash: b"x".to_vec(),
+            }])
+            .await
+        })
+    })
+    .await;
+    assert!(again.is_err(), "a second link with seq 1 was accepted");
+}
+
+/// Like history: an event whose unit began first but commits last must still be sealed, so a
+/// sealer may not move past it while it is in flight.
+pub async fn sealing_waits_for_an_event_that_commits_late(store: &dyn ResourceStore) {
+    record(store, entry("early", 1, &[])).await;
+    let (written_tx, written_rx) = tokio::sync::oneshot::channel::<()>();
+    let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+    let slow = run_write(store, move |tx: &mut dyn WriteTx| {
+        Box::pin(async move {
+            tx.audit(entry("slow", 2, &[])).await?;
+            let _ = written_tx.send(());
+            let _ = release_rx.await;
+            Ok::<_, StoreError>(())
+        })
+    });
+    let rest = async {
+        written_rx.await.expect("slow unit wrote");
+        // On a one-writer store this waits for the slow unit; elsewhere it commits first.
+        let quick = tokio::time::timeout(
+            std::time::Duration::from_millis(300),
+            record(store, entry("quick", 3, &[])),
+        )
+        .await;
+        let first = if quick.is_ok() {
+            seal_round(store).await
+        } else {
+            Vec::new()
+        };
+        // On a one-writer store the quick unit is queued behind the slow one and commits
+        // once it is released.
+        let _ = release_tx.send(());
+        first
+    };
+    let (slow_r, first) = futures::join!(slow, rest);
+    slow_r.unwrap();
+    assert!(!first.contains(&"slow".to_owned()));
+    // Sealed while the slow unit was open: never the quick event ahead of the slow one.
+    assert!(!first.contains(&"quick".to_owned()), "{first:?}");
+    let mut all = first;
+    // A one-writer store's quick unit may still be on its way: a bounded number of rounds.
+    for _ in 0..100 {
+        all.extend(seal_round(store).await);
+        assert!(all.len() <= 3, "{all:?}");
+        if all.len() == 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    all.sort();
+    assert_eq!(all, ["early", "quick", "slow"]);
+    let positions: Vec<i64> = chain(store).await.iter().map(|l| l.0).collect();
+    assert_eq!(positions, [1, 2, 3]);
+}
+
+pub async fn audit_reads_serve_verification_and_accounting(store: &dyn ResourceStore) {
+    record(store, entry("p1 read", 1_000, &["p1"])).await;
+    record(store, entry("p1 p2 search", 2_000, &["p1", "p2"])).await;
+    record(store, entry("p2 read", 3_000, &["p2"])).await;
+    record(store, entry("login", 4_000, &[])).await;
+    assert_eq!(
+        store
+            .audit_unsealed_before(Timestamp::from_micros(3_500))
+            .await
+            .unwrap(),
+        3
+    );
+    while !seal_round(store).await.is_empty() {}
+    assert_eq!(
+        store
+            .audit_unsealed_before(Timestamp::from_micros(10_000))
+            .await
+            .unwrap(),
+        0
+    );
+
+    let labels = |events: Vec<haven_store::PatientEvent>| {
+        events
+            .into_iter()
+            .map(|e| String::from_utf8(e.record).unwrap())
+            .collect::<Vec<_>>()
+    };
+    let all_p2 = store
+        .audit_for_patient(
+            "p2",
+            Timestamp::from_micros(0),
+            Timestamp::from_micros(10_000),
+            0,
+            10,
+        )
+        .await
+        .unwrap();
+    let first_id = all_p2[0].id;
+    assert_eq!(labels(all_p2), ["p1 p2 search", "p2 read"]);
+    let in_period = store
+        .audit_for_patient(
+            "p1",
+            Timestamp::from_micros(1_500),
+            Timestamp::from_micros(2_500),
+            0,
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(labels(in_period), ["p1 p2 search"]);
+    let paged = store
+        .audit_for_patient(
+            "p2",
+            Timestamp::from_micros(0),
+            Timestamp::from_micros(10_000),
+            first_id,
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(labels(paged), ["p2 read"]);
+
+    run_write(store, move |tx: &mut dyn WriteTx| {
+        Box::pin(async move {
+            tx.audit_checkpoint(StoredCheckpoint {
+                seq: 4,
+                hash: vec![7; 32],
+                time: Timestamp::from_micros(5_000),
+                key_id: "0123456789abcdef".into(),
+                signature: vec![9; 64],
+            })
+            .await
+        })
+    })
+    .await
+    .unwrap();
+    let cps = store.audit_checkpoints().await.unwrap();
+    assert_eq!(cps.len(), 1);
+    assert_eq!(cps[0].seq, 4);
+    assert_eq!(cps[0].hash, vec![7; 32]);
+    assert_eq!(cps[0].signature, vec![9; 64]);
+    let links = store.audit_links(2, 10).await.unwrap();
+    assert_eq!(links.iter().map(|l| l.seq).collect::<Vec<_>>(), [3, 4]);
+}
