@@ -26,6 +26,10 @@ pub(crate) async fn handle(State(state): State<AppState>, req: Request) -> Respo
         .get::<RequestId>()
         .map(|r| r.0.clone())
         .unwrap_or_default();
+    let client_address = req
+        .extensions()
+        .get::<crate::ClientAddress>()
+        .map(|c| c.0.to_string());
     let (parts, body) = req.into_parts();
     let query = parts.uri.query().unwrap_or("").to_owned();
     let path = parts
@@ -40,6 +44,7 @@ pub(crate) async fn handle(State(state): State<AppState>, req: Request) -> Respo
     let resp = match serve(
         &state.service,
         &request_id,
+        client_address,
         &parts.method,
         &parts.headers,
         &path,
@@ -100,6 +105,7 @@ fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
 async fn serve(
     service: &Arc<FhirService>,
     request_id: &str,
+    client_address: Option<String>,
     http_method: &HttpMethod,
     headers: &HeaderMap,
     path: &str,
@@ -165,6 +171,7 @@ async fn serve(
     let prefer = header_str(headers, header::HeaderName::from_static("prefer"));
     let ctx = RequestContext {
         request_id: request_id.to_owned(),
+        client_address,
         prefer: negotiate::return_preference(prefer),
         strict_handling: negotiate::strict_handling(prefer),
     };

@@ -11,6 +11,8 @@ use std::collections::{HashMap, HashSet};
 use base64::Engine as _;
 use futures::StreamExt as _;
 use haven_store::{StoreError, WriteTx, run_write};
+
+use crate::audit::{self, Touched, Who};
 use serde_json::{Map, Value};
 
 use crate::interactions::{Done, IsRace, apply, retry_on_race};
@@ -117,6 +119,7 @@ fn in_entry(e: ServiceError, index: usize) -> ServiceError {
         ServiceError::Malformed(m) => ServiceError::Malformed(p(m)),
         ServiceError::BadRequest(m) => ServiceError::BadRequest(p(m)),
         ServiceError::NotFound(m) => ServiceError::NotFound(p(m)),
+        ServiceError::Forbidden(m) => ServiceError::Forbidden(p(m)),
         ServiceError::MethodNotAllowed(m) => ServiceError::MethodNotAllowed(p(m)),
         ServiceError::NotAcceptable(m) => ServiceError::NotAcceptable(p(m)),
         ServiceError::Gone {
@@ -476,10 +479,11 @@ impl FhirService {
         for (i, e) in entries.into_iter().enumerate() {
             planned.push(self.plan_entry(i, e).map_err(|err| in_entry(err, i))?);
         }
+        let who = Who::of(ctx);
         let mut attempt = 0;
         let results = loop {
             attempt += 1;
-            match self.run_transaction(planned.clone()).await {
+            match self.run_transaction(planned.clone(), &who).await {
                 Err(f) if f.changed && attempt < CONDITIONAL_ATTEMPTS => {
                     tracing::debug!(
                         attempt,
@@ -487,13 +491,16 @@ impl FhirService {
                     );
                 }
                 Err(f) if f.changed => {
-                    return Err(ServiceError::WriteRace);
+                    return self
+                        .transaction_refused(&who, ServiceError::WriteRace)
+                        .await;
                 }
                 Err(f) => {
-                    return Err(match f.index {
+                    let error = match f.index {
                         Some(i) => in_entry(f.error, i),
                         None => f.error,
-                    });
+                    };
+                    return self.transaction_refused(&who, error).await;
                 }
                 Ok(done) => break done,
             }
@@ -513,9 +520,30 @@ impl FhirService {
     /// Plans a transaction (resolving conditional entries and references by search, then
     /// assigning ids and rewriting references) and runs it as one unit of work that first
     /// checks every search still finds what planning found.
+    /// Records a transaction that wrote nothing, then returns its error.
+    async fn transaction_refused(
+        &self,
+        who: &Who,
+        error: ServiceError,
+    ) -> Result<FhirResponse, ServiceError> {
+        if !audit::worth_recording(&error) {
+            return Err(error);
+        }
+        self.audit_alone(audit::entry(
+            who,
+            "transaction",
+            error.status(),
+            Touched::default(),
+            None,
+        ))
+        .await?;
+        Err(error)
+    }
+
     async fn run_transaction(
         &self,
         mut planned: Vec<Planned>,
+        who: &Who,
     ) -> Result<Vec<(usize, Done)>, EntryFailure> {
         let fail = |index: usize| {
             move |error: ServiceError| EntryFailure {
@@ -710,9 +738,11 @@ impl FhirService {
             .collect::<Result<Vec<_>, EntryFailure>>()?;
 
         // 5. Run every entry in one unit of work, after checking the planned searches.
+        let audit_writes = self.config.audit_writes;
         retry_on_race(|| {
             let ops = ops.clone();
             let expectations = expectations.clone();
+            let who = who.clone();
             run_write(self.store.as_ref(), move |tx: &mut dyn WriteTx| {
                 Box::pin(async move {
                     for e in &expectations {
@@ -734,6 +764,23 @@ impl FhirService {
                             changed: false,
                         })?;
                         done.push((index, d));
+                    }
+                    // One record for the whole transaction, committed with it.
+                    if audit_writes {
+                        let mut t = Touched::default();
+                        for (_, d) in &done {
+                            if let Some(v) = &d.version {
+                                t.version(v);
+                            }
+                        }
+                        let detail = Some(format!("entries={}", done.len()));
+                        tx.audit(audit::entry(&who, "transaction", 200, t, detail))
+                            .await
+                            .map_err(|e| EntryFailure {
+                                index: None,
+                                error: audit::refused(e),
+                                changed: false,
+                            })?;
                     }
                     Ok::<_, EntryFailure>(done)
                 })
@@ -771,8 +818,8 @@ impl FhirService {
                     | Route::Search(_)
             ) {
                 let answer = match &planned.route {
-                    Route::Search(scope) => self.search(ctx, scope, &planned.query).await,
-                    route => self.history(route, &planned.query).await,
+                    Route::Search(scope) => self.audited_search(ctx, scope, &planned.query).await,
+                    route => self.audited_history(ctx, route, &planned.query).await,
                 };
                 match answer {
                     Ok(resp) => {
@@ -817,7 +864,7 @@ impl FhirService {
             let runs = futures::stream::iter(
                 group
                     .into_iter()
-                    .map(|(i, op)| async move { (i, self.execute_op(op).await) }),
+                    .map(|(i, op)| async move { (i, self.execute_op(ctx, op).await) }),
             )
             .buffer_unordered(BATCH_CONCURRENCY);
             let done: Vec<(usize, Result<Done, ServiceError>)> = runs.collect().await;

@@ -56,6 +56,8 @@ impl FhirService {
         let resources: Vec<Value> = defs
             .resource_types()
             .iter()
+            // AuditEvent is Haven's own trail, not offered through the API (see `route`).
+            .filter(|t| t.as_str() != "AuditEvent")
             .map(|t| {
                 let params: Vec<&haven_fhir::search::SearchParam> = defs
                     .search_params(*t)

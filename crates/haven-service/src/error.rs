@@ -5,6 +5,7 @@
 //! | `Malformed`           | 400    | structure       | body is not JSON, duplicate keys, too deep         |
 //! | `BadRequest`          | 400    | invalid         | bad id, bad parameter, resourceType/id mismatch    |
 //! | `Invalid`             | 400    | (per issue)     | resource fails R4 StructureDefinition validation   |
+//! | `Forbidden`           | 403    | forbidden       | the caller may not do this (e.g. write AuditEvent) |
 //! | `UnknownType`         | 404    | not-supported   | path names no R4 resource type                     |
 //! | `NotFound`            | 404    | not-found       | no such resource or version                        |
 //! | `MethodNotAllowed`    | 405    | not-supported   | interaction not offered at that path               |
@@ -38,6 +39,8 @@ pub enum ServiceError {
     UnknownType(String),
     #[error("not found: {0}")]
     NotFound(String),
+    #[error("forbidden: {0}")]
+    Forbidden(String),
     #[error("method not allowed: {0}")]
     MethodNotAllowed(String),
     #[error("not acceptable: {0}")]
@@ -101,6 +104,7 @@ impl ServiceError {
             ServiceError::Malformed(_) | ServiceError::BadRequest(_) | ServiceError::Invalid(_) => {
                 400
             }
+            ServiceError::Forbidden(_) => 403,
             ServiceError::UnknownType(_) | ServiceError::NotFound(_) => 404,
             ServiceError::MethodNotAllowed(_) => 405,
             ServiceError::NotAcceptable(_) => 406,
@@ -137,6 +141,7 @@ impl ServiceError {
                 ),
             ),
             ServiceError::NotFound(m) => one(IssueCode::NotFound, m.clone()),
+            ServiceError::Forbidden(m) => one(IssueCode::Forbidden, m.clone()),
             ServiceError::MethodNotAllowed(m)
             | ServiceError::NotAcceptable(m)
             | ServiceError::UnsupportedMedia(m) => one(IssueCode::NotSupported, m.clone()),

@@ -7,6 +7,7 @@ use haven_domain::{ResourceType, Timestamp, VersionId};
 use haven_store::{ChangeKind, IndexRow, NewVersion, StoredVersion, WriteTx, run_write};
 use serde_json::Value;
 
+use crate::audit::{self, Touched, Who};
 use crate::patch::apply_patch;
 use crate::prepare::{Op, check_resource, finalize_indexed};
 use crate::{FhirResponse, FhirService, RequestContext, ReturnPreference, ServiceError, outcome};
@@ -453,32 +454,54 @@ impl IsRace for ServiceError {
 }
 
 impl FhirService {
-    /// Runs one operation on its own (its own unit of work for writes).
-    pub(crate) async fn execute_op(&self, op: Op) -> Result<Done, ServiceError> {
+    /// Runs one operation on its own (its own unit of work for writes), with its audit record:
+    /// inside the unit for a write, durable before the answer for a read or a failure.
+    pub(crate) async fn execute_op(
+        &self,
+        ctx: &RequestContext,
+        op: Op,
+    ) -> Result<Done, ServiceError> {
+        let action = op.action();
+        let target = op.target().map(|(t, id)| (t, id.to_string()));
+        let who = Who::of(ctx);
+        let named = |t: &mut Touched| {
+            if let Some((ty, id)) = &target {
+                t.named(*ty, id);
+            }
+        };
         match op {
             Op::Read { ty, id } => {
-                let v =
-                    self.store.read_current(ty, &id).await?.ok_or_else(|| {
-                        ServiceError::NotFound(format!("{ty}/{id} does not exist"))
-                    })?;
-                read_result(v)
+                let r = self
+                    .store
+                    .read_current(ty, &id)
+                    .await
+                    .map_err(ServiceError::from)
+                    .and_then(|v| {
+                        v.ok_or_else(|| ServiceError::NotFound(format!("{ty}/{id} does not exist")))
+                    });
+                self.audit_read(&who, action, r, named).await
             }
             Op::Vread { ty, id, version } => {
-                let v = self
+                let r = self
                     .store
                     .read_version(ty, &id, version)
-                    .await?
-                    .ok_or_else(|| {
-                        ServiceError::NotFound(format!("{ty}/{id} has no version {version}"))
-                    })?;
-                read_result(v)
+                    .await
+                    .map_err(ServiceError::from)
+                    .and_then(|v| {
+                        v.ok_or_else(|| {
+                            ServiceError::NotFound(format!("{ty}/{id} has no version {version}"))
+                        })
+                    });
+                self.audit_read(&who, action, r, named).await
             }
             write => {
                 let write = write.sealed()?;
+                let audit_writes = self.config.audit_writes;
                 let mut attempt = 0;
-                retry_on_race(|| {
+                let r: Result<Done, ServiceError> = retry_on_race(|| {
                     attempt += 1;
                     let op = write.clone();
+                    let who = who.clone();
                     // The last attempt does its work inside the unit, so a resource updated
                     // without pause by others still gets this update in.
                     let seal = attempt < 3;
@@ -489,14 +512,68 @@ impl FhirService {
                             op
                         };
                         run_write(self.store.as_ref(), move |tx: &mut dyn WriteTx| {
-                            Box::pin(apply(tx, op))
+                            Box::pin(async move {
+                                let done = apply(tx, op).await?;
+                                if audit_writes {
+                                    let mut t = Touched::default();
+                                    if let Some(v) = &done.version {
+                                        t.version(v);
+                                    }
+                                    tx.audit(audit::entry(&who, action, done.status, t, None))
+                                        .await
+                                        .map_err(audit::refused)?;
+                                }
+                                Ok(done)
+                            })
                         })
                         .await
                     }
                 })
-                .await
+                .await;
+                if let Err(e) = &r
+                    && audit::worth_recording(e)
+                {
+                    // Nothing was written; the refusal is recorded on its own.
+                    let mut t = Touched::default();
+                    named(&mut t);
+                    self.audit_alone(audit::entry(&who, action, e.status(), t, None))
+                        .await?;
+                }
+                r
             }
         }
+    }
+
+    /// A read's answer (or refusal), recorded before it is returned.
+    async fn audit_read(
+        &self,
+        who: &Who,
+        action: &str,
+        r: Result<StoredVersion, ServiceError>,
+        named: impl FnOnce(&mut Touched),
+    ) -> Result<Done, ServiceError> {
+        let r = r.and_then(read_result);
+        if let Err(e) = &r
+            && !audit::worth_recording(e)
+        {
+            return r;
+        }
+        let mut t = Touched::default();
+        let status = match &r {
+            Ok(done) => {
+                if let Some(v) = &done.version {
+                    t.version(v);
+                }
+                done.status
+            }
+            Err(e) => {
+                named(&mut t);
+                e.status()
+            }
+        };
+        self.audit_alone(audit::entry(who, action, status, t, None))
+            .await?;
+        r
     }
 
     /// Seals an update outside the unit of work: reads the head on the read path, and
@@ -544,7 +621,7 @@ impl FhirService {
         ctx: &RequestContext,
         op: Op,
     ) -> Result<FhirResponse, ServiceError> {
-        let done = self.execute_op(op).await?;
+        let done = self.execute_op(ctx, op).await?;
         Ok(self.respond(ctx, done))
     }
 

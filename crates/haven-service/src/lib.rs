@@ -8,6 +8,7 @@
 //! The service speaks FHIR's own vocabulary, including status codes (they appear in Bundle
 //! `response.status`), but knows nothing of sockets, headers or axum.
 
+pub mod audit;
 mod bundle;
 mod capabilities;
 mod error;
@@ -60,6 +61,9 @@ pub struct ServiceConfig {
     pub limits: Limits,
     /// Absolute base URL of the FHIR endpoint, used in `Location` and `Bundle.entry.fullUrl`.
     pub base_url: String,
+    /// Whether audit records are written. Always true in service; only the benchmark harness
+    /// turns it off (`haven serve --benchmark-without-audit`), to measure what auditing costs.
+    pub audit_writes: bool,
 }
 
 /// What the client asked to get back after a write (`Prefer: return=`, http.html#ops).
@@ -75,6 +79,8 @@ pub enum ReturnPreference {
 #[derive(Clone, Debug, Default)]
 pub struct RequestContext {
     pub request_id: String,
+    /// The client's address as the trusted gateway reports it (audit `source.ip`).
+    pub client_address: Option<String>,
     pub prefer: ReturnPreference,
     /// `Prefer: handling=strict`: unknown search parameters are errors, not ignored.
     pub strict_handling: bool,
@@ -213,11 +219,39 @@ impl FhirService {
                 )),
             },
             Route::HistorySystem | Route::HistoryType(_) | Route::HistoryInstance(..) => {
-                self.history(&req.route, &req.query).await
+                self.audited_history(ctx, &req.route, &req.query).await
             }
-            Route::Validate(ty, id) => self.validate_operation(ty, id, req.body, &req.query).await,
-            Route::Search(scope) => self.search(ctx, &scope, &req.query).await,
-            Route::Everything(patient) => self.everything(ctx, &patient, &req.query).await,
+            Route::Validate(ty, id) => {
+                let subject = id.clone();
+                let r = self.validate_operation(ty, id, req.body, &req.query).await;
+                match subject {
+                    // Validating a stored resource reads it.
+                    Some(id) => {
+                        self.audit_bundle(
+                            ctx,
+                            "operation",
+                            r,
+                            Some("$validate".into()),
+                            Some((ty, id.as_str())),
+                        )
+                        .await
+                    }
+                    None => r,
+                }
+            }
+            Route::Search(scope) => self.audited_search(ctx, &scope, &req.query).await,
+            Route::Everything(patient) => {
+                let r = self.everything(ctx, &patient, &req.query).await;
+                let patient_type = ResourceType::parse("Patient").ok_or(ServiceError::Internal)?;
+                self.audit_bundle(
+                    ctx,
+                    "everything",
+                    r,
+                    audit::parameter_names("params=", &req.query),
+                    Some((patient_type, patient.as_str())),
+                )
+                .await
+            }
             route => {
                 let op = self.prepare_single(
                     route,
@@ -229,6 +263,56 @@ impl FhirService {
                 self.execute_single(ctx, op).await
             }
         }
+    }
+}
+
+impl FhirService {
+    /// A search with its audit record.
+    pub(crate) async fn audited_search(
+        &self,
+        ctx: &RequestContext,
+        scope: &search::SearchScope,
+        query: &[(String, String)],
+    ) -> Result<FhirResponse, ServiceError> {
+        let r = self.search(ctx, scope, query).await;
+        let (action, subject) = match scope {
+            search::SearchScope::System => ("search-system", None),
+            search::SearchScope::Type(_) => ("search-type", None),
+            search::SearchScope::Compartment { patient, .. } => (
+                "search-compartment",
+                ResourceType::parse("Patient").map(|t| (t, patient.as_str())),
+            ),
+        };
+        let detail = match scope {
+            search::SearchScope::Type(t) | search::SearchScope::Compartment { ty: t, .. } => {
+                audit::parameter_names(&format!("type={t} params="), query)
+            }
+            search::SearchScope::System => audit::parameter_names("params=", query),
+        };
+        self.audit_bundle(ctx, action, r, detail, subject).await
+    }
+
+    /// A history read with its audit record.
+    pub(crate) async fn audited_history(
+        &self,
+        ctx: &RequestContext,
+        route: &Route,
+        query: &[(String, String)],
+    ) -> Result<FhirResponse, ServiceError> {
+        let r = self.history(route, query).await;
+        let (action, subject) = match route {
+            Route::HistoryInstance(t, id) => ("history-instance", Some((*t, id.as_str()))),
+            Route::HistoryType(_) => ("history-type", None),
+            _ => ("history-system", None),
+        };
+        self.audit_bundle(
+            ctx,
+            action,
+            r,
+            audit::parameter_names("params=", query),
+            subject,
+        )
+        .await
     }
 }
 

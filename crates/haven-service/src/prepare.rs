@@ -149,6 +149,18 @@ impl Op {
         }
     }
 
+    /// The audit action code of this operation.
+    pub(crate) fn action(&self) -> &'static str {
+        match self {
+            Op::Create { .. } | Op::Insert { .. } => "create",
+            Op::Update { .. } | Op::Replace { .. } | Op::ConditionalUpdate { .. } => "update",
+            Op::Patch { .. } => "patch",
+            Op::Delete { .. } | Op::ConditionalDelete { .. } => "delete",
+            Op::Read { .. } => "read",
+            Op::Vread { .. } => "vread",
+        }
+    }
+
     pub(crate) fn is_write(&self) -> bool {
         !matches!(self, Op::Read { .. } | Op::Vread { .. })
     }

@@ -152,8 +152,42 @@ fn not_allowed(method: Method, what: &str, allowed: &str) -> ServiceError {
 }
 
 /// Routes a request path (relative to the FHIR base, without query string; segments already
-/// percent-decoded) to an interaction.
+/// percent-decoded) to an interaction. REST and Bundle entries both come through here, so the
+/// rule for `AuditEvent` holds on every path.
 pub fn route(method: Method, segments: &[&str]) -> Result<Route, ServiceError> {
+    let r = route_of(method, segments)?;
+    guard_audit_events(&r)?;
+    Ok(r)
+}
+
+/// `AuditEvent` is Haven's own trail: never written through the API (HIPAA 164.312(b): the
+/// records must not be alterable by those they record), and readable only by the auditor
+/// role. Until a caller can be authenticated as one, no caller is.
+fn guard_audit_events(r: &Route) -> Result<(), ServiceError> {
+    if r.resource_type().is_none_or(|t| t.as_str() != "AuditEvent") {
+        return Ok(());
+    }
+    match r {
+        Route::Validate(_, None) => Ok(()),
+        Route::Create(_)
+        | Route::Update(..)
+        | Route::ConditionalUpdate(_)
+        | Route::Patch(..)
+        | Route::Delete(..)
+        | Route::ConditionalDelete(_) => Err(ServiceError::Forbidden(
+            "AuditEvent records are written only by Haven's audit trail; they cannot be \
+             created, changed or deleted through the API"
+                .into(),
+        )),
+        _ => Err(ServiceError::Forbidden(
+            "AuditEvent is served only to the auditor role, and this server authenticates no \
+             roles yet; on the server, use `haven audit report` or `haven audit verify`"
+                .into(),
+        )),
+    }
+}
+
+fn route_of(method: Method, segments: &[&str]) -> Result<Route, ServiceError> {
     use Method::{Delete, Get, Head, Patch, Post, Put};
     let get = matches!(method, Get | Head);
     match segments {

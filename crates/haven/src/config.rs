@@ -60,6 +60,40 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub log: LogConfig,
     pub metrics: MetricsConfig,
+    pub audit: AuditConfig,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Ed25519 key that signs audit checkpoints (secret: base64, or PKCS#8 PEM; use
+    /// `HAVEN_AUDIT__SIGNING_KEY_FILE` to read it from a mounted secret). Unset: a key is
+    /// generated once at `<data_dir>/audit-signing.key` (owner-only). Every replica of one
+    /// database must use the same key.
+    pub signing_key: Option<Secret>,
+    /// Where every sealed record goes as an ECS JSON line, with the checkpoints: `stdout`,
+    /// `off`, or an absolute file path (appended to).
+    pub output: String,
+    /// Sign a checkpoint at least every this many records...
+    pub checkpoint_every: u64,
+    /// ...and at least this often while records arrive.
+    pub checkpoint_interval_seconds: u64,
+    /// Further public keys (base64) `haven audit verify` trusts for checkpoints, e.g. keys
+    /// used before a rotation.
+    #[serde(deserialize_with = "list_or_comma_separated")]
+    pub verify_keys: Vec<String>,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            signing_key: None,
+            output: "stdout".into(),
+            checkpoint_every: 1_000,
+            checkpoint_interval_seconds: 10,
+            verify_keys: Vec::new(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -109,6 +143,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             log: LogConfig::default(),
             metrics: MetricsConfig::default(),
+            audit: AuditConfig::default(),
         }
     }
 }
@@ -370,6 +405,23 @@ impl Config {
             ));
         }
         self.trusted_proxies()?;
+        let a = &self.audit;
+        if !(a.output == "stdout" || a.output == "off" || a.output.starts_with('/')) {
+            return bad(format!(
+                "audit.output must be stdout, off or an absolute file path, not '{}'",
+                a.output
+            ));
+        }
+        if !(1..=1_000_000).contains(&a.checkpoint_every) {
+            return bad("audit.checkpoint_every must be between 1 and 1000000".into());
+        }
+        if !(1..=3_600).contains(&a.checkpoint_interval_seconds) {
+            return bad("audit.checkpoint_interval_seconds must be between 1 and 3600".into());
+        }
+        for k in &a.verify_keys {
+            haven_crypto::VerifyingKey::from_base64(k)
+                .map_err(|e| ConfigError::Invalid(format!("audit.verify_keys: {e}")))?;
+        }
         if self.log.level.trim().is_empty() {
             return bad("log.level must not be empty (e.g. info)".into());
         }
@@ -389,6 +441,11 @@ impl Config {
 
     pub fn statement_timeout(&self) -> std::time::Duration {
         std::time::Duration::from_millis(self.limits.statement_timeout_ms)
+    }
+
+    /// Where the generated audit signing key lives when none is configured.
+    pub fn audit_key_path(&self) -> PathBuf {
+        self.data_dir.join("audit-signing.key")
     }
 
     /// The database file inside the data directory.

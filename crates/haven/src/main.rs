@@ -1,5 +1,6 @@
 //! `haven`: the one binary. Composition root (configuration, wiring) and the command line.
 
+mod audit_cmd;
 mod config;
 mod healthcheck;
 mod serve;
@@ -34,6 +35,15 @@ enum Command {
         /// Which module(s) this process runs; `all` runs everything in one process.
         #[arg(long, value_enum, default_value_t = Role::All)]
         role: Role,
+        /// For the benchmark harness only: write no audit records, to measure what auditing
+        /// costs. Never use it in service: accesses would go unrecorded.
+        #[arg(long, hide = true)]
+        benchmark_without_audit: bool,
+    },
+    /// The audit trail: verify its integrity, report a patient's disclosures.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
     },
     /// Inspect the configuration.
     Config {
@@ -58,6 +68,43 @@ enum Command {
         #[arg(long)]
         ready: bool,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum AuditCommand {
+    /// Check the hash chain and the signed checkpoints; name the first bad record. Exit
+    /// status 1 if the trail was altered.
+    Verify {
+        /// Further trusted public keys (base64 Ed25519), e.g. from before a key rotation.
+        #[arg(long = "public-key", value_name = "FILE")]
+        public_keys: Vec<PathBuf>,
+        /// Log files holding checkpoint copies (Haven's audit output), compared with the
+        /// database's: catches checkpoints or records removed from the end.
+        #[arg(long = "checkpoints-from", value_name = "FILE")]
+        checkpoint_logs: Vec<PathBuf>,
+    },
+    /// The accounting of disclosures of one patient (HIPAA 164.528): who accessed which of
+    /// their records, when, from where and why.
+    Report {
+        /// The Patient's id.
+        #[arg(long)]
+        patient: String,
+        /// From this date (2026-01-31) or instant; at most six years back is kept in view.
+        #[arg(long)]
+        since: String,
+        /// Until this date or instant (exclusive); default now.
+        #[arg(long)]
+        until: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
+        format: ReportFormat,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum ReportFormat {
+    Table,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -102,7 +149,57 @@ fn main() -> ExitCode {
         Command::Reindex { batch, restart } => {
             run_async(async move { serve::reindex(&config, batch, restart).await })
         }
-        Command::Serve { role } => run_async(async move { serve::run(config, role).await }),
+        Command::Serve {
+            role,
+            benchmark_without_audit,
+        } => run_async(async move { serve::run(config, role, !benchmark_without_audit).await }),
+        Command::Audit {
+            command:
+                AuditCommand::Verify {
+                    public_keys,
+                    checkpoint_logs,
+                },
+        } => {
+            let mut intact = false;
+            let code = run_async(async {
+                let store = serve::open_store(&config).await?;
+                intact = audit_cmd::verify(&config, store.clone(), &public_keys, &checkpoint_logs)
+                    .await?;
+                store.close().await;
+                Ok(())
+            });
+            if code == ExitCode::SUCCESS && !intact {
+                ExitCode::from(1)
+            } else {
+                code
+            }
+        }
+        Command::Audit {
+            command:
+                AuditCommand::Report {
+                    patient,
+                    since,
+                    until,
+                    format,
+                },
+        } => run_async(async move {
+            let since = audit_cmd::parse_when(&since)?;
+            let until = match until {
+                Some(u) => audit_cmd::parse_when(&u)?,
+                None => haven_domain::Timestamp::now(),
+            };
+            let store = serve::open_store(&config).await?;
+            audit_cmd::report(
+                store.clone(),
+                &patient,
+                since,
+                until,
+                format == ReportFormat::Json,
+            )
+            .await?;
+            store.close().await;
+            Ok(())
+        }),
     }
 }
 

@@ -23,7 +23,7 @@ fn modules(role: Role) -> Modules {
     }
 }
 
-async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn ResourceStore>> {
+pub(crate) async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn ResourceStore>> {
     if let Some(url) = &config.database_url {
         let options = PgOptions {
             statement_timeout: config.statement_timeout(),
@@ -80,6 +80,7 @@ pub async fn reindex(config: &Config, batch: u32, restart: bool) -> anyhow::Resu
         ServiceConfig {
             limits: config.limits(),
             base_url: String::new(),
+            audit_writes: true,
         },
     );
     let started = std::time::Instant::now();
@@ -114,7 +115,7 @@ pub async fn reindex(config: &Config, batch: u32, restart: bool) -> anyhow::Resu
     Ok(())
 }
 
-pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
+pub async fn run(config: Config, role: Role, audit_writes: bool) -> anyhow::Result<()> {
     // Signal handlers first: a SIGTERM that arrives right after start-up must still mean a
     // graceful shutdown, not the default action (termination).
     let shutdown = shutdown_signal()?;
@@ -134,12 +135,22 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
         .map(|u| u.trim_end_matches('/').to_owned())
         .unwrap_or_else(|| format!("http://{local}{}", haven_http::FHIR_BASE));
     let service = Arc::new(FhirService::new(
-        store,
+        store.clone(),
         ServiceConfig {
             limits: config.limits(),
             base_url: base_url.clone(),
+            audit_writes,
         },
     ));
+    if !audit_writes {
+        tracing::warn!(
+            "audit records are OFF (--benchmark-without-audit): accesses are not recorded; \
+             this mode exists only to measure what auditing costs"
+        );
+    }
+    let sealer = crate::audit_cmd::sealer(&config, store.clone()).await?;
+    let (seal_stop, seal_stop_rx) = tokio::sync::watch::channel(false);
+    let sealing = tokio::spawn(crate::audit_cmd::run_sealer(sealer, seal_stop_rx));
     let state = AppState {
         service: service.clone(),
         metrics: Arc::new(move || {
@@ -193,6 +204,14 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
             seconds = grace.as_secs(),
             "grace period over; closing remaining connections"
         ),
+    }
+    // In-flight requests are done: seal what they recorded, sign, then close the store.
+    let _ = seal_stop.send(true);
+    if tokio::time::timeout(Duration::from_secs(10), sealing)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the final audit sealing round did not finish within 10 s");
     }
     service.shutdown().await;
     tracing::info!("stopped");

@@ -68,5 +68,21 @@ pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
         "haven_search_index_stale",
         "1 when the search index was built with other search definitions (run haven reindex)"
     );
+    metrics::describe_gauge!(
+        "haven_audit_chain_head",
+        "Sequence number of the newest sealed audit record"
+    );
+    metrics::describe_counter!(
+        "haven_audit_sealed_total",
+        "Audit records this process sealed into the hash chain"
+    );
+    metrics::describe_counter!(
+        "haven_audit_checkpoints_total",
+        "Signed audit checkpoints this process wrote"
+    );
+    metrics::describe_counter!(
+        "haven_audit_seal_errors_total",
+        "Audit sealing rounds that failed (retried)"
+    );
     Ok(handle)
 }

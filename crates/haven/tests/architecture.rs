@@ -56,7 +56,13 @@ const RULES: &[(&str, &[&str], &[&str])] = &[
     ),
     (
         "haven-service",
-        &["haven-domain", "haven-fhir", "haven-store"],
+        &[
+            "haven-audit",
+            "haven-crypto",
+            "haven-domain",
+            "haven-fhir",
+            "haven-store",
+        ],
         &["sqlx", "axum", "hyper", "tower", "reqwest", "tokio"],
     ),
     (
@@ -75,6 +81,8 @@ const RULES: &[(&str, &[&str], &[&str])] = &[
             "haven-store",
             "haven-store-sqlite",
             "haven-store-postgres",
+            "haven-audit",
+            "haven-crypto",
         ],
         &[],
     ),

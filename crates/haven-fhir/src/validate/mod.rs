@@ -75,6 +75,7 @@ pub enum IssueCode {
     BusinessRule,
     Transient,
     Exception,
+    Forbidden,
 }
 
 impl Severity {
@@ -109,6 +110,7 @@ impl IssueCode {
             IssueCode::BusinessRule => "business-rule",
             IssueCode::Transient => "transient",
             IssueCode::Exception => "exception",
+            IssueCode::Forbidden => "forbidden",
         }
     }
 }

@@ -353,6 +353,22 @@ impl TestApp {
         self.stderr.lock().unwrap().join("\n")
     }
 
+    /// A `haven` command against this server's data (data directory, and database on the
+    /// PostgreSQL backend), for CLI subcommands.
+    pub fn cli(&self) -> Command {
+        let mut cmd = haven();
+        cmd.arg("--data-dir").arg(&self.data_dir);
+        if let Some(db) = &self._db {
+            cmd.env("HAVEN_DATABASE_URL", &db.url);
+        }
+        cmd
+    }
+
+    /// The PostgreSQL database URL (PostgreSQL backend only).
+    pub fn database_url(&self) -> Option<String> {
+        self._db.as_ref().map(|d| d.url.clone())
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id().expect("the server is still running")
     }

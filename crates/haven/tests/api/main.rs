@@ -3,6 +3,7 @@
 //! a client or operator would. Modules follow the areas of the FHIR RESTful API (R4 http.html)
 //! plus the operational surface.
 
+mod audit;
 mod binary;
 mod bundle;
 mod compartment;

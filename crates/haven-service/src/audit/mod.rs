@@ -1,0 +1,267 @@
+//! What the service writes to the audit trail, and when (HIPAA 164.312(b)).
+//!
+//! Every interaction that touches patient data leaves a `haven_audit::AuditRecord`:
+//! - a write records it *inside its unit of work*, so the record commits, or rolls back, with
+//!   the data (`execute_op`, transactions);
+//! - a read, search, history or `$everything` records it in a unit of its own and answers only
+//!   once that unit is durable; if the record cannot be stored, the data is not served (503);
+//! - a refused or failed interaction records its outcome the same way.
+//!
+//! Records hold identifiers only: the resources touched (`Type/id/_history/v`), the patients
+//! whose data they are (the R4 Patient compartment of each resource), the request id and client
+//! address. Never resource content.
+//!
+//! The sealer (`seal`) then chains committed records and signs checkpoints.
+
+pub mod seal;
+
+use haven_audit::{Actor, AuditRecord, Category, Entity, Outcome};
+use haven_domain::{ResourceType, Timestamp};
+use haven_fhir::definitions;
+use haven_fhir::search::{IndexValue, extract};
+use haven_store::{AuditEntry, StoredVersion, WriteTx, run_write};
+use serde_json::{Map, Value};
+
+use crate::{FhirService, RequestContext, ServiceError};
+
+pub use seal::{AuditOutput, Round, Sealer, SealerConfig};
+
+/// The patients whose compartment `resource` (of type `ty`) is in: itself for a Patient, and
+/// every Patient its compartment parameters reference (R4 CompartmentDefinition `patient`).
+pub(crate) fn patients_of(ty: ResourceType, resource: &Map<String, Value>, out: &mut Vec<String>) {
+    if ty.as_str() == "Patient"
+        && let Some(id) = resource.get("id").and_then(Value::as_str)
+    {
+        out.push(id.to_owned());
+    }
+    let defs = definitions();
+    for code in defs.patient_compartment(ty) {
+        let Some(param) = defs.search_param(ty, code) else {
+            continue;
+        };
+        for v in extract(resource, param) {
+            if let IndexValue::Reference {
+                target_type: Some(t),
+                id: Some(id),
+                ..
+            } = v
+                && t.as_str() == "Patient"
+            {
+                out.push(id);
+            }
+        }
+    }
+}
+
+/// What an interaction touched, gathered for its record.
+#[derive(Debug, Default)]
+pub(crate) struct Touched {
+    pub entities: Vec<Entity>,
+    pub patients: Vec<String>,
+}
+
+impl Touched {
+    /// A stored version: the resource, and (from its body) the patients it belongs to.
+    pub(crate) fn version(&mut self, v: &StoredVersion) {
+        self.entities.push(Entity {
+            resource_type: v.resource_type.as_str().to_owned(),
+            id: v.id.as_str().to_owned(),
+            version: Some(v.version.get()),
+        });
+        if let Some(body) = &v.body
+            && let Ok(Value::Object(m)) = serde_json::from_slice::<Value>(body)
+        {
+            patients_of(v.resource_type, &m, &mut self.patients);
+        }
+    }
+
+    /// A resource named without its body (a deletion, a failed read).
+    pub(crate) fn named(&mut self, ty: ResourceType, id: &str) {
+        self.entities.push(Entity {
+            resource_type: ty.as_str().to_owned(),
+            id: id.to_owned(),
+            version: None,
+        });
+        if ty.as_str() == "Patient" {
+            self.patients.push(id.to_owned());
+        }
+    }
+
+    /// Every resource of a Bundle the service answered with (search, history, `$everything`).
+    pub(crate) fn bundle(&mut self, body: &[u8]) {
+        let Ok(Value::Object(bundle)) = serde_json::from_slice::<Value>(body) else {
+            return;
+        };
+        let Some(Value::Array(entries)) = bundle.get("entry") else {
+            return;
+        };
+        for e in entries {
+            let Some(Value::Object(r)) = e.get("resource") else {
+                continue;
+            };
+            let Some(ty) = r
+                .get("resourceType")
+                .and_then(Value::as_str)
+                .and_then(ResourceType::parse)
+            else {
+                continue;
+            };
+            // An OperationOutcome of the search itself names no patient data.
+            if ty.as_str() == "OperationOutcome" {
+                continue;
+            }
+            let id = r.get("id").and_then(Value::as_str).unwrap_or_default();
+            let version = r
+                .get("meta")
+                .and_then(|m| m.get("versionId"))
+                .and_then(Value::as_str)
+                .and_then(|v| v.parse().ok());
+            self.entities.push(Entity {
+                resource_type: ty.as_str().to_owned(),
+                id: id.to_owned(),
+                version,
+            });
+            patients_of(ty, r, &mut self.patients);
+        }
+    }
+}
+
+/// Who asked, as a unit of work can carry it (owned).
+#[derive(Clone, Debug)]
+pub(crate) struct Who {
+    pub request_id: String,
+    pub client_address: Option<String>,
+}
+
+impl Who {
+    pub(crate) fn of(ctx: &RequestContext) -> Self {
+        Self {
+            request_id: ctx.request_id.clone(),
+            client_address: ctx.client_address.clone(),
+        }
+    }
+}
+
+/// An audit record the store refused: the interaction fails with 503 (its data is not served,
+/// and a write's unit rolls back with the record).
+pub(crate) fn refused(e: haven_store::StoreError) -> ServiceError {
+    tracing::error!(error = %e, "an audit record could not be stored; the interaction is refused");
+    ServiceError::Unavailable
+}
+
+/// Whether a failed interaction is recorded. Not when the database itself is unreachable: the
+/// record could not be stored either (waiting for it would only delay the 503), and nothing
+/// was disclosed or changed.
+pub(crate) fn worth_recording(e: &ServiceError) -> bool {
+    !matches!(e, ServiceError::Unavailable)
+}
+
+/// The names (never the values) of request parameters, for a record's detail.
+pub(crate) fn parameter_names(prefix: &str, pairs: &[(String, String)]) -> Option<String> {
+    let mut names: Vec<&str> = pairs.iter().map(|(k, _)| k.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    Some(format!("{prefix}{}", names.join(",")))
+}
+
+/// The record of one interaction, ready for the store.
+pub(crate) fn entry(
+    who: &Who,
+    action: &str,
+    status: u16,
+    touched: Touched,
+    detail: Option<String>,
+) -> AuditEntry {
+    let time = Timestamp::now();
+    let mut record = AuditRecord {
+        time,
+        category: Category::Data,
+        action: action.to_owned(),
+        status,
+        outcome: Outcome::from_status(status),
+        // Identity lands with the identity issue; until then every caller is anonymous on a
+        // loopback-only server.
+        actor: Actor::default(),
+        source_ip: who.client_address.clone(),
+        request_id: Some(who.request_id.clone()),
+        purpose_of_use: None,
+        entities: touched.entities,
+        patients: touched.patients,
+        detail,
+    };
+    record.normalize();
+    AuditEntry {
+        time,
+        patients: record.patients.clone(),
+        record: record.canonical(),
+    }
+}
+
+impl FhirService {
+    /// Makes `entry` durable in a unit of its own, before the answer it describes is sent. A
+    /// failure is a 503: the data is not served unaudited.
+    pub(crate) async fn audit_alone(&self, entry: AuditEntry) -> Result<(), ServiceError> {
+        if !self.config.audit_writes {
+            return Ok(());
+        }
+        run_write(self.store.as_ref(), move |tx: &mut dyn WriteTx| {
+            Box::pin(async move {
+                tx.audit(entry).await?;
+                Ok::<_, haven_store::StoreError>(())
+            })
+        })
+        .await
+        .map_err(refused)
+    }
+
+    /// Records a search, history or `$everything` answer: every resource in the Bundle and
+    /// the patients they belong to. `detail`: parameter names only (values may be PHI).
+    pub(crate) async fn audit_bundle(
+        &self,
+        ctx: &RequestContext,
+        action: &str,
+        result: Result<crate::FhirResponse, ServiceError>,
+        detail: Option<String>,
+        subject: Option<(ResourceType, &str)>,
+    ) -> Result<crate::FhirResponse, ServiceError> {
+        self.audit_answer(
+            ctx,
+            action,
+            result,
+            |resp| {
+                let mut t = Touched::default();
+                if let Some((ty, id)) = subject {
+                    t.named(ty, id);
+                }
+                if let Some(body) = &resp.body {
+                    t.bundle(body);
+                }
+                t
+            },
+            |resp| resp.status,
+            detail,
+        )
+        .await
+    }
+
+    /// Records an interaction that answered without a write of its own (a read, a search, a
+    /// refusal): durable before the answer leaves.
+    pub(crate) async fn audit_answer<T>(
+        &self,
+        ctx: &RequestContext,
+        action: &str,
+        result: Result<T, ServiceError>,
+        touched: impl FnOnce(&T) -> Touched,
+        status: impl FnOnce(&T) -> u16,
+        detail: Option<String>,
+    ) -> Result<T, ServiceError> {
+        let (code, t) = match &result {
+            Ok(v) => (status(v), touched(v)),
+            Err(e) if !worth_recording(e) => return result,
+            Err(e) => (e.status(), Touched::default()),
+        };
+        self.audit_alone(entry(&Who::of(ctx), action, code, t, detail))
+            .await?;
+        result
+    }
+}
