@@ -104,6 +104,10 @@ struct Args {
     /// Directory for the reports (`results-<time>.md` and `latest.md`).
     #[arg(long, default_value = "bench/out")]
     out: PathBuf,
+    /// Also measure each backend with audit records turned off (`haven serve
+    /// --benchmark-without-audit`), and report what auditing costs.
+    #[arg(long)]
+    audit_cost: bool,
     /// Haven's log level (`info`, its default, writes one line per request).
     #[arg(long, default_value = "info")]
     haven_log_level: String,
@@ -295,7 +299,26 @@ async fn bench(args: Args, threads: usize) -> anyhow::Result<u64> {
     let main_scenarios = args.scenarios.iter().any(|s| *s != Scenario::Search);
     if main_scenarios {
         for &backend in &args.backends {
-            measure_haven(&args, backend, pg_version.as_deref(), shapes, &mut report).await?;
+            measure_haven(
+                &args,
+                backend,
+                true,
+                pg_version.as_deref(),
+                shapes,
+                &mut report,
+            )
+            .await?;
+            if args.audit_cost {
+                measure_haven(
+                    &args,
+                    backend,
+                    false,
+                    pg_version.as_deref(),
+                    shapes,
+                    &mut report,
+                )
+                .await?;
+            }
         }
     }
     if args.scenarios.contains(&Scenario::Search) {
@@ -358,11 +381,17 @@ async fn measure_ceiling(args: &Args, shapes: Shapes, report: &mut Report) -> an
 async fn measure_haven(
     args: &Args,
     backend: Backend,
+    audit: bool,
     pg_version: Option<&str>,
     shapes: Shapes,
     report: &mut Report,
 ) -> anyhow::Result<()> {
-    let name = backend.name();
+    let label = if audit {
+        backend.name().to_owned()
+    } else {
+        format!("{} (audit off)", backend.name())
+    };
+    let name = label.as_str();
     let temp = tempfile::Builder::new()
         .prefix("haven-bench-")
         .tempdir()
@@ -377,6 +406,7 @@ async fn measure_haven(
         &temp.path().join("data"),
         database.as_ref().map(|d| d.url.as_str()),
         &args.haven_log_level,
+        audit,
     )?;
     let base = server.base_url();
     let setup = Setup::new(&base)?;

@@ -240,6 +240,31 @@ impl Report {
             writeln!(o)?;
         }
 
+        let costs = audit_costs(&[("read by id", &self.read), ("CRUD", &self.crud)]);
+        if !costs.is_empty() {
+            writeln!(o, "## What auditing costs\n")?;
+            writeln!(
+                o,
+                "The same build started with `--benchmark-without-audit` (no audit records \
+                 written), measured in the same run. Throughput with audit, as a share of \
+                 throughput without; the target is at least 85 %.\n"
+            )?;
+            writeln!(
+                o,
+                "| backend | scenario | with audit | without | share |\n|---|---|---:|---:|---:|"
+            )?;
+            for (backend, scenario, on, off) in costs {
+                writeln!(
+                    o,
+                    "| {backend} | {scenario} | {} | {} | {:.0} % |",
+                    rate(on),
+                    rate(off),
+                    100.0 * on / off
+                )?;
+            }
+            writeln!(o)?;
+        }
+
         if !self.crud.is_empty() {
             writeln!(o, "## CRUD: one clinical episode per cycle\n")?;
             writeln!(
@@ -441,4 +466,25 @@ pub(crate) fn write_failures(o: &mut String, sections: &[(&str, &Vec<Row>)]) -> 
         "## Failures (first distinct ones)\n\n{}\n",
         failures.join("\n")
     )
+}
+
+/// (backend, scenario, rate with audit, rate without) for each backend measured both ways.
+fn audit_costs(tables: &[(&str, &Vec<Row>)]) -> Vec<(String, String, f64, f64)> {
+    let mut out = Vec::new();
+    for (scenario, rows) in tables {
+        for off in rows.iter().filter(|r| r.server.ends_with(" (audit off)")) {
+            let backend = off.server.trim_end_matches(" (audit off)");
+            if let Some(on) = rows.iter().find(|r| r.server == backend)
+                && off.rec.rate() > 0.0
+            {
+                out.push((
+                    backend.to_owned(),
+                    (*scenario).to_owned(),
+                    on.rec.rate(),
+                    off.rec.rate(),
+                ));
+            }
+        }
+    }
+    out
 }

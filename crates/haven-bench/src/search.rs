@@ -369,6 +369,7 @@ pub async fn run(
         &place.data_dir,
         place.database.as_ref().map(|d| d.url.as_str()),
         &options.log_level,
+        true,
     )?;
     let base = server.base_url();
     let setup = Setup::new(&base)?;

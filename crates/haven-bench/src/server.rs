@@ -109,10 +109,14 @@ impl Server {
         data_dir: &Path,
         database_url: Option<&str>,
         log_level: &str,
+        audit: bool,
     ) -> anyhow::Result<Self> {
         let mut cmd = Command::new(bin);
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir);
+        if !audit {
+            cmd.arg("--benchmark-without-audit");
+        }
         // Haven's defaults, whatever the caller's environment says.
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("HAVEN_") {

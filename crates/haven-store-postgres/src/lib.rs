@@ -87,6 +87,56 @@ fn connect_options(url: &str, options: &PgOptions) -> Result<PgConnectOptions, S
         .disable_statement_logging())
 }
 
+/// Whether every migration this build knows is applied (with the same checksum). Then a
+/// replica starts without DDL, so it may connect with an application role that has no right to
+/// change the schema (see `haven db grant`).
+async fn schema_is_current(pool: &PgPool) -> bool {
+    let applied: Result<Vec<(i64, Vec<u8>)>, _> =
+        sqlx::query_as("SELECT version, checksum FROM _sqlx_migrations WHERE success")
+            .fetch_all(pool)
+            .await;
+    let Ok(applied) = applied else { return false };
+    MIGRATOR.iter().all(|m| {
+        applied
+            .iter()
+            .any(|(v, sum)| *v == m.version && sum.as_slice() == &*m.checksum)
+    })
+}
+
+/// The privileges of Haven's application role on PostgreSQL: everything it needs to serve,
+/// and on the audit tables only `SELECT` and `INSERT`, so neither Haven nor anyone holding its
+/// credentials can change or remove an audit record (nor drop the triggers: only the owner
+/// can). Run by the schema owner after `haven migrate` (`haven db grant`).
+pub async fn grant_application_role(url: &str, role: &str) -> Result<(), StoreError> {
+    let valid = !role.is_empty()
+        && role.len() <= 63
+        && role
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && !role.starts_with(|c: char| c.is_ascii_digit());
+    if !valid {
+        return Err(StoreError::Internal(format!(
+            "'{role}' is not a plain role name (lowercase letters, digits, underscore)"
+        )));
+    }
+    let store = PgStore::connect(url, PgOptions::default()).await?;
+    let audit = "audit_event, audit_patient, audit_chain, audit_checkpoint";
+    // The role name was checked above to be a plain identifier; it is quoted anyway.
+    let script = format!(
+        "GRANT USAGE ON SCHEMA public TO \"{role}\";\n\
+         GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO \"{role}\";\n\
+         REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON _sqlx_migrations FROM \"{role}\";\n\
+         REVOKE UPDATE, DELETE, TRUNCATE ON {audit} FROM \"{role}\";\n\
+         GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO \"{role}\";\n"
+    );
+    let r = sqlx::raw_sql(sqlx::AssertSqlSafe(script))
+        .execute(&store.pool)
+        .await
+        .map_err(|e| StoreError::Internal(format!("granting privileges failed: {e}")));
+    store.pool.close().await;
+    r.map(|_| ())
+}
+
 impl PgStore {
     /// Connects, applies migrations (serialised across replicas by sqlx's advisory lock) and
     /// returns the store.
@@ -102,10 +152,14 @@ impl PgStore {
             .connect_with(opts)
             .await
             .map_err(|e| StoreError::Unavailable(format!("cannot connect to PostgreSQL: {e}")))?;
-        MIGRATOR
-            .run(&pool)
-            .await
-            .map_err(|e| StoreError::Internal(format!("migration failed: {e}")))?;
+        if !schema_is_current(&pool).await {
+            MIGRATOR.run(&pool).await.map_err(|e| {
+                StoreError::Internal(format!(
+                    "migration failed: {e}; if Haven connects with a restricted application \
+                     role, run `haven migrate` as the schema owner first"
+                ))
+            })?;
+        }
         Ok(Self { pool })
     }
 

@@ -52,6 +52,11 @@ enum Command {
     },
     /// Apply database migrations and exit.
     Migrate,
+    /// Database administration (PostgreSQL).
+    Db {
+        #[command(subcommand)]
+        command: DbCommand,
+    },
     /// Rebuild the search index (after an upgrade that changed search definitions). Safe to
     /// interrupt: a second run resumes where the first stopped.
     Reindex {
@@ -67,6 +72,18 @@ enum Command {
         /// Probe /readyz instead: healthy only when the database answers (readiness probes).
         #[arg(long)]
         ready: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DbCommand {
+    /// Give Haven's application role what it needs to serve, and on the audit tables only
+    /// SELECT and INSERT. Run as the schema owner (the role `haven migrate` ran as); Haven then
+    /// connects as the application role.
+    Grant {
+        /// The application role (it must exist: CREATE ROLE haven_app LOGIN ...).
+        #[arg(long, value_name = "ROLE")]
+        app_role: String,
     },
 }
 
@@ -146,6 +163,24 @@ fn main() -> ExitCode {
         }
         Command::Healthcheck { ready } => healthcheck::run(&config, ready),
         Command::Migrate => run_async(async move { serve::migrate(&config).await }),
+        Command::Db {
+            command: DbCommand::Grant { app_role },
+        } => run_async(async move {
+            let Some(url) = &config.database_url else {
+                anyhow::bail!(
+                    "haven db grant is for PostgreSQL (set database_url); the embedded \
+                     database has no roles: protect its file with the data directory's permissions"
+                );
+            };
+            haven_store_postgres::grant_application_role(url.expose(), &app_role)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!(
+                "granted {app_role}: read and write on Haven's data, SELECT and INSERT only on \
+                 the audit tables"
+            );
+            Ok(())
+        }),
         Command::Reindex { batch, restart } => {
             run_async(async move { serve::reindex(&config, batch, restart).await })
         }

@@ -81,8 +81,22 @@ pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
         "Signed audit checkpoints this process wrote"
     );
     metrics::describe_counter!(
+        "haven_audit_write_failures_total",
+        "Audit records that could not be stored (each refused its interaction with 503)"
+    );
+    metrics::describe_counter!(
         "haven_audit_seal_errors_total",
         "Audit sealing rounds that failed (retried)"
     );
+    // Counters exist from the start (at 0), so alert rules and dashboards see them before the
+    // first event.
+    for name in [
+        "haven_audit_write_failures_total",
+        "haven_audit_seal_errors_total",
+        "haven_audit_sealed_total",
+        "haven_audit_checkpoints_total",
+    ] {
+        metrics::counter!(name).increment(0);
+    }
     Ok(handle)
 }

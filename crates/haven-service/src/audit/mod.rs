@@ -145,6 +145,7 @@ impl Who {
 /// An audit record the store refused: the interaction fails with 503 (its data is not served,
 /// and a write's unit rolls back with the record).
 pub(crate) fn refused(e: haven_store::StoreError) -> ServiceError {
+    metrics::counter!("haven_audit_write_failures_total").increment(1);
     tracing::error!(error = %e, "an audit record could not be stored; the interaction is refused");
     ServiceError::Unavailable
 }
@@ -161,7 +162,12 @@ pub(crate) fn parameter_names(prefix: &str, pairs: &[(String, String)]) -> Optio
     let mut names: Vec<&str> = pairs.iter().map(|(k, _)| k.as_str()).collect();
     names.sort_unstable();
     names.dedup();
-    Some(format!("{prefix}{}", names.join(",")))
+    let params = names.join(",");
+    match (prefix.strip_suffix("params="), params.is_empty()) {
+        (Some(""), true) => None,
+        (Some(head), true) => Some(head.trim_end().to_owned()),
+        _ => Some(format!("{prefix}{params}")),
+    }
 }
 
 /// The record of one interaction, ready for the store.
@@ -173,6 +179,18 @@ pub(crate) fn entry(
     detail: Option<String>,
 ) -> AuditEntry {
     let time = Timestamp::now();
+    let mut touched = touched;
+    // A resource named up front (the subject of `$everything`) and found again with its
+    // version is one entity.
+    let versioned: Vec<(String, String)> = touched
+        .entities
+        .iter()
+        .filter(|e| e.version.is_some())
+        .map(|e| (e.resource_type.clone(), e.id.clone()))
+        .collect();
+    touched.entities.retain(|e| {
+        e.version.is_some() || !versioned.contains(&(e.resource_type.clone(), e.id.clone()))
+    });
     let mut record = AuditRecord {
         time,
         category: Category::Data,

@@ -569,3 +569,129 @@ async fn two_replicas_seal_one_gap_free_chain() {
     let (ok, output) = verify(&a, &[]).await;
     assert!(ok, "{output}");
 }
+
+/// The Elasticsearch index template in deploy/logging maps every field Haven emits, with the
+/// type ECS 8.11 gives it (strict mapping: a field it lacked would be refused at ingest).
+#[test]
+fn the_index_template_maps_every_emitted_field_with_its_ecs_type() {
+    let template: Value = serde_json::from_str(include_str!(
+        "../../../../deploy/logging/haven-audit-template.json"
+    ))
+    .expect("template JSON");
+    let schema: Value =
+        serde_json::from_str(include_str!("../data/ecs_flat_8.11.json")).expect("ECS fields");
+    let mut mapped = std::collections::HashMap::new();
+    fn walk(prefix: &str, props: &Value, out: &mut std::collections::HashMap<String, String>) {
+        for (k, v) in props.as_object().unwrap() {
+            let name = if prefix.is_empty() {
+                k.clone()
+            } else {
+                format!("{prefix}.{k}")
+            };
+            if let Some(children) = v.get("properties") {
+                walk(&name, children, out);
+            } else if let Some(t) = v["type"].as_str() {
+                out.insert(name, t.to_owned());
+            }
+        }
+    }
+    walk(
+        "",
+        &template["template"]["mappings"]["properties"],
+        &mut mapped,
+    );
+    assert_eq!(template["template"]["mappings"]["dynamic"], "strict");
+    for field in haven_audit::ECS_FIELDS {
+        let t = mapped
+            .get(*field)
+            .unwrap_or_else(|| panic!("{field} is not mapped in the index template"));
+        if let Some(def) = schema["fields"].get(*field) {
+            assert_eq!(t, def["type"].as_str().unwrap(), "{field}");
+        } else {
+            assert!(
+                field.starts_with("haven.") || field.starts_with("labels."),
+                "{field} is neither ECS nor a custom Haven field"
+            );
+        }
+    }
+}
+
+/// On PostgreSQL, Haven runs as an application role that may only SELECT and INSERT the audit
+/// tables: with its credentials, no record can be changed or removed, and the append-only
+/// triggers cannot be switched off.
+#[tokio::test]
+async fn the_application_role_cannot_change_or_remove_audit_records() {
+    if !postgres_backend() {
+        eprintln!(
+            "the_application_role_...: roles exist on PostgreSQL only; see HAVEN_TEST_BACKEND=postgres"
+        );
+        return;
+    }
+    use sqlx::Connection as _;
+    let owner = spawn_app().await;
+    let owner_url = owner.database_url().unwrap();
+    let role = format!("haven_app_{}", std::process::id());
+    exec(
+        &owner,
+        &format!("DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN"),
+    )
+    .await;
+    let mut grant = owner.cli();
+    grant.args(["db", "grant", "--app-role", &role]);
+    let out = run(grant).await;
+    assert!(out.status.success(), "{}", text(&out));
+
+    // Haven itself runs fine as that role: reads, writes, auditing and sealing.
+    let app_url = owner_url.replacen("postgres://postgres@", &format!("postgres://{role}@"), 1);
+    assert_ne!(
+        app_url, owner_url,
+        "cannot derive the role's URL from {owner_url}"
+    );
+    let mut app = crate::helpers::spawn_app_with(&[("HAVEN_DATABASE_URL", app_url.as_str())]).await;
+    let p = app.create(&patient()).await;
+    app.get(&format!("Patient/{}", p["id"].as_str().unwrap()))
+        .await
+        .assert_status(200);
+    app.sigterm();
+    assert!(app.wait_exit(Duration::from_secs(20)).await.success());
+
+    let mut c = sqlx::PgConnection::connect(&app_url).await.unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_chain")
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+    assert!(n >= 2, "the role's server sealed its records ({n})");
+    for sql in [
+        "UPDATE audit_event SET record = 'x'",
+        "DELETE FROM audit_event",
+        "DELETE FROM audit_chain",
+        "TRUNCATE audit_checkpoint",
+        "ALTER TABLE audit_event DISABLE TRIGGER USER",
+        "DROP TRIGGER audit_chain_append_only ON audit_chain",
+        "DELETE FROM _sqlx_migrations",
+    ] {
+        let err = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&mut c)
+            .await
+            .expect_err(sql);
+        let msg = err.to_string();
+        assert!(
+            msg.contains("permission denied") || msg.contains("must be owner"),
+            "{sql}: {msg}"
+        );
+    }
+    let _ = c.close().await;
+    exec(&owner, &format!("DROP OWNED BY {role}")).await;
+    drop(owner);
+    exec_admin(&format!("DROP ROLE IF EXISTS {role}")).await;
+}
+
+async fn exec_admin(sql: &str) {
+    use sqlx::Connection as _;
+    let admin = std::env::var("HAVEN_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let mut c = sqlx::PgConnection::connect(&admin).await.unwrap();
+    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+        .execute(&mut c)
+        .await;
+}
