@@ -146,6 +146,8 @@ impl FhirResponse {
 pub struct FhirService {
     store: Arc<dyn ResourceStore>,
     config: ServiceConfig,
+    /// Group commit for reads' audit records; without one, each is its own unit of work.
+    audit_batcher: Option<audit::AuditBatcher>,
 }
 
 impl std::fmt::Debug for FhirService {
@@ -159,7 +161,18 @@ impl std::fmt::Debug for FhirService {
 impl FhirService {
     #[must_use]
     pub fn new(store: Arc<dyn ResourceStore>, config: ServiceConfig) -> Self {
-        Self { store, config }
+        Self {
+            store,
+            config,
+            audit_batcher: None,
+        }
+    }
+
+    /// Writes reads' audit records through `batcher` (see `audit::batch`).
+    #[must_use]
+    pub fn with_audit_batcher(mut self, batcher: audit::AuditBatcher) -> Self {
+        self.audit_batcher = Some(batcher);
+        self
     }
 
     #[must_use]

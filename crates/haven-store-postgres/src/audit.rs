@@ -36,6 +36,58 @@ pub(crate) async fn insert(conn: &mut PgConnection, e: AuditEntry) -> Result<(),
     Ok(())
 }
 
+/// Many events: one insert from arrays for the events (in chunks), one for their patients. The
+/// rows are inserted in array order (`ORDER BY o`), so the identity ids they take grow in that
+/// order; the returned ids, sorted, belong to the entries in order.
+pub(crate) async fn insert_many(
+    conn: &mut PgConnection,
+    entries: Vec<AuditEntry>,
+) -> Result<(), StoreError> {
+    for chunk in entries.chunks(1000) {
+        let times: Vec<i64> = chunk.iter().map(|e| e.time.micros()).collect();
+        let records: Vec<Vec<u8>> = chunk.iter().map(|e| e.record.clone()).collect();
+        let mut ids: Vec<i64> = sqlx::query_scalar(
+            "INSERT INTO audit_event (time, record) \
+             SELECT t, r FROM unnest($1::bigint[], $2::bytea[]) WITH ORDINALITY AS u(t, r, o) \
+             ORDER BY o RETURNING id",
+        )
+        .bind(times)
+        .bind(records)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(map_err)?;
+        ids.sort_unstable();
+        if ids.len() != chunk.len() {
+            return Err(StoreError::Internal(
+                "audit insert returned too few ids".into(),
+            ));
+        }
+        let mut patients = Vec::new();
+        let mut event_ids = Vec::new();
+        let mut event_times = Vec::new();
+        for (e, id) in chunk.iter().zip(&ids) {
+            for p in &e.patients {
+                patients.push(p.clone());
+                event_ids.push(*id);
+                event_times.push(e.time.micros());
+            }
+        }
+        if !patients.is_empty() {
+            sqlx::query(
+                "INSERT INTO audit_patient (patient, event_id, time) \
+                 SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[])",
+            )
+            .bind(patients)
+            .bind(event_ids)
+            .bind(event_times)
+            .execute(&mut *conn)
+            .await
+            .map_err(map_err)?;
+        }
+    }
+    Ok(())
+}
+
 pub(crate) async fn head(conn: &mut PgConnection) -> Result<Option<ChainHead>, StoreError> {
     let row = sqlx::query(q::head(true))
         .fetch_optional(&mut *conn)

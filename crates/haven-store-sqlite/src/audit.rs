@@ -31,6 +31,45 @@ pub(crate) async fn insert(conn: &mut SqliteConnection, e: AuditEntry) -> Result
     Ok(())
 }
 
+/// Many events: one multi-row insert for the events (in chunks), one for their patients.
+pub(crate) async fn insert_many(
+    conn: &mut SqliteConnection,
+    entries: Vec<AuditEntry>,
+) -> Result<(), StoreError> {
+    for chunk in entries.chunks(500) {
+        let rows = statement(q::insert_events_values(chunk))
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(map_err)?;
+        let mut ids = rows
+            .iter()
+            .map(|r| r.try_get::<i64, _>(0).map_err(map_err))
+            .collect::<Result<Vec<_>, _>>()?;
+        ids.sort_unstable();
+        if ids.len() != chunk.len() {
+            return Err(StoreError::Internal(
+                "audit insert returned too few ids".into(),
+            ));
+        }
+        let patients: Vec<(String, i64, i64)> = chunk
+            .iter()
+            .zip(&ids)
+            .flat_map(|(e, id)| {
+                e.patients
+                    .iter()
+                    .map(move |p| (p.clone(), *id, e.time.micros()))
+            })
+            .collect();
+        for part in patients.chunks(1000) {
+            statement(q::insert_patient_rows(part, PH))
+                .execute(&mut *conn)
+                .await
+                .map_err(map_err)?;
+        }
+    }
+    Ok(())
+}
+
 pub(crate) async fn head(conn: &mut SqliteConnection) -> Result<Option<ChainHead>, StoreError> {
     let row = sqlx::query(q::head(false))
         .fetch_optional(&mut *conn)

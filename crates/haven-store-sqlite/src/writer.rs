@@ -259,6 +259,11 @@ impl WriteTx for SqliteTx<'_> {
         self.track(r)
     }
 
+    async fn audit_many(&mut self, entries: Vec<AuditEntry>) -> Result<(), StoreError> {
+        let r = audit::insert_many(self.conn, entries).await;
+        self.track(r)
+    }
+
     async fn audit_head(&mut self) -> Result<Option<ChainHead>, StoreError> {
         let r = audit::head(self.conn).await;
         self.track(r)

@@ -280,3 +280,51 @@ pub async fn audit_reads_serve_verification_and_accounting(store: &dyn ResourceS
     let links = store.audit_links(2, 10).await.unwrap();
     assert_eq!(links.iter().map(|l| l.seq).collect::<Vec<_>>(), [3, 4]);
 }
+
+/// Records written many at a time (concurrent reads' records in one unit) each keep their own
+/// patients, also when two such units write at once (on PostgreSQL their ids interleave).
+pub async fn audit_many_keeps_each_record_with_its_patients(store: &dyn ResourceStore) {
+    let unit = |prefix: &'static str| {
+        let entries: Vec<AuditEntry> = (0..1_200)
+            .map(|i| {
+                let patient = format!("{prefix}{}", i % 7);
+                entry(&format!("{prefix}-{i:04}"), 1_000 + i, &[patient.as_str()])
+            })
+            .collect();
+        run_write(store, move |tx: &mut dyn WriteTx| {
+            Box::pin(async move { tx.audit_many(entries).await })
+        })
+    };
+    let (a, b) = futures::join!(unit("a"), unit("b"));
+    a.unwrap();
+    b.unwrap();
+    for prefix in ["a", "b"] {
+        for k in 0..7 {
+            let mut got = Vec::new();
+            let mut after = 0;
+            loop {
+                let page = store
+                    .audit_for_patient(
+                        &format!("{prefix}{k}"),
+                        Timestamp::from_micros(0),
+                        Timestamp::from_micros(1_000_000),
+                        after,
+                        100,
+                    )
+                    .await
+                    .unwrap();
+                let Some(last) = page.last() else { break };
+                after = last.id;
+                got.extend(
+                    page.into_iter()
+                        .map(|e| String::from_utf8(e.record).unwrap()),
+                );
+            }
+            let expected: Vec<String> = (0..1_200)
+                .filter(|i| i % 7 == k)
+                .map(|i| format!("{prefix}-{i:04}"))
+                .collect();
+            assert_eq!(got, expected, "patient {prefix}{k}");
+        }
+    }
+}

@@ -62,6 +62,7 @@ macro_rules! store_contract_tests {
             sealing_takes_every_event_once_in_a_gap_free_chain,
             sealing_waits_for_an_event_that_commits_late,
             audit_reads_serve_verification_and_accounting,
+            audit_many_keeps_each_record_with_its_patients,
         );
     };
     (@each $make:expr; $($name:ident),* $(,)?) => {

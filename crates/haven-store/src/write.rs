@@ -68,6 +68,10 @@ pub trait WriteTx: Send {
     /// Records an audit event in this unit: it commits, or rolls back, with the data.
     async fn audit(&mut self, entry: AuditEntry) -> Result<(), StoreError>;
 
+    /// Records many audit events in a few multi-row statements (the records of concurrent
+    /// reads, collected into one unit of work).
+    async fn audit_many(&mut self, entries: Vec<AuditEntry>) -> Result<(), StoreError>;
+
     /// The newest chain link. Call [`WriteTx::lock_criteria`] with the sealer's key first, so
     /// one sealer at a time extends the chain.
     async fn audit_head(&mut self) -> Result<Option<ChainHead>, StoreError>;

@@ -134,14 +134,19 @@ pub async fn run(config: Config, role: Role, audit_writes: bool) -> anyhow::Resu
         .clone()
         .map(|u| u.trim_end_matches('/').to_owned())
         .unwrap_or_else(|| format!("http://{local}{}", haven_http::FHIR_BASE));
-    let service = Arc::new(FhirService::new(
-        store.clone(),
-        ServiceConfig {
-            limits: config.limits(),
-            base_url: base_url.clone(),
-            audit_writes,
-        },
-    ));
+    let (batcher, batching) = haven_service::audit::AuditBatcher::new(store.clone(), 4_096);
+    tokio::spawn(batching);
+    let service = Arc::new(
+        FhirService::new(
+            store.clone(),
+            ServiceConfig {
+                limits: config.limits(),
+                base_url: base_url.clone(),
+                audit_writes,
+            },
+        )
+        .with_audit_batcher(batcher),
+    );
     if !audit_writes {
         tracing::warn!(
             "audit records are OFF (--benchmark-without-audit): accesses are not recorded; \

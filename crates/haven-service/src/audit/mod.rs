@@ -13,6 +13,7 @@
 //!
 //! The sealer (`seal`) then chains committed records and signs checkpoints.
 
+pub mod batch;
 pub mod seal;
 
 use haven_audit::{Actor, AuditRecord, Category, Entity, Outcome};
@@ -24,6 +25,7 @@ use serde_json::{Map, Value};
 
 use crate::{FhirService, RequestContext, ServiceError};
 
+pub use batch::AuditBatcher;
 pub use seal::{AuditOutput, Round, Sealer, SealerConfig};
 
 /// The patients whose compartment `resource` (of type `ty`) is in: itself for a Patient, and
@@ -221,6 +223,9 @@ impl FhirService {
     pub(crate) async fn audit_alone(&self, entry: AuditEntry) -> Result<(), ServiceError> {
         if !self.config.audit_writes {
             return Ok(());
+        }
+        if let Some(batcher) = &self.audit_batcher {
+            return batcher.record(entry).await.map_err(refused);
         }
         run_write(self.store.as_ref(), move |tx: &mut dyn WriteTx| {
             Box::pin(async move {
