@@ -143,6 +143,17 @@ async fn record_security(
     status: u16,
     detail: String,
 ) -> Result<(), StoreError> {
+    record_operator(store, action, status, detail, Vec::new()).await
+}
+
+/// Records what an operator did at the command line (in its own unit).
+async fn record_operator(
+    store: &dyn ResourceStore,
+    action: &str,
+    status: u16,
+    detail: String,
+    patients: Vec<String>,
+) -> Result<(), StoreError> {
     let time = Timestamp::now();
     let mut r = AuditRecord {
         time,
@@ -159,14 +170,14 @@ async fn record_security(
         request_id: None,
         purpose_of_use: None,
         entities: Vec::new(),
-        patients: Vec::new(),
+        patients,
         detail: Some(detail),
     };
     r.normalize();
     let entry = AuditEntry {
         time,
+        patients: r.patients.clone(),
         record: r.canonical(),
-        patients: Vec::new(),
     };
     run_write(store, move |tx: &mut dyn WriteTx| {
         Box::pin(async move { tx.audit(entry).await })
@@ -368,6 +379,20 @@ pub async fn report(
     until: Timestamp,
     json: bool,
 ) -> anyhow::Result<()> {
+    // Producing a patient's accounting is itself an access to their data, and recorded first.
+    record_operator(
+        store.as_ref(),
+        "audit-report",
+        200,
+        format!(
+            "since={} until={}",
+            since.to_instant_string(),
+            until.to_instant_string()
+        ),
+        vec![patient.to_owned()],
+    )
+    .await
+    .context("cannot record this report in the audit trail; nothing is shown")?;
     let mut rows = Vec::new();
     let mut after = 0i64;
     loop {
