@@ -531,6 +531,7 @@ impl FhirService {
                 })
                 .await;
                 if let Err(e) = &r
+                    && audit_writes
                     && audit::worth_recording(e)
                 {
                     // Nothing was written; the refusal is recorded on its own.
@@ -553,6 +554,9 @@ impl FhirService {
         named: impl FnOnce(&mut Touched),
     ) -> Result<Done, ServiceError> {
         let r = r.and_then(read_result);
+        if !self.config.audit_writes {
+            return r;
+        }
         if let Err(e) = &r
             && !audit::worth_recording(e)
         {

@@ -61,7 +61,7 @@ pub struct ServiceConfig {
     pub limits: Limits,
     /// Absolute base URL of the FHIR endpoint, used in `Location` and `Bundle.entry.fullUrl`.
     pub base_url: String,
-    /// Whether audit records are written. Always true in service; only the benchmark harness
+    /// Whether audit records are built and written. Always true in service; only the benchmark harness
     /// turns it off (`haven serve --benchmark-without-audit`), to measure what auditing costs.
     pub audit_writes: bool,
 }

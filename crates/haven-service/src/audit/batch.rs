@@ -56,23 +56,46 @@ impl AuditBatcher {
     }
 }
 
+/// Batches being written at once. More than one: while one waits for its disk sync, the next
+/// can be on its way (on SQLite the writer then commits them together; on PostgreSQL their
+/// commits overlap), so a read waits for at most about one sync, not for the one before too.
+const IN_FLIGHT: usize = 4;
+
 async fn run(store: Arc<dyn ResourceStore>, mut rx: mpsc::Receiver<(AuditEntry, Ack)>) {
-    while let Some(first) = rx.next().await {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
+    use futures::stream::FuturesUnordered;
+    let mut writing = FuturesUnordered::new();
+    loop {
+        if writing.len() >= IN_FLIGHT {
+            writing.next().await;
+            continue;
+        }
+        futures::select! {
+            job = rx.next() => {
+                let Some(first) = job else { break };
+                let mut batch = vec![first];
+                while batch.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(job) => batch.push(job),
+                        Err(_) => break,
+                    }
+                }
+                writing.push(write(store.clone(), batch));
             }
+            () = writing.select_next_some() => {}
         }
-        let (entries, acks): (Vec<AuditEntry>, Vec<Ack>) = batch.into_iter().unzip();
-        let result = run_write(store.as_ref(), move |tx: &mut dyn WriteTx| {
-            Box::pin(async move { tx.audit_many(entries).await })
-        })
-        .await
-        .map_err(|e| e.to_string());
-        for ack in acks {
-            let _ = ack.send(result.clone());
-        }
+    }
+    while writing.next().await.is_some() {}
+}
+
+/// Writes one batch as one unit of work and answers every record of it.
+async fn write(store: Arc<dyn ResourceStore>, batch: Vec<(AuditEntry, Ack)>) {
+    let (entries, acks): (Vec<AuditEntry>, Vec<Ack>) = batch.into_iter().unzip();
+    let result = run_write(store.as_ref(), move |tx: &mut dyn WriteTx| {
+        Box::pin(async move { tx.audit_many(entries).await })
+    })
+    .await
+    .map_err(|e| e.to_string());
+    for ack in acks {
+        let _ = ack.send(result.clone());
     }
 }
