@@ -769,8 +769,14 @@ impl FhirService {
                     if audit_writes {
                         let mut t = Touched::default();
                         for (_, d) in &done {
-                            if let Some(v) = &d.version {
-                                t.version(v);
+                            for v in d.version.iter().chain(&d.also) {
+                                audit::touch_written(tx, &mut t, v).await.map_err(|error| {
+                                    EntryFailure {
+                                        index: None,
+                                        error,
+                                        changed: false,
+                                    }
+                                })?;
                             }
                         }
                         let detail = Some(format!("entries={}", done.len()));
@@ -829,6 +835,7 @@ impl FhirService {
                             version: None,
                             located: false,
                             write: false,
+                            also: Vec::new(),
                         }));
                     }
                     Err(err) => outcomes[i] = Some(Err(err)),
@@ -959,6 +966,7 @@ impl FhirService {
             version: None,
             last_modified: None,
             resource_type: None,
+            audit: None,
         })
     }
 }

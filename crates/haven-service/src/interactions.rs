@@ -21,6 +21,9 @@ pub(crate) struct Done {
     pub located: bool,
     /// Whether the step changed data (so `Prefer: return=` applies).
     pub write: bool,
+    /// Further versions the step wrote (a conditional delete of several resources), for the
+    /// audit record.
+    pub also: Vec<StoredVersion>,
 }
 
 fn gone(v: &StoredVersion) -> ServiceError {
@@ -94,6 +97,7 @@ pub(crate) async fn apply(tx: &mut dyn WriteTx, op: Op) -> Result<Done, ServiceE
                         version: Some(v),
                         located: true,
                         write: false,
+                        also: Vec::new(),
                     })
                 }
                 _ => Err(ServiceError::PreconditionFailed(
@@ -149,6 +153,7 @@ pub(crate) async fn apply(tx: &mut dyn WriteTx, op: Op) -> Result<Done, ServiceE
                 )));
             }
             let mut last = None;
+            let mut also = Vec::new();
             for (t, id) in found {
                 let done = Box::pin(apply(
                     tx,
@@ -159,13 +164,16 @@ pub(crate) async fn apply(tx: &mut dyn WriteTx, op: Op) -> Result<Done, ServiceE
                     },
                 ))
                 .await?;
-                last = done.version.or(last);
+                if let Some(v) = done.version {
+                    also.extend(last.replace(v));
+                }
             }
             Ok(Done {
                 status: 204,
                 version: last,
                 located: false,
                 write: true,
+                also,
             })
         }
         Op::Create {
@@ -182,6 +190,7 @@ pub(crate) async fn apply(tx: &mut dyn WriteTx, op: Op) -> Result<Done, ServiceE
                 version: Some(stored),
                 located: true,
                 write: true,
+                also: Vec::new(),
             })
         }
         Op::Insert {
@@ -206,6 +215,7 @@ pub(crate) async fn apply(tx: &mut dyn WriteTx, op: Op) -> Result<Done, ServiceE
                 version: Some(stored),
                 located: true,
                 write: true,
+                also: Vec::new(),
             })
         }
         Op::Replace {
@@ -240,6 +250,7 @@ pub(crate) async fn apply(tx: &mut dyn WriteTx, op: Op) -> Result<Done, ServiceE
                 version: Some(stored),
                 located: created,
                 write: true,
+                also: Vec::new(),
             })
         }
         Op::Update {
@@ -268,6 +279,7 @@ pub(crate) async fn apply(tx: &mut dyn WriteTx, op: Op) -> Result<Done, ServiceE
                 version: Some(stored),
                 located: created,
                 write: true,
+                also: Vec::new(),
             })
         }
         Op::Patch {
@@ -320,6 +332,7 @@ pub(crate) async fn apply(tx: &mut dyn WriteTx, op: Op) -> Result<Done, ServiceE
                 version: Some(stored),
                 located: false,
                 write: true,
+                also: Vec::new(),
             })
         }
         Op::Delete { ty, id, if_match } => {
@@ -347,6 +360,7 @@ pub(crate) async fn apply(tx: &mut dyn WriteTx, op: Op) -> Result<Done, ServiceE
                         version: Some(stored),
                         located: false,
                         write: true,
+                        also: Vec::new(),
                     })
                 }
                 _ => Ok(Done {
@@ -354,6 +368,7 @@ pub(crate) async fn apply(tx: &mut dyn WriteTx, op: Op) -> Result<Done, ServiceE
                     version: None,
                     located: false,
                     write: true,
+                    also: Vec::new(),
                 }),
             }
         }
@@ -382,6 +397,7 @@ pub(crate) fn read_result(v: StoredVersion) -> Result<Done, ServiceError> {
         version: Some(v),
         located: false,
         write: false,
+        also: Vec::new(),
     })
 }
 
@@ -516,8 +532,8 @@ impl FhirService {
                                 let done = apply(tx, op).await?;
                                 if audit_writes {
                                     let mut t = Touched::default();
-                                    if let Some(v) = &done.version {
-                                        t.version(v);
+                                    for v in done.version.iter().chain(&done.also) {
+                                        audit::touch_written(tx, &mut t, v).await?;
                                     }
                                     tx.audit(audit::entry(&who, action, done.status, t, None))
                                         .await
@@ -639,6 +655,7 @@ impl FhirService {
                 version: None,
                 last_modified: None,
                 resource_type: None,
+                audit: None,
             };
         };
         let location = done.located.then(|| {
@@ -671,6 +688,7 @@ impl FhirService {
             location,
             version: Some(v.version),
             last_modified: Some(v.last_updated),
+            audit: None,
         }
     }
 }

@@ -128,6 +128,9 @@ pub struct FhirResponse {
     pub last_modified: Option<Timestamp>,
     /// Type of the resource in `body`, when it is a single resource.
     pub resource_type: Option<ResourceType>,
+    /// What the answer disclosed, gathered where the full stored resources were at hand (a
+    /// search page before `_elements`/`_summary` trimmed them); `None`: read it from `body`.
+    pub(crate) audit: Option<audit::Touched>,
 }
 
 impl FhirResponse {
@@ -139,6 +142,7 @@ impl FhirResponse {
             version: None,
             last_modified: None,
             resource_type: None,
+            audit: None,
         }
     }
 }

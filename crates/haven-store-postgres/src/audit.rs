@@ -161,6 +161,22 @@ pub(crate) async fn checkpoint(
     Ok(())
 }
 
+pub(crate) async fn last_checkpoint(
+    conn: &mut PgConnection,
+) -> Result<Option<(i64, Timestamp)>, StoreError> {
+    let row = sqlx::query(q::LAST_CHECKPOINT)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(map_err)?;
+    row.map(|r| {
+        Ok((
+            r.try_get(0).map_err(map_err)?,
+            Timestamp::from_micros(r.try_get(1).map_err(map_err)?),
+        ))
+    })
+    .transpose()
+}
+
 pub(crate) async fn links(
     conn: &mut PgConnection,
     after_seq: i64,

@@ -133,9 +133,11 @@ const HORIZON_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 /// every transaction below it has ended. Run it before the statement that reads with it: a
 /// transaction that gets its id afterwards gets one at or above `xmax`.
 ///
-/// `pg_stat_activity.backend_xid` is a 32-bit xid; it is widened to the 64-bit form stored in
-/// `resource_version.txid` with the epoch of the snapshot's `xmax` (a running transaction is
-/// never 2^31 transactions old). It lists the sessions of roles whose activity this role may
+/// `pg_snapshot_xmax` is one past the newest *completed* transaction, so running transactions
+/// may have ids above it as well as below. `pg_stat_activity.backend_xid` is a 32-bit xid; it
+/// is widened to the 64-bit form stored in `resource_version.txid` with the epoch of `xmax`,
+/// corrected when the two are more than 2^31 apart (across an epoch boundary): running
+/// transactions are always within 2^31 of each other. It lists the sessions of roles whose activity this role may
 /// see: Haven's replicas share one role, or the role has `pg_read_all_stats`.
 pub(crate) const HORIZON_SQL: &str = "\
     WITH s AS (SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS next), \
@@ -145,7 +147,9 @@ pub(crate) const HORIZON_SQL: &str = "\
         WHERE a.datname = current_database() AND a.backend_xid IS NOT NULL \
           AND a.pid <> pg_backend_pid()) \
     SELECT LEAST((SELECT next FROM s), \
-                 (SELECT min(CASE WHEN x > next THEN x - 4294967296 ELSE x END) FROM running))";
+                 (SELECT min(CASE WHEN x > next + 2147483648 THEN x - 4294967296 \
+                                  WHEN x < next - 2147483648 THEN x + 4294967296 \
+                                  ELSE x END) FROM running))";
 
 /// History, newest first, with keyset paging on `(txid, seq)` (query text and page assembly
 /// shared in `haven_store::sql`).

@@ -287,6 +287,13 @@ impl WriteTx for SqliteTx<'_> {
         let r = audit::checkpoint(self.conn, checkpoint).await;
         self.track(r)
     }
+
+    async fn audit_last_checkpoint(
+        &mut self,
+    ) -> Result<Option<(i64, haven_domain::Timestamp)>, StoreError> {
+        let r = audit::last_checkpoint(self.conn).await;
+        self.track(r)
+    }
 }
 
 impl SqliteTx<'_> {

@@ -4,7 +4,7 @@ use std::any::Any;
 
 use async_trait::async_trait;
 use futures::future::BoxFuture;
-use haven_domain::{ResourceId, ResourceType, VersionId};
+use haven_domain::{ResourceId, ResourceType, Timestamp, VersionId};
 
 use crate::{
     AuditEntry, AuditPos, ChainHead, ChainLink, CurrentState, IndexRow, NewVersion, ResourceStore,
@@ -90,6 +90,10 @@ pub trait WriteTx: Send {
 
     /// Stores a signed checkpoint.
     async fn audit_checkpoint(&mut self, checkpoint: StoredCheckpoint) -> Result<(), StoreError>;
+
+    /// The newest checkpoint's (seq, time), as the sealer decides whether one is due (read
+    /// under its lock: another replica may have signed one since).
+    async fn audit_last_checkpoint(&mut self) -> Result<Option<(i64, Timestamp)>, StoreError>;
 }
 
 /// The future a unit of work returns; it borrows the transaction for its whole run.

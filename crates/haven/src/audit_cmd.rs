@@ -73,6 +73,14 @@ fn check_private(path: &Path) -> anyhow::Result<()> {
 /// The sealer of this process, configured.
 pub async fn sealer(config: &Config, store: Arc<dyn ResourceStore>) -> anyhow::Result<Sealer> {
     let key = signing_key(config)?;
+    if config.database_url.is_some() && config.audit.signing_key.is_none() {
+        tracing::warn!(
+            key_id = %key.key_id(),
+            "audit checkpoints are signed with a key generated in this replica's data directory; \
+             with several replicas set audit.signing_key (one mounted secret for all), or each \
+             signs with its own key and `haven audit verify` needs every public key"
+        );
+    }
     let output = match config.audit.output.as_str() {
         "off" => AuditOutput::Off,
         "stdout" => AuditOutput::Stdout,
@@ -189,6 +197,8 @@ async fn record_operator(
 fn first_bad(b: &Break) -> u64 {
     match b.reason {
         BreakReason::Gap { expected } if expected < b.seq => expected,
+        // The chain ends before a checkpoint: the first record missing is the one after its end.
+        BreakReason::CheckpointBeyondEnd { last_seq } => last_seq + 1,
         _ => b.seq,
     }
 }
@@ -256,6 +266,7 @@ pub async fn verify(
     for p in checkpoint_logs {
         let text =
             std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
+        let before = from_logs;
         for cp in text.lines().filter_map(Checkpoint::from_log_line) {
             from_logs += 1;
             match by_seq.get(&cp.seq) {
@@ -272,6 +283,34 @@ pub async fn verify(
                 None => {
                     by_seq.insert(cp.seq, cp);
                 }
+            }
+        }
+        if from_logs == before {
+            bail!(
+                "{} holds no Haven checkpoint line; give Haven's audit output (one JSON object per \
+                 line, as written to audit.output), not an export in another shape",
+                p.display()
+            );
+        }
+    }
+    // Seal what a stopped server left unsealed (as its next start would), so what remains
+    // outside the chain afterwards is a real finding.
+    if let Ok(key) = signing_key(config) {
+        let sealer = Sealer::new(
+            store.clone(),
+            key,
+            AuditOutput::Off,
+            SealerConfig::default(),
+        )
+        .await
+        .context("cannot prepare to seal")?;
+        loop {
+            let r = sealer
+                .round(false)
+                .await
+                .context("cannot seal pending records")?;
+            if r.sealed < u64::from(sealer.batch()) {
+                break;
             }
         }
     }
@@ -343,9 +382,17 @@ pub async fn verify(
     }
     if unsealed > 0 {
         println!(
-            "warning: {unsealed} records older than a minute are not sealed yet; is a Haven \
-             server running? (it seals continuously)"
+            "audit trail BROKEN: {unsealed} records older than a minute are outside the chain \
+             (sealing passed them by: a restored database, or links inserted out of order)"
         );
+        let _ = record_security(
+            store.as_ref(),
+            "audit-verify",
+            409,
+            format!("{unsealed} records outside the chain"),
+        )
+        .await;
+        return Ok(false);
     }
     let _ = record_security(
         store.as_ref(),

@@ -203,7 +203,10 @@ fn main() -> ExitCode {
                 store.close().await;
                 Ok(())
             });
-            if code == ExitCode::SUCCESS && !intact {
+            // 0 intact, 1 broken, 2 could not check (database, key, files).
+            if code != ExitCode::SUCCESS {
+                ExitCode::from(2)
+            } else if !intact {
                 ExitCode::from(1)
             } else {
                 code

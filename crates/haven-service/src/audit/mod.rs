@@ -56,7 +56,7 @@ pub(crate) fn patients_of(ty: ResourceType, resource: &Map<String, Value>, out: 
 }
 
 /// What an interaction touched, gathered for its record.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct Touched {
     pub entities: Vec<Entity>,
     pub patients: Vec<String>,
@@ -70,6 +70,18 @@ impl Touched {
             id: v.id.as_str().to_owned(),
             version: Some(v.version.get()),
         });
+        if let Some(body) = &v.body
+            && let Ok(Value::Object(m)) = serde_json::from_slice::<Value>(body)
+        {
+            patients_of(v.resource_type, &m, &mut self.patients);
+        }
+    }
+
+    /// The patients a stored version's body places it with (nothing for a deletion marker).
+    pub(crate) fn patients_of_version(&mut self, v: &StoredVersion) {
+        if v.resource_type.as_str() == "Patient" {
+            self.patients.push(v.id.as_str().to_owned());
+        }
         if let Some(body) = &v.body
             && let Ok(Value::Object(m)) = serde_json::from_slice::<Value>(body)
         {
@@ -161,7 +173,24 @@ pub(crate) fn worth_recording(e: &ServiceError) -> bool {
 
 /// The names (never the values) of request parameters, for a record's detail.
 pub(crate) fn parameter_names(prefix: &str, pairs: &[(String, String)]) -> Option<String> {
-    let mut names: Vec<&str> = pairs.iter().map(|(k, _)| k.as_str()).collect();
+    // A name that does not look like a search parameter (`?John%20Smith`) could itself be
+    // PHI: it is counted, not written.
+    let plausible = |k: &str| {
+        !k.is_empty()
+            && k.len() <= 64
+            && k.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | ':' | '.'))
+    };
+    let odd = pairs.iter().filter(|(k, _)| !plausible(k)).count();
+    let mut names: Vec<&str> = pairs
+        .iter()
+        .map(|(k, _)| k.as_str())
+        .filter(|k| plausible(k))
+        .collect();
+    let odd_name = format!("({odd} other)");
+    if odd > 0 {
+        names.push(&odd_name);
+    }
     names.sort_unstable();
     names.dedup();
     let params = names.join(",");
@@ -217,6 +246,31 @@ pub(crate) fn entry(
     }
 }
 
+/// What a write touched: the version written and its patients. A deletion stores no body, so
+/// the patients come from the version it deleted.
+pub(crate) async fn touch_written(
+    tx: &mut dyn WriteTx,
+    t: &mut Touched,
+    v: &StoredVersion,
+) -> Result<(), ServiceError> {
+    t.version(v);
+    if v.is_deleted() {
+        if v.resource_type.as_str() == "Patient" {
+            t.patients.push(v.id.as_str().to_owned());
+        }
+        if let Some(prev) = v
+            .version
+            .get()
+            .checked_sub(1)
+            .and_then(haven_domain::VersionId::from_u64)
+            && let Some(before) = tx.read_version(v.resource_type, &v.id, prev).await?
+        {
+            t.patients_of_version(&before);
+        }
+    }
+    Ok(())
+}
+
 impl FhirService {
     /// Makes `entry` durable in a unit of its own, before the answer it describes is sent. A
     /// failure is a 503: the data is not served unaudited.
@@ -252,11 +306,13 @@ impl FhirService {
             action,
             result,
             |resp| {
-                let mut t = Touched::default();
+                let mut t = resp.audit.clone().unwrap_or_default();
                 if let Some((ty, id)) = subject {
                     t.named(ty, id);
                 }
-                if let Some(body) = &resp.body {
+                if resp.audit.is_none()
+                    && let Some(body) = &resp.body
+                {
                     t.bundle(body);
                 }
                 t

@@ -102,8 +102,6 @@ pub struct Sealer {
     key: Arc<SigningKey>,
     output: Arc<AuditOutput>,
     config: SealerConfig,
-    /// (seq, time) of the newest checkpoint this process knows of.
-    last_checkpoint: Mutex<Option<(u64, Timestamp)>>,
 }
 
 impl std::fmt::Debug for Sealer {
@@ -123,17 +121,11 @@ impl Sealer {
         output: AuditOutput,
         config: SealerConfig,
     ) -> Result<Self, StoreError> {
-        let last = store
-            .audit_checkpoints()
-            .await?
-            .last()
-            .map(|c| (u64::try_from(c.seq).unwrap_or(0), c.time));
         Ok(Self {
             store,
             key: Arc::new(key),
             output: Arc::new(output),
             config,
-            last_checkpoint: Mutex::new(last),
         })
     }
 
@@ -148,7 +140,6 @@ impl Sealer {
     pub async fn round(&self, force: bool) -> Result<Round, StoreError> {
         let key = self.key.clone();
         let batch = self.config.batch;
-        let last_cp = self.last_checkpoint.lock().map(|g| *g).unwrap_or(None);
         let every = self.config.checkpoint_every;
         let interval = self.config.checkpoint_interval;
         let (round, sealed_records, checkpoint) =
@@ -188,7 +179,12 @@ impl Sealer {
                         tx.seal_audit(links).await?;
                     }
                     let now = Timestamp::now();
-                    let since_cp = seq - last_cp.map_or(0, |c| c.0);
+                    // Read under the lock: another replica may have signed one meanwhile.
+                    let last_cp = tx
+                        .audit_last_checkpoint()
+                        .await?
+                        .map(|(s, t)| (u64::try_from(s).unwrap_or(0), t));
+                    let since_cp = seq.saturating_sub(last_cp.map_or(0, |c| c.0));
                     let due = since_cp > 0
                         && (force
                             || since_cp >= every
@@ -233,9 +229,6 @@ impl Sealer {
             .collect();
         if let Some(cp) = &checkpoint {
             lines.push(cp.to_log_line());
-            if let Ok(mut g) = self.last_checkpoint.lock() {
-                *g = Some((cp.seq, cp.time));
-            }
         }
         self.output.write_lines(&lines);
         Ok(round)

@@ -432,7 +432,17 @@ impl FhirService {
             link,
             entry,
         };
-        Ok(FhirResponse::json(200, bundle.to_bytes()?))
+        let mut response = FhirResponse::json(200, bundle.to_bytes()?);
+        if subsetting {
+            // The trimmed page may have lost the references that name each resource's patient:
+            // the record is taken from the stored resources instead.
+            let mut touched = crate::audit::Touched::default();
+            for f in page.matches.iter().chain(included.iter()) {
+                touched.version(&f.version);
+            }
+            response.audit = Some(touched);
+        }
+        Ok(response)
     }
 
     /// The resources `_include` and `_revinclude` add to a page (without the page's own).

@@ -145,6 +145,9 @@ pub const INSERT_CHECKPOINT: &str = "INSERT INTO audit_checkpoint (seq, hash, ti
 pub const LINKS: &str = "SELECT c.seq, c.event_id, e.record, c.hash FROM audit_chain c \
      LEFT JOIN audit_event e ON e.id = c.event_id WHERE c.seq > ? ORDER BY c.seq LIMIT ?";
 
+pub const LAST_CHECKPOINT: &str =
+    "SELECT seq, time FROM audit_checkpoint ORDER BY seq DESC LIMIT 1";
+
 pub const CHECKPOINTS: &str =
     "SELECT seq, hash, time, key_id, signature FROM audit_checkpoint ORDER BY seq";
 

@@ -483,16 +483,26 @@ async fn a_record_deleted_in_the_middle_is_named() {
 
 #[tokio::test]
 async fn records_deleted_at_the_end_are_caught_by_the_checkpoints() {
-    // The newest links removed: the last checkpoint seals records that are gone.
-    let (ok, out, _, _) =
-        tampered(|total| format!("DELETE FROM audit_chain WHERE seq > {}", total - 3)).await;
+    // The newest records and their links removed (removing links alone changes nothing: the
+    // records are still there, and sealing them again rebuilds the very same chain).
+    let cut = |total: i64| {
+        format!(
+            "DELETE FROM audit_patient WHERE event_id IN (SELECT event_id FROM audit_chain WHERE seq > {n}); \
+             DELETE FROM audit_event WHERE id IN (SELECT event_id FROM audit_chain WHERE seq > {n}); \
+             DELETE FROM audit_chain WHERE seq > {n};",
+            n = total - 3
+        )
+    };
+    let (ok, out, _, _) = tampered(&cut).await;
     assert!(!ok, "{out}");
+    assert!(out.contains("BROKEN"), "{out}");
     // And the checkpoints that covered them removed too: the database alone cannot tell, the
     // copies shipped in the audit output can.
     let (db_ok, db_out, log_ok, log_out) = tampered(|total| {
         format!(
-            "DELETE FROM audit_chain WHERE seq > {n}; DELETE FROM audit_checkpoint WHERE seq > {n};",
-            n = total - 3
+            "{} DELETE FROM audit_checkpoint WHERE seq > {};",
+            cut(total),
+            total - 3
         )
     })
     .await;
@@ -503,10 +513,11 @@ async fn records_deleted_at_the_end_are_caught_by_the_checkpoints() {
 
 #[tokio::test]
 async fn forged_checkpoints_are_caught() {
-    // A checkpoint's hash rewritten (e.g. to cover a rewritten chain).
+    // A checkpoint's hash rewritten (e.g. to cover a rewritten chain). The newest checkpoint,
+    // at the end of the chain: the first one may seal record 1, whose hash this would not change.
     let (ok, out, _, _) = tampered(|_| {
         "UPDATE audit_checkpoint SET hash = (SELECT hash FROM audit_chain WHERE seq = 1) \
-         WHERE seq = (SELECT min(seq) FROM audit_checkpoint)"
+         WHERE seq = (SELECT max(seq) FROM audit_checkpoint)"
             .into()
     })
     .await;
@@ -514,7 +525,7 @@ async fn forged_checkpoints_are_caught() {
     // A checkpoint signed with another key.
     let (ok, out, _, _) = tampered(|_| {
         "UPDATE audit_checkpoint SET key_id = '0000000000000000' \
-         WHERE seq = (SELECT min(seq) FROM audit_checkpoint)"
+         WHERE seq = (SELECT max(seq) FROM audit_checkpoint)"
             .into()
     })
     .await;
@@ -694,4 +705,51 @@ async fn exec_admin(sql: &str) {
     let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
         .execute(&mut c)
         .await;
+}
+
+/// Accesses that do not show the patient in what they return still count for that patient:
+/// a search whose results `_elements` trimmed, a deletion (no body is stored), and a
+/// conditional delete of several resources (each one is in the record).
+#[tokio::test]
+async fn trimmed_results_and_deletions_are_in_the_patients_accounting() {
+    let app = spawn_app().await;
+    let p = app.create(&patient()).await;
+    let id = p["id"].as_str().unwrap().to_owned();
+    let mut obs = Vec::new();
+    for _ in 0..3 {
+        let mut o = observation(&format!("Patient/{id}"));
+        o["code"] = json!({"coding": [{"system": "http://loinc.org", "code": "29463-7"}]});
+        obs.push(app.create(&o).await["id"].as_str().unwrap().to_owned());
+    }
+    app.get(&format!(
+        "Observation?subject=Patient/{id}&_elements=status"
+    ))
+    .await
+    .assert_status(200);
+    app.delete(&format!("Observation/{}", obs[0]))
+        .await
+        .assert_status(204);
+    app.delete("Observation?code=http://loinc.org|29463-7")
+        .await
+        .assert_status(204);
+    app.delete(&format!("Patient/{id}"))
+        .await
+        .assert_status(204);
+
+    let rows = report(&app, &id).await;
+    let actions: Vec<&str> = rows.iter().map(|r| r["action"].as_str().unwrap()).collect();
+    assert!(actions.contains(&"search-type"), "{actions:?}");
+    let deletes: Vec<&Value> = rows.iter().filter(|r| r["action"] == "delete").collect();
+    assert_eq!(deletes.len(), 3, "{rows:?}");
+    let records: Vec<&str> = deletes
+        .iter()
+        .map(|r| r["records"].as_str().unwrap())
+        .collect();
+    assert!(records[0].contains(&obs[0]), "{records:?}");
+    // The conditional delete removed the two that were left, both in its one record.
+    assert!(
+        records[1].contains(&obs[1]) && records[1].contains(&obs[2]),
+        "{records:?}"
+    );
+    assert!(records[2].contains(&format!("Patient/{id}")), "{records:?}");
 }
