@@ -442,21 +442,69 @@ impl Parser {
     }
 }
 
+/// A name as FHIRPath text: plain when it lexes back as this one identifier, else delimited
+/// with backticks (`` `a b` ``, a keyword such as `` `and` ``, non-ASCII letters).
+fn write_name(f: &mut fmt::Formatter<'_>, name: &str) -> fmt::Result {
+    const KEYWORDS: &[&str] = &[
+        "and", "or", "xor", "implies", "is", "as", "div", "mod", "in", "contains", "true", "false",
+    ];
+    let plain = name
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && !KEYWORDS.contains(&name);
+    if plain {
+        f.write_str(name)
+    } else {
+        f.write_str("`")?;
+        write_escaped(f, name, '`')?;
+        f.write_str("`")
+    }
+}
+
+/// The inside of a quoted literal, escaped so the lexer reads back exactly `text`.
+fn write_escaped(f: &mut fmt::Formatter<'_>, text: &str, quote: char) -> fmt::Result {
+    for c in text.chars() {
+        match c {
+            '\\' => f.write_str("\\\\")?,
+            '\n' => f.write_str("\\n")?,
+            '\r' => f.write_str("\\r")?,
+            '\t' => f.write_str("\\t")?,
+            '\u{c}' => f.write_str("\\f")?,
+            c if c == quote => write!(f, "\\{c}")?,
+            c => write!(f, "{c}")?,
+        }
+    }
+    Ok(())
+}
+
+/// A string literal as FHIRPath text.
+fn write_string(f: &mut fmt::Formatter<'_>, text: &str) -> fmt::Result {
+    f.write_str("'")?;
+    write_escaped(f, text, '\'')?;
+    f.write_str("'")
+}
+
 /// Formats the AST back to FHIRPath (fully parenthesised binary operators), for messages and
-/// for the per-type sub-expressions search derives from a union.
+/// for the per-type sub-expressions search derives from a union. What it writes parses back to
+/// the same tree (a property test checks this on random text).
 impl fmt::Display for Node {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Node::Empty => f.write_str("{}"),
             Node::Literal(Literal::Boolean(b)) => write!(f, "{b}"),
-            Node::Literal(Literal::String(s)) => write!(f, "'{}'", s.replace('\'', "\\'")),
+            Node::Literal(Literal::String(s)) => write_string(f, s),
             Node::Literal(Literal::Integer(i)) => write!(f, "{i}"),
             Node::Literal(Literal::Decimal(d)) => f.write_str(d),
             Node::This => f.write_str("$this"),
             Node::Resource => f.write_str("%resource"),
             Node::TypeFilter(t) => f.write_str(t.as_str()),
-            Node::Name(n) => f.write_str(&n.text),
-            Node::Child(base, n) => write!(f, "{base}.{}", n.text),
+            Node::Name(n) => write_name(f, &n.text),
+            Node::Child(base, n) => {
+                write!(f, "{base}.")?;
+                write_name(f, &n.text)
+            }
             Node::Index(base, i) => write!(f, "{base}[{i}]"),
             Node::Call(base, func) => {
                 if let Some(base) = base {
@@ -465,7 +513,7 @@ impl fmt::Display for Node {
                 write!(f, "{}(", func.name())?;
                 match func {
                     Func::Where(arg) | Func::Exists(Some(arg)) => write!(f, "{arg}")?,
-                    Func::Extension(url) => write!(f, "'{}'", url.replace('\'', "\\'"))?,
+                    Func::Extension(url) => write_string(f, url)?,
                     Func::OfType(t) | Func::As(t) | Func::Is(t) => f.write_str(t.as_str())?,
                     _ => {}
                 }
@@ -491,6 +539,27 @@ mod tests {
 
     fn round_trip(text: &str) -> String {
         parse(text).unwrap().to_string()
+    }
+
+    #[test]
+    fn display_delimits_names_and_escapes_strings_so_they_parse_back() {
+        for text in [
+            "`ઐ`",
+            "a.`ઐ b`",
+            "`and`.x",
+            "`a\\`b`",
+            "'a\\\\b'",
+            "'it\\'s'",
+            "'line\\nbreak'",
+            "x.extension('http://e/\\'q')",
+        ] {
+            let first = parse(text).unwrap();
+            let shown = first.to_string();
+            let again = parse(&shown).unwrap_or_else(|e| panic!("{text} -> {shown}: {e:?}"));
+            assert_eq!(again, first, "{text} -> {shown}");
+        }
+        assert_eq!(round_trip("`ઐ`"), "`ઐ`");
+        assert_eq!(round_trip("Patient.name"), "Patient.name");
     }
 
     #[test]
