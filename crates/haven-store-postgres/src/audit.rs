@@ -18,24 +18,6 @@ fn sql(text: &str) -> sqlx::query::Query<'static, sqlx::Postgres, sqlx::postgres
     sqlx::query(sqlx::AssertSqlSafe(q::placeholders(text, PH)))
 }
 
-pub(crate) async fn insert(conn: &mut PgConnection, e: AuditEntry) -> Result<(), StoreError> {
-    let id: i64 = sql(q::INSERT_EVENT)
-        .bind(e.time.micros())
-        .bind(e.record)
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(map_err)?
-        .try_get(0)
-        .map_err(map_err)?;
-    if !e.patients.is_empty() {
-        statement(q::insert_patients(id, e.time.micros(), &e.patients, PH))
-            .execute(&mut *conn)
-            .await
-            .map_err(map_err)?;
-    }
-    Ok(())
-}
-
 /// Many events: one insert from arrays for the events (in chunks), one for their patients. The
 /// rows are inserted in array order (`ORDER BY o`), so the identity ids they take grow in that
 /// order; the returned ids, sorted, belong to the entries in order.

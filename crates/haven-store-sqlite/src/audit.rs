@@ -13,24 +13,6 @@ use crate::reads::{map_err, statement};
 
 const PH: Placeholders = Placeholders::Question;
 
-pub(crate) async fn insert(conn: &mut SqliteConnection, e: AuditEntry) -> Result<(), StoreError> {
-    let id: i64 = sqlx::query(q::INSERT_EVENT)
-        .bind(e.time.micros())
-        .bind(e.record)
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(map_err)?
-        .try_get(0)
-        .map_err(map_err)?;
-    if !e.patients.is_empty() {
-        statement(q::insert_patients(id, e.time.micros(), &e.patients, PH))
-            .execute(&mut *conn)
-            .await
-            .map_err(map_err)?;
-    }
-    Ok(())
-}
-
 /// Many events: one multi-row insert for the events (in chunks), one for their patients.
 pub(crate) async fn insert_many(
     conn: &mut SqliteConnection,

@@ -254,11 +254,6 @@ impl WriteTx for SqliteTx<'_> {
         self.track(r)
     }
 
-    async fn audit(&mut self, entry: AuditEntry) -> Result<(), StoreError> {
-        let r = audit::insert(self.conn, entry).await;
-        self.track(r)
-    }
-
     async fn audit_many(&mut self, entries: Vec<AuditEntry>) -> Result<(), StoreError> {
         let r = audit::insert_many(self.conn, entries).await;
         self.track(r)

@@ -66,7 +66,9 @@ pub trait WriteTx: Send {
     ) -> Result<bool, StoreError>;
 
     /// Records an audit event in this unit: it commits, or rolls back, with the data.
-    async fn audit(&mut self, entry: AuditEntry) -> Result<(), StoreError>;
+    async fn audit(&mut self, entry: AuditEntry) -> Result<(), StoreError> {
+        self.audit_many(vec![entry]).await
+    }
 
     /// Records many audit events in a few multi-row statements (the records of concurrent
     /// reads, collected into one unit of work).

@@ -97,8 +97,7 @@ async fn main() -> anyhow::Result<()> {
             batch: 20_000,
             ..SealerConfig::default()
         },
-    )
-    .await?;
+    );
     let started = std::time::Instant::now();
     loop {
         let r = sealer.round(false).await?;

@@ -92,7 +92,7 @@ pub async fn sealer(config: &Config, store: Arc<dyn ResourceStore>) -> anyhow::R
                 .with_context(|| format!("cannot open the audit output file {path}"))?,
         )),
     };
-    Sealer::new(
+    Ok(Sealer::new(
         store,
         key,
         output,
@@ -102,9 +102,7 @@ pub async fn sealer(config: &Config, store: Arc<dyn ResourceStore>) -> anyhow::R
             service_version: env!("CARGO_PKG_VERSION").to_owned(),
             ..SealerConfig::default()
         },
-    )
-    .await
-    .context("cannot read the audit checkpoints")
+    ))
 }
 
 /// Seals every 200 ms (at once again when a round was full) until `stop`; then a last round
@@ -301,9 +299,7 @@ pub async fn verify(
             key,
             AuditOutput::Off,
             SealerConfig::default(),
-        )
-        .await
-        .context("cannot prepare to seal")?;
+        );
         loop {
             let r = sealer
                 .round(false)

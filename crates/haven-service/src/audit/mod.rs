@@ -70,14 +70,11 @@ impl Touched {
             id: v.id.as_str().to_owned(),
             version: Some(v.version.get()),
         });
-        if let Some(body) = &v.body
-            && let Ok(Value::Object(m)) = serde_json::from_slice::<Value>(body)
-        {
-            patients_of(v.resource_type, &m, &mut self.patients);
-        }
+        self.patients_of_version(v);
     }
 
-    /// The patients a stored version's body places it with (nothing for a deletion marker).
+    /// The patients a stored version places it with: a Patient itself, and whom its body's
+    /// compartment parameters reference (a deletion marker has no body).
     pub(crate) fn patients_of_version(&mut self, v: &StoredVersion) {
         if v.resource_type.as_str() == "Patient" {
             self.patients.push(v.id.as_str().to_owned());
@@ -254,19 +251,15 @@ pub(crate) async fn touch_written(
     v: &StoredVersion,
 ) -> Result<(), ServiceError> {
     t.version(v);
-    if v.is_deleted() {
-        if v.resource_type.as_str() == "Patient" {
-            t.patients.push(v.id.as_str().to_owned());
-        }
-        if let Some(prev) = v
+    if v.is_deleted()
+        && let Some(prev) = v
             .version
             .get()
             .checked_sub(1)
             .and_then(haven_domain::VersionId::from_u64)
-            && let Some(before) = tx.read_version(v.resource_type, &v.id, prev).await?
-        {
-            t.patients_of_version(&before);
-        }
+        && let Some(before) = tx.read_version(v.resource_type, &v.id, prev).await?
+    {
+        t.patients_of_version(&before);
     }
     Ok(())
 }

@@ -46,10 +46,11 @@ impl AuditOutput {
         let r = match self {
             AuditOutput::Off => Ok(()),
             AuditOutput::Stdout => std::io::stdout().lock().write_all(text.as_bytes()),
-            AuditOutput::File(f) => match f.lock() {
-                Ok(mut f) => f.write_all(text.as_bytes()),
-                Err(_) => Ok(()),
-            },
+            // A writer that panicked mid-line leaves the file as it is; keep appending.
+            AuditOutput::File(f) => f
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .write_all(text.as_bytes()),
         };
         if let Err(e) = r {
             tracing::error!(error = %e, "cannot write audit lines to the audit output");
@@ -115,18 +116,19 @@ impl std::fmt::Debug for Sealer {
 }
 
 impl Sealer {
-    pub async fn new(
+    #[must_use]
+    pub fn new(
         store: Arc<dyn ResourceStore>,
         key: SigningKey,
         output: AuditOutput,
         config: SealerConfig,
-    ) -> Result<Self, StoreError> {
-        Ok(Self {
+    ) -> Self {
+        Self {
             store,
             key: Arc::new(key),
             output: Arc::new(output),
             config,
-        })
+        }
     }
 
     /// Records per round: a round that sealed this many should be followed at once.

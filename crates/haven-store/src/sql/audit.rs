@@ -12,9 +12,6 @@ fn finish(sql: String, args: Vec<SqlArg>, ph: Placeholders) -> Statement {
     Statement { sql, args }
 }
 
-/// Inserts one event; returns its `id`.
-pub const INSERT_EVENT: &str = "INSERT INTO audit_event (time, record) VALUES (?, ?) RETURNING id";
-
 /// Inserts several events in one statement (SQLite form: a VALUES list, inserted in order). The
 /// ids it returns, sorted, belong to the entries in order: ids only grow as rows are inserted.
 #[must_use]
@@ -47,30 +44,6 @@ pub fn insert_patient_rows(rows: &[(String, i64, i64)], ph: Placeholders) -> Sta
             SqlArg::Text(p.clone()),
             SqlArg::Int(*id),
             SqlArg::Int(*time),
-        ]);
-    }
-    finish(sql, args, ph)
-}
-
-/// The patients an event concerns (at least one).
-#[must_use]
-pub fn insert_patients(
-    event_id: i64,
-    time: i64,
-    patients: &[String],
-    ph: Placeholders,
-) -> Statement {
-    let mut sql = String::from("INSERT INTO audit_patient (patient, event_id, time) VALUES ");
-    let mut args = Vec::with_capacity(patients.len() * 3);
-    for (i, p) in patients.iter().enumerate() {
-        if i > 0 {
-            sql.push_str(", ");
-        }
-        sql.push_str("(?, ?, ?)");
-        args.extend([
-            SqlArg::Text(p.clone()),
-            SqlArg::Int(event_id),
-            SqlArg::Int(time),
         ]);
     }
     finish(sql, args, ph)
