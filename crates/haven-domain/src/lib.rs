@@ -5,10 +5,13 @@
 //! re-checks. Access decisions and principals will join this crate with the identity and
 //! authorization work; they belong here because they are rules, not plumbing.
 
+pub mod access;
 mod ids;
 mod interaction;
+pub mod scope;
 mod time;
 
+pub use access::{Principal, PrincipalKind, Role};
 pub use haven_fhir::ResourceType;
 pub use ids::{IdError, ResourceId, VersionId};
 pub use interaction::Interaction;

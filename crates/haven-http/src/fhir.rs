@@ -41,8 +41,19 @@ pub(crate) async fn handle(State(state): State<AppState>, req: Request) -> Respo
 
     let mut labels = Labels::default();
     let pretty_hint = query.contains("_pretty=true");
+    // Every FHIR request needs a valid access token, except the capability statement (a
+    // client must be able to discover how to authenticate).
+    let principal = if path == "/metadata" || path == "metadata" {
+        None
+    } else {
+        match authenticate(&state, &parts.headers).await {
+            Ok(p) => Some(p),
+            Err(e) => return error_response(&e, pretty_hint),
+        }
+    };
     let resp = match serve(
         &state.service,
+        principal,
         &request_id,
         client_address,
         &parts.method,
@@ -76,6 +87,33 @@ pub(crate) async fn handle(State(state): State<AppState>, req: Request) -> Respo
     resp
 }
 
+/// The caller, from the `Authorization: Bearer` header (RFC 6750 §2.1; never from the query
+/// string). Refusals are 401 with the RFC 6750 challenge.
+async fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<Arc<haven_domain::Principal>, ServiceError> {
+    let Some(token) = crate::identity::bearer(headers) else {
+        return Err(ServiceError::Unauthenticated {
+            error: None,
+            message: "this request needs an access token: send Authorization: Bearer <token> \
+                      (see /.well-known/smart-configuration for how to get one)"
+                .into(),
+        });
+    };
+    match state.identity.validate(token).await {
+        Ok((p, _)) => Ok(Arc::new(p)),
+        Err(e) if e.status == 503 => Err(ServiceError::Unavailable),
+        Err(e) => {
+            metrics::counter!("haven_token_rejections_total").increment(1);
+            Err(ServiceError::Unauthenticated {
+                error: Some("invalid_token"),
+                message: e.description,
+            })
+        }
+    }
+}
+
 /// `Allow` on a 405: the methods the router accepts at this path (RFC 9110 15.5.6).
 fn set_allow(resp: &mut Response, path: &str) {
     let Ok((segments, _)) = split_url(path) else {
@@ -104,6 +142,7 @@ fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
 #[allow(clippy::too_many_arguments)]
 async fn serve(
     service: &Arc<FhirService>,
+    principal: Option<Arc<haven_domain::Principal>>,
     request_id: &str,
     client_address: Option<String>,
     http_method: &HttpMethod,
@@ -170,6 +209,7 @@ async fn serve(
     }
     let prefer = header_str(headers, header::HeaderName::from_static("prefer"));
     let ctx = RequestContext {
+        principal,
         request_id: request_id.to_owned(),
         client_address,
         prefer: negotiate::return_preference(prefer),

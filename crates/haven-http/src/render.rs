@@ -16,6 +16,14 @@ fn pretty_print(body: &[u8]) -> Option<Vec<u8>> {
 
 /// Renders an error as an OperationOutcome with its status. Never includes internal detail:
 /// `ServiceError`'s messages are written for clients.
+/// Text safe inside an RFC 6750 quoted string (printable ASCII without `"` and `\\`).
+pub(crate) fn quoted(s: &str) -> String {
+    s.chars()
+        .filter(|c| (' '..='~').contains(c) && *c != '"' && *c != '\\')
+        .take(200)
+        .collect()
+}
+
 pub(crate) fn error_response(e: &ServiceError, pretty: bool) -> Response<Body> {
     let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let oo = e.to_operation_outcome();
@@ -34,6 +42,29 @@ pub(crate) fn error_response(e: &ServiceError, pretty: bool) -> Response<Body> {
     );
     if status == StatusCode::SERVICE_UNAVAILABLE {
         h.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    }
+    // RFC 6750 §3: the challenge tells a client whether to get a new token or more scope.
+    let challenge = match e {
+        ServiceError::Unauthenticated { error: None, .. } => {
+            Some("Bearer realm=\"haven\"".to_owned())
+        }
+        ServiceError::Unauthenticated {
+            error: Some(code),
+            message,
+        } => Some(format!(
+            "Bearer realm=\"haven\", error=\"{code}\", error_description=\"{}\"",
+            quoted(message)
+        )),
+        ServiceError::InsufficientScope(m) => Some(format!(
+            "Bearer realm=\"haven\", error=\"insufficient_scope\", error_description=\"{}\"",
+            quoted(m)
+        )),
+        _ => None,
+    };
+    if let Some(c) = challenge
+        && let Ok(v) = HeaderValue::from_str(&c)
+    {
+        h.insert(header::WWW_AUTHENTICATE, v);
     }
     // A 410 names the deletion's version, so a client can vread what came before it.
     if let ServiceError::Gone {

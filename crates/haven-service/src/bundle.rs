@@ -120,6 +120,11 @@ fn in_entry(e: ServiceError, index: usize) -> ServiceError {
         ServiceError::BadRequest(m) => ServiceError::BadRequest(p(m)),
         ServiceError::NotFound(m) => ServiceError::NotFound(p(m)),
         ServiceError::Forbidden(m) => ServiceError::Forbidden(p(m)),
+        ServiceError::InsufficientScope(m) => ServiceError::InsufficientScope(p(m)),
+        ServiceError::Unauthenticated { error, message } => ServiceError::Unauthenticated {
+            error,
+            message: p(message),
+        },
         ServiceError::MethodNotAllowed(m) => ServiceError::MethodNotAllowed(p(m)),
         ServiceError::NotAcceptable(m) => ServiceError::NotAcceptable(p(m)),
         ServiceError::Gone {
@@ -251,7 +256,12 @@ impl FhirService {
         }
     }
 
-    fn plan_entry(&self, index: usize, entry: Value) -> Result<Planned, ServiceError> {
+    fn plan_entry(
+        &self,
+        ctx: &RequestContext,
+        index: usize,
+        entry: Value,
+    ) -> Result<Planned, ServiceError> {
         let Value::Object(mut entry) = entry else {
             return Err(ServiceError::BadRequest(
                 "the entry must be a JSON object".into(),
@@ -300,6 +310,7 @@ impl FhirService {
         let (segments, query) = split_url(relative)?;
         let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
         let route = route(method, &segs)?;
+        crate::access::check(ctx, &route)?;
         if matches!(
             route,
             Route::Bundle | Route::Capabilities | Route::Validate(..)
@@ -477,7 +488,7 @@ impl FhirService {
         let n = entries.len();
         let mut planned = Vec::with_capacity(n);
         for (i, e) in entries.into_iter().enumerate() {
-            planned.push(self.plan_entry(i, e).map_err(|err| in_entry(err, i))?);
+            planned.push(self.plan_entry(ctx, i, e).map_err(|err| in_entry(err, i))?);
         }
         let who = Who::of(ctx);
         let mut attempt = 0;
@@ -809,7 +820,7 @@ impl FhirService {
         let mut histories: Vec<(usize, bytes::Bytes)> = Vec::new();
         let mut phases: [Vec<(usize, Op)>; 4] = Default::default();
         for (i, e) in entries.into_iter().enumerate() {
-            let planned = match self.plan_entry(i, e) {
+            let planned = match self.plan_entry(ctx, i, e) {
                 Ok(p) => p,
                 Err(err) => {
                     outcomes[i] = Some(Err(err));

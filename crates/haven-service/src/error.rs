@@ -5,7 +5,9 @@
 //! | `Malformed`           | 400    | structure       | body is not JSON, duplicate keys, too deep         |
 //! | `BadRequest`          | 400    | invalid         | bad id, bad parameter, resourceType/id mismatch    |
 //! | `Invalid`             | 400    | (per issue)     | resource fails R4 StructureDefinition validation   |
+//! | `Unauthenticated`     | 401    | login           | no, or no valid, access token (+WWW-Authenticate)  |
 //! | `Forbidden`           | 403    | forbidden       | the caller may not do this (e.g. write AuditEvent) |
+//! | `InsufficientScope`   | 403    | forbidden       | the token's scopes do not allow the interaction    |
 //! | `UnknownType`         | 404    | not-supported   | path names no R4 resource type                     |
 //! | `NotFound`            | 404    | not-found       | no such resource or version                        |
 //! | `MethodNotAllowed`    | 405    | not-supported   | interaction not offered at that path               |
@@ -39,8 +41,19 @@ pub enum ServiceError {
     UnknownType(String),
     #[error("not found: {0}")]
     NotFound(String),
+    /// No valid access token; the text says why (RFC 6750 `error_description`), `error` is
+    /// `invalid_token` unless no token was sent at all (`None`).
+    #[error("unauthenticated: {message}")]
+    Unauthenticated {
+        error: Option<&'static str>,
+        message: String,
+    },
     #[error("forbidden: {0}")]
     Forbidden(String),
+    /// The token is valid but its scopes do not cover the interaction (RFC 6750
+    /// `insufficient_scope`); the text names the scope that would.
+    #[error("insufficient scope: {0}")]
+    InsufficientScope(String),
     #[error("method not allowed: {0}")]
     MethodNotAllowed(String),
     #[error("not acceptable: {0}")]
@@ -104,7 +117,8 @@ impl ServiceError {
             ServiceError::Malformed(_) | ServiceError::BadRequest(_) | ServiceError::Invalid(_) => {
                 400
             }
-            ServiceError::Forbidden(_) => 403,
+            ServiceError::Unauthenticated { .. } => 401,
+            ServiceError::Forbidden(_) | ServiceError::InsufficientScope(_) => 403,
             ServiceError::UnknownType(_) | ServiceError::NotFound(_) => 404,
             ServiceError::MethodNotAllowed(_) => 405,
             ServiceError::NotAcceptable(_) => 406,
@@ -141,7 +155,10 @@ impl ServiceError {
                 ),
             ),
             ServiceError::NotFound(m) => one(IssueCode::NotFound, m.clone()),
-            ServiceError::Forbidden(m) => one(IssueCode::Forbidden, m.clone()),
+            ServiceError::Forbidden(m) | ServiceError::InsufficientScope(m) => {
+                one(IssueCode::Forbidden, m.clone())
+            }
+            ServiceError::Unauthenticated { message, .. } => one(IssueCode::Login, message.clone()),
             ServiceError::MethodNotAllowed(m)
             | ServiceError::NotAcceptable(m)
             | ServiceError::UnsupportedMedia(m) => one(IssueCode::NotSupported, m.clone()),

@@ -8,6 +8,7 @@
 //! The service speaks FHIR's own vocabulary, including status codes (they appear in Bundle
 //! `response.status`), but knows nothing of sockets, headers or axum.
 
+mod access;
 pub mod audit;
 mod bundle;
 mod capabilities;
@@ -79,6 +80,9 @@ pub enum ReturnPreference {
 #[derive(Clone, Debug, Default)]
 pub struct RequestContext {
     pub request_id: String,
+    /// Who is calling (from a validated access token). `None` only for Haven's own commands
+    /// (`haven reindex`), never for an HTTP request to the FHIR API.
+    pub principal: Option<std::sync::Arc<haven_domain::Principal>>,
     /// The client's address as the trusted gateway reports it (audit `source.ip`).
     pub client_address: Option<String>,
     pub prefer: ReturnPreference,
@@ -226,6 +230,19 @@ impl FhirService {
         ctx: &RequestContext,
         req: FhirRequest,
     ) -> Result<FhirResponse, ServiceError> {
+        if let Err(refused) = access::check(ctx, &req.route) {
+            // A refusal is an access attempt: recorded before it is answered.
+            return self
+                .audit_answer::<FhirResponse>(
+                    ctx,
+                    req.route.interaction().as_str(),
+                    Err(refused),
+                    |_| audit::Touched::default(),
+                    |r| r.status,
+                    Some("refused=scope".into()),
+                )
+                .await;
+        }
         prepare::refuse_conditions(&req.conditions)?;
         match req.route {
             Route::Capabilities => Ok(FhirResponse::json(200, self.capabilities())),

@@ -162,7 +162,7 @@ pub fn route(method: Method, segments: &[&str]) -> Result<Route, ServiceError> {
 
 /// `AuditEvent` is Haven's own trail: never written through the API (HIPAA 164.312(b): the
 /// records must not be alterable by those they record), and readable only by the auditor
-/// role. Until a caller can be authenticated as one, no caller is.
+/// role; until that view exists (issue 7), no caller reads it through the API.
 fn guard_audit_events(r: &Route) -> Result<(), ServiceError> {
     if r.resource_type().is_none_or(|t| t.as_str() != "AuditEvent") {
         return Ok(());
@@ -180,8 +180,8 @@ fn guard_audit_events(r: &Route) -> Result<(), ServiceError> {
                 .into(),
         )),
         _ => Err(ServiceError::Forbidden(
-            "AuditEvent is served only to the auditor role, and this server authenticates no \
-             roles yet; on the server, use `haven audit report` or `haven audit verify`"
+            "AuditEvent is not served through the FHIR API: the audit trail is read on the \
+             server with `haven audit report` and `haven audit verify`"
                 .into(),
         )),
     }

@@ -14,6 +14,7 @@
 
 mod audit;
 mod reads;
+mod records;
 #[cfg(feature = "testing")]
 pub mod testing;
 
@@ -25,12 +26,13 @@ use async_trait::async_trait;
 use futures::FutureExt;
 use haven_domain::{ResourceId, ResourceType, Timestamp, VersionId};
 use haven_store::sql::Placeholders;
+use haven_store::sql::records::conflict;
 use haven_store::sql::search::PendingIndex;
 use haven_store::{
     AuditEntry, AuditPos, ChainHead, ChainLink, ChangeKind, CurrentState, ErasedOutcome,
-    ErasedWriteFn, Found, HistoryPage, HistoryQuery, IndexRow, LinkedRecord, NewVersion,
+    ErasedWriteFn, Expect, Found, HistoryPage, HistoryQuery, IndexRow, LinkedRecord, NewVersion,
     PatientEvent, Related, ResourceStore, SearchPage, SearchQuery, StoreError, StoredCheckpoint,
-    StoredVersion, UnsealedEvent, WriteTx,
+    StoredRecord, StoredVersion, UnsealedEvent, WriteTx,
 };
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, PgConnection, Row};
@@ -301,6 +303,21 @@ impl ResourceStore for PgStore {
     ) -> Result<Vec<PatientEvent>, StoreError> {
         let mut conn = self.pool.acquire().await.map_err(map_err)?;
         audit::for_patient(&mut conn, patient, since, until, after_id, limit).await
+    }
+
+    async fn record_get(&self, kind: &str, key: &str) -> Result<Option<StoredRecord>, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(map_err)?;
+        records::get(&mut conn, kind, key, false).await
+    }
+
+    async fn record_list(
+        &self,
+        kind: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<(String, StoredRecord)>, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(map_err)?;
+        records::list(&mut conn, kind, after, limit).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -594,10 +611,45 @@ impl WriteTx for PgTx<'_> {
         self.track(r)
     }
 
-    async fn audit_last_checkpoint(
-        &mut self,
-    ) -> Result<Option<(i64, haven_domain::Timestamp)>, StoreError> {
+    async fn audit_last_checkpoint(&mut self) -> Result<Option<(i64, Timestamp)>, StoreError> {
         let r = audit::last_checkpoint(self.conn).await;
+        self.track(r)
+    }
+
+    async fn record_get(
+        &mut self,
+        kind: &str,
+        key: &str,
+    ) -> Result<Option<StoredRecord>, StoreError> {
+        let r = records::get(self.conn, kind, key, true).await;
+        self.track(r)
+    }
+
+    async fn record_put(
+        &mut self,
+        kind: &str,
+        key: &str,
+        body: Vec<u8>,
+        expires: Option<Timestamp>,
+        expect: Expect,
+    ) -> Result<i64, StoreError> {
+        let r = records::put(self.conn, kind, key, body, expires, expect).await;
+        // A mismatch is an answer, not a failed statement (the transaction is intact): the
+        // unit may go on and commit. Statement errors still mark the unit failed.
+        self.track(r)?.ok_or_else(|| conflict(kind))
+    }
+
+    async fn record_delete(&mut self, kind: &str, key: &str) -> Result<bool, StoreError> {
+        let r = records::delete(self.conn, kind, key).await;
+        self.track(r)
+    }
+
+    async fn record_purge_expired(
+        &mut self,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
+        let r = records::purge_expired(self.conn, now, limit).await;
         self.track(r)
     }
 }

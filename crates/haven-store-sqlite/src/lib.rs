@@ -13,6 +13,7 @@
 
 mod audit;
 mod reads;
+mod records;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -24,7 +25,8 @@ use async_trait::async_trait;
 use haven_domain::{ResourceId, ResourceType, Timestamp, VersionId};
 use haven_store::{
     ErasedOutcome, ErasedWriteFn, Found, HistoryPage, HistoryQuery, LinkedRecord, PatientEvent,
-    Related, ResourceStore, SearchPage, SearchQuery, StoreError, StoredCheckpoint, StoredVersion,
+    Related, ResourceStore, SearchPage, SearchQuery, StoreError, StoredCheckpoint, StoredRecord,
+    StoredVersion,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -253,6 +255,21 @@ impl ResourceStore for SqliteStore {
     ) -> Result<Vec<PatientEvent>, StoreError> {
         let mut conn = reads::acquire_timed(&self.readers, self.statement_timeout).await?;
         audit::for_patient(&mut conn, patient, since, until, after_id, limit).await
+    }
+
+    async fn record_get(&self, kind: &str, key: &str) -> Result<Option<StoredRecord>, StoreError> {
+        let mut conn = reads::acquire(&self.readers).await?;
+        records::get(&mut conn, kind, key).await
+    }
+
+    async fn record_list(
+        &self,
+        kind: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<(String, StoredRecord)>, StoreError> {
+        let mut conn = reads::acquire_timed(&self.readers, self.statement_timeout).await?;
+        records::list(&mut conn, kind, after, limit).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

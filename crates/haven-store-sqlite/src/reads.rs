@@ -207,6 +207,7 @@ pub(crate) fn bind(mut query: SqliteQuery, args: Vec<SqlArg>) -> SqliteQuery {
             SqlArg::Text(s) => query.bind(s),
             SqlArg::OptText(s) => query.bind(s),
             SqlArg::Int(i) => query.bind(i),
+            SqlArg::OptInt(i) => query.bind(i),
             SqlArg::Float(f) => query.bind(f),
             SqlArg::Blob(b) => query.bind(b),
         };

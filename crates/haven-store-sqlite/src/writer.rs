@@ -5,19 +5,20 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use futures::FutureExt;
-use haven_domain::{ResourceId, ResourceType, VersionId};
+use haven_domain::{ResourceId, ResourceType, Timestamp, VersionId};
 use haven_store::sql::Placeholders;
+use haven_store::sql::records::conflict;
 use haven_store::sql::search::PendingIndex;
 use haven_store::{
     AuditEntry, AuditPos, ChainHead, ChainLink, ChangeKind, CurrentState, ErasedOutcome,
-    ErasedWriteFn, IndexRow, NewVersion, SearchQuery, StoreError, StoredCheckpoint, StoredVersion,
-    UnsealedEvent, WriteTx,
+    ErasedWriteFn, Expect, IndexRow, NewVersion, SearchQuery, StoreError, StoredCheckpoint,
+    StoredRecord, StoredVersion, UnsealedEvent, WriteTx,
 };
 use sqlx::{Connection, Row, SqliteConnection};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::audit;
 use crate::reads::{self, map_err};
+use crate::{audit, records};
 
 pub(crate) struct Job {
     pub work: ErasedWriteFn,
@@ -283,10 +284,44 @@ impl WriteTx for SqliteTx<'_> {
         self.track(r)
     }
 
-    async fn audit_last_checkpoint(
-        &mut self,
-    ) -> Result<Option<(i64, haven_domain::Timestamp)>, StoreError> {
+    async fn audit_last_checkpoint(&mut self) -> Result<Option<(i64, Timestamp)>, StoreError> {
         let r = audit::last_checkpoint(self.conn).await;
+        self.track(r)
+    }
+
+    async fn record_get(
+        &mut self,
+        kind: &str,
+        key: &str,
+    ) -> Result<Option<StoredRecord>, StoreError> {
+        let r = records::get(self.conn, kind, key).await;
+        self.track(r)
+    }
+
+    async fn record_put(
+        &mut self,
+        kind: &str,
+        key: &str,
+        body: Vec<u8>,
+        expires: Option<Timestamp>,
+        expect: Expect,
+    ) -> Result<i64, StoreError> {
+        let r = records::put(self.conn, kind, key, body, expires, expect).await;
+        // A mismatch is an answer, not a failed statement: the unit may go on and commit.
+        self.track(r)?.ok_or_else(|| conflict(kind))
+    }
+
+    async fn record_delete(&mut self, kind: &str, key: &str) -> Result<bool, StoreError> {
+        let r = records::delete(self.conn, kind, key).await;
+        self.track(r)
+    }
+
+    async fn record_purge_expired(
+        &mut self,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
+        let r = records::purge_expired(self.conn, now, limit).await;
         self.track(r)
     }
 }

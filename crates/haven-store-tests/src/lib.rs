@@ -6,9 +6,11 @@
 //! one backend has is a bug in the other.
 
 mod audit;
+mod records;
 mod search;
 
 pub use audit::*;
+pub use records::*;
 pub use search::*;
 
 use bytes::Bytes;
@@ -63,6 +65,18 @@ macro_rules! store_contract_tests {
             sealing_waits_for_an_event_that_commits_late,
             audit_reads_serve_verification_and_accounting,
             audit_many_keeps_each_record_with_its_patients,
+            // Records (`records` module).
+            records_are_created_once_and_read_back,
+            records_compare_and_swap_on_their_version,
+            record_delete_says_whether_one_was_there,
+            failed_unit_leaves_no_record_behind,
+            unit_sees_its_own_record_writes,
+            record_conflict_leaves_the_unit_usable,
+            single_use_record_is_consumed_once,
+            racing_record_writers_have_one_winner,
+            records_list_in_key_order_by_kind,
+            purge_removes_only_expired_records,
+            overlong_record_names_are_refused,
         );
     };
     (@each $make:expr; $($name:ident),* $(,)?) => {

@@ -14,6 +14,7 @@
 pub mod audit;
 mod error;
 mod history;
+pub mod records;
 pub mod search;
 pub mod sql;
 mod write;
@@ -26,6 +27,7 @@ pub use error::StoreError;
 pub use history::{
     HistoryCursor, HistoryEntry, HistoryPage, HistoryPos, HistoryQuery, HistoryScope, Period,
 };
+pub use records::{Expect, StoredRecord};
 pub use search::{
     Col, Condition, Found, IndexCell, IndexRow, ParamKey, Pred, Related, Scalar, SearchCursor,
     SearchPage, SearchQuery, SortSpec, SortValue, Table,
@@ -184,6 +186,17 @@ pub trait ResourceStore: Send + Sync + 'static {
         after_id: i64,
         limit: u32,
     ) -> Result<Vec<PatientEvent>, StoreError>;
+
+    /// A record (see [`records`]), without locking it.
+    async fn record_get(&self, kind: &str, key: &str) -> Result<Option<StoredRecord>, StoreError>;
+
+    /// Records of one kind in key order after `after` (exclusive), at most `limit`.
+    async fn record_list(
+        &self,
+        kind: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<(String, StoredRecord)>, StoreError>;
 
     /// Cheap liveness check of the database, for `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;

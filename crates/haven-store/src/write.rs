@@ -9,6 +9,7 @@ use haven_domain::{ResourceId, ResourceType, Timestamp, VersionId};
 use crate::{
     AuditEntry, AuditPos, ChainHead, ChainLink, CurrentState, IndexRow, NewVersion, ResourceStore,
     SearchQuery, StoreError, StoredCheckpoint, StoredVersion, UnsealedEvent,
+    records::{Expect, StoredRecord},
 };
 
 /// Operations available inside a write transaction. Reads here see the unit's own writes.
@@ -92,6 +93,35 @@ pub trait WriteTx: Send {
 
     /// Stores a signed checkpoint.
     async fn audit_checkpoint(&mut self, checkpoint: StoredCheckpoint) -> Result<(), StoreError>;
+
+    /// A record (see [`crate::records`]), locked against other writers until the unit ends
+    /// (PostgreSQL `FOR UPDATE`; SQLite has one writer), so a decision made on it still holds
+    /// when the unit writes.
+    async fn record_get(
+        &mut self,
+        kind: &str,
+        key: &str,
+    ) -> Result<Option<StoredRecord>, StoreError>;
+
+    /// Writes a record if what is stored matches `expect`; returns the new version.
+    /// A mismatch is [`StoreError::VersionConflict`] (the unit may retry or give up).
+    async fn record_put(
+        &mut self,
+        kind: &str,
+        key: &str,
+        body: Vec<u8>,
+        expires: Option<Timestamp>,
+        expect: Expect,
+    ) -> Result<i64, StoreError>;
+
+    /// Deletes a record; true if one was there. Consuming a single-use record is a delete
+    /// whose result decides: of two units deleting the same key, one sees true.
+    async fn record_delete(&mut self, kind: &str, key: &str) -> Result<bool, StoreError>;
+
+    /// Deletes up to `limit` records of any kind whose expiry is at or before `now`; returns
+    /// how many went.
+    async fn record_purge_expired(&mut self, now: Timestamp, limit: u32)
+    -> Result<u64, StoreError>;
 
     /// The newest checkpoint's (seq, time), as the sealer decides whether one is due (read
     /// under its lock: another replica may have signed one since).

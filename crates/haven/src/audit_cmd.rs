@@ -44,7 +44,7 @@ pub fn signing_key(config: &Config) -> anyhow::Result<SigningKey> {
         .with_context(|| format!("the audit signing key {} is not usable", path.display()))
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt as _;
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -55,7 +55,7 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     f.sync_all()
 }
 
-fn check_private(path: &Path) -> anyhow::Result<()> {
+pub(crate) fn check_private(path: &Path) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt as _;
     let meta = std::fs::metadata(path)
         .with_context(|| format!("cannot read the audit signing key {}", path.display()))?;

@@ -40,7 +40,8 @@ impl Serialize for Secret {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// Address to listen on. Only loopback addresses are accepted until authentication exists.
+    /// Address to listen on. A non-loopback address needs an `https://` `public_url`: tokens
+    /// and passwords must reach Haven through TLS (the gateway's).
     pub listen: SocketAddr,
     /// Directory holding the embedded database (created with owner-only permissions).
     pub data_dir: PathBuf,
@@ -61,6 +62,131 @@ pub struct Config {
     pub log: LogConfig,
     pub metrics: MetricsConfig,
     pub audit: AuditConfig,
+    pub identity: IdentityConfig,
+}
+
+/// The identity provider and token validation (`[identity]`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentityConfig {
+    /// The issuer URL (`iss`): the server root as clients reach it. Default: `public_url`
+    /// without its `/fhir` path, or `http://<listen address>`.
+    pub issuer: Option<String>,
+    /// Access-token lifetime (60 to 900 s; default 300).
+    pub access_token_seconds: u64,
+    /// Refresh-token lifetime without `offline_access` (default 12 h).
+    pub refresh_token_seconds: u64,
+    /// Refresh-token lifetime with `offline_access` (default 30 days).
+    pub offline_refresh_token_seconds: u64,
+    /// Browser sessions end after this long without use (default 15 min)...
+    pub session_idle_seconds: u64,
+    /// ...and at the latest this long after login (default 12 h).
+    pub session_absolute_seconds: u64,
+    /// Roles that must pass a second factor (default: every human role).
+    pub mfa_required_roles: Vec<String>,
+    /// Shortest password accepted (NIST SP 800-63B: at least 8; default 12).
+    pub password_min_length: usize,
+    /// Argon2id memory in KiB (at least 19456, the OWASP minimum) and passes (at least 2).
+    pub argon2_memory_kib: u32,
+    pub argon2_iterations: u32,
+    /// Password hashes computed at once; each takes `argon2_memory_kib` of memory.
+    pub login_concurrency: usize,
+    /// The token signing key is replaced after this many days (0: only by `haven identity
+    /// rotate-key`).
+    pub signing_key_rotation_days: u64,
+    /// How long a replica trusts a cached "token not revoked, user not disabled" answer.
+    pub revocation_cache_ms: u64,
+    /// The hospital directory (LDAP / Active Directory).
+    pub ldap: Option<LdapSection>,
+    /// External OpenID providers whose access tokens are accepted.
+    pub trusted_issuers: Vec<TrustedIssuerSection>,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        Self {
+            issuer: None,
+            access_token_seconds: 300,
+            refresh_token_seconds: 12 * 3600,
+            offline_refresh_token_seconds: 30 * 24 * 3600,
+            session_idle_seconds: 15 * 60,
+            session_absolute_seconds: 12 * 3600,
+            mfa_required_roles: haven_domain::Role::ALL
+                .into_iter()
+                .filter(|r| r.is_human())
+                .map(|r| r.as_str().to_owned())
+                .collect(),
+            password_min_length: 12,
+            argon2_memory_kib: 19_456,
+            argon2_iterations: 2,
+            login_concurrency: 2,
+            signing_key_rotation_days: 30,
+            revocation_cache_ms: 2_000,
+            ldap: None,
+            trusted_issuers: Vec::new(),
+        }
+    }
+}
+
+/// `[identity.ldap]`: see `haven_identity::ldap::LdapConfig` for each setting.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LdapSection {
+    pub url: String,
+    #[serde(default)]
+    pub starttls: bool,
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub bind_dn: Option<String>,
+    /// Secret: use `HAVEN_IDENTITY__LDAP__BIND_PASSWORD_FILE`.
+    #[serde(default)]
+    pub bind_password: Option<Secret>,
+    pub user_base: String,
+    #[serde(default)]
+    pub user_filter: Option<String>,
+    #[serde(default)]
+    pub group_base: String,
+    #[serde(default)]
+    pub group_filter: Option<String>,
+    #[serde(default)]
+    pub group_name_attribute: Option<String>,
+    #[serde(default)]
+    pub disabled_filter: Option<String>,
+    /// Directory group -> Haven roles.
+    #[serde(default)]
+    pub role_map: std::collections::BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+    #[serde(default)]
+    pub require_tls: Option<bool>,
+}
+
+/// `[[identity.trusted_issuers]]`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustedIssuerSection {
+    pub issuer: String,
+    #[serde(default)]
+    pub jwks_uri: Option<String>,
+    #[serde(default)]
+    pub audience: Option<String>,
+    /// Claim with roles or groups (dotted path, e.g. `realm_access.roles`).
+    #[serde(default = "default_roles_claim")]
+    pub roles_claim: String,
+    /// Claim value -> Haven role.
+    #[serde(default)]
+    pub role_map: std::collections::BTreeMap<String, String>,
+    #[serde(default = "default_username_claim")]
+    pub username_claim: String,
+}
+
+fn default_roles_claim() -> String {
+    "roles".into()
+}
+
+fn default_username_claim() -> String {
+    "preferred_username".into()
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -144,6 +270,7 @@ impl Default for Config {
             log: LogConfig::default(),
             metrics: MetricsConfig::default(),
             audit: AuditConfig::default(),
+            identity: IdentityConfig::default(),
         }
     }
 }
@@ -347,15 +474,197 @@ fn describe(e: figment::Error) -> String {
 }
 
 impl Config {
+    fn validate_identity(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        let i = &self.identity;
+        if !(60..=900).contains(&i.access_token_seconds) {
+            return bad(
+                "identity.access_token_seconds must be between 60 and 900 (short-lived tokens)"
+                    .into(),
+            );
+        }
+        if !(60..=86_400).contains(&i.session_idle_seconds)
+            || !(i.session_idle_seconds..=7 * 86_400).contains(&i.session_absolute_seconds)
+        {
+            return bad(
+                "identity: need 60 <= session_idle_seconds <= session_absolute_seconds <= 604800"
+                    .into(),
+            );
+        }
+        if i.refresh_token_seconds < 60 || i.offline_refresh_token_seconds < i.refresh_token_seconds
+        {
+            return bad(
+                "identity: need 60 <= refresh_token_seconds <= offline_refresh_token_seconds"
+                    .into(),
+            );
+        }
+        for r in &i.mfa_required_roles {
+            if haven_domain::Role::parse(r).is_none() {
+                return bad(format!("identity.mfa_required_roles: unknown role '{r}'"));
+            }
+        }
+        if !(8..=64).contains(&i.password_min_length) {
+            return bad(
+                "identity.password_min_length must be between 8 and 64 (NIST SP 800-63B)".into(),
+            );
+        }
+        if i.argon2_memory_kib < 19_456 || i.argon2_iterations < 2 {
+            return bad("identity: Argon2id needs at least argon2_memory_kib = 19456 and argon2_iterations = 2 (OWASP)".into());
+        }
+        if !(1..=64).contains(&i.login_concurrency) {
+            return bad("identity.login_concurrency must be between 1 and 64".into());
+        }
+        if i.revocation_cache_ms > 60_000 {
+            return bad("identity.revocation_cache_ms must be at most 60000".into());
+        }
+        if let Some(iss) = &i.issuer
+            && !(iss.starts_with("https://") || iss.starts_with("http://"))
+        {
+            return bad("identity.issuer must be an http(s) URL".into());
+        }
+        for t in &i.trusted_issuers {
+            for role in t.role_map.values() {
+                if haven_domain::Role::parse(role).is_none() {
+                    return bad(format!("identity.trusted_issuers: unknown role '{role}'"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The identity settings for a server reached at `root` (scheme and authority).
+    pub fn identity_settings(
+        &self,
+        root: &str,
+        fhir_base: &str,
+    ) -> anyhow::Result<haven_identity::IdentitySettings> {
+        use std::time::Duration;
+        let i = &self.identity;
+        let issuer = i
+            .issuer
+            .clone()
+            .unwrap_or_else(|| root.trim_end_matches('/').to_owned());
+        let mut s = haven_identity::IdentitySettings::new(issuer, fhir_base);
+        s.access_token_ttl = Duration::from_secs(i.access_token_seconds);
+        s.refresh_ttl = Duration::from_secs(i.refresh_token_seconds);
+        s.offline_refresh_ttl = Duration::from_secs(i.offline_refresh_token_seconds);
+        s.session_idle = Duration::from_secs(i.session_idle_seconds);
+        s.session_absolute = Duration::from_secs(i.session_absolute_seconds);
+        s.mfa_required_roles = i
+            .mfa_required_roles
+            .iter()
+            .filter_map(|r| haven_domain::Role::parse(r))
+            .collect();
+        s.password_policy.min_len = i.password_min_length;
+        s.password_params = haven_crypto::PasswordParams {
+            m_kib: i.argon2_memory_kib,
+            t: i.argon2_iterations,
+            p: 1,
+        };
+        s.hash_concurrency = i.login_concurrency;
+        s.signing_key_rotation = Duration::from_secs(i.signing_key_rotation_days * 86_400);
+        s.revocation_cache = Duration::from_millis(i.revocation_cache_ms);
+        if let Some(l) = &i.ldap {
+            let mut value = serde_json::json!({
+                "url": l.url,
+                "starttls": l.starttls,
+                "user_base": l.user_base,
+                "group_base": l.group_base,
+                "role_map": l.role_map,
+            });
+            let set = |v: &mut serde_json::Value, k: &str, x: Option<serde_json::Value>| {
+                if let Some(x) = x {
+                    v[k] = x;
+                }
+            };
+            set(
+                &mut value,
+                "ca_file",
+                l.ca_file.as_ref().map(|p| serde_json::json!(p)),
+            );
+            set(
+                &mut value,
+                "bind_dn",
+                l.bind_dn.as_ref().map(|p| serde_json::json!(p)),
+            );
+            set(
+                &mut value,
+                "bind_password",
+                l.bind_password
+                    .as_ref()
+                    .map(|p| serde_json::json!(p.expose())),
+            );
+            set(
+                &mut value,
+                "user_filter",
+                l.user_filter.as_ref().map(|p| serde_json::json!(p)),
+            );
+            set(
+                &mut value,
+                "group_filter",
+                l.group_filter.as_ref().map(|p| serde_json::json!(p)),
+            );
+            set(
+                &mut value,
+                "group_name_attribute",
+                l.group_name_attribute
+                    .as_ref()
+                    .map(|p| serde_json::json!(p)),
+            );
+            set(
+                &mut value,
+                "disabled_filter",
+                l.disabled_filter.as_ref().map(|p| serde_json::json!(p)),
+            );
+            set(
+                &mut value,
+                "timeout_secs",
+                l.timeout_secs.map(|p| serde_json::json!(p)),
+            );
+            set(
+                &mut value,
+                "require_tls",
+                l.require_tls.map(|p| serde_json::json!(p)),
+            );
+            s.ldap = Some(
+                serde_json::from_value(value).map_err(|e| anyhow::anyhow!("identity.ldap: {e}"))?,
+            );
+        }
+        s.trusted_issuers = i
+            .trusted_issuers
+            .iter()
+            .map(|t| haven_identity::TrustedIssuer {
+                issuer: t.issuer.clone(),
+                jwks_uri: t.jwks_uri.clone(),
+                audience: t.audience.clone(),
+                roles_claim: t.roles_claim.clone(),
+                role_map: t
+                    .role_map
+                    .iter()
+                    .filter_map(|(k, v)| haven_domain::Role::parse(v).map(|r| (k.clone(), r)))
+                    .collect(),
+                username_claim: t.username_claim.clone(),
+            })
+            .collect();
+        Ok(s)
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
-        if !self.listen.ip().is_loopback() {
+        if !self.listen.ip().is_loopback()
+            && !self
+                .public_url
+                .as_deref()
+                .is_some_and(|u| u.starts_with("https://"))
+        {
             return bad(format!(
-                "refusing to listen on {}: Haven has no authentication yet, so it binds only loopback \
-                 addresses (127.0.0.1 or [::1]); put it behind a gateway on the same host",
+                "refusing to listen on {} without an https:// public_url: passwords and tokens \
+                 must reach Haven through TLS. Set public_url to the address clients use \
+                 (the gateway's, e.g. https://ehr.example.org/fhir), or listen on 127.0.0.1",
                 self.listen
             ));
         }
+        self.validate_identity()?;
         if let Some(url) = &self.database_url
             && !(url.expose().starts_with("postgres://")
                 || url.expose().starts_with("postgresql://"))
@@ -570,7 +879,21 @@ mod tests {
                 .unwrap_err()
                 .to_string()
         };
-        assert!(err(&[("HAVEN_LISTEN", "0.0.0.0:8080")]).contains("loopback"));
+        assert!(err(&[("HAVEN_LISTEN", "0.0.0.0:8080")]).contains("https:// public_url"));
+        // Behind a TLS gateway, any address may be used.
+        let behind_tls = load_from(
+            &Overrides::default(),
+            &env(&[
+                ("HAVEN_LISTEN", "0.0.0.0:8080"),
+                ("HAVEN_PUBLIC_URL", "https://ehr.example.org/fhir"),
+            ]),
+        );
+        assert!(behind_tls.is_ok(), "{behind_tls:?}");
+        assert!(
+            err(&[("HAVEN_IDENTITY__ACCESS_TOKEN_SECONDS", "3600")])
+                .contains("access_token_seconds")
+        );
+        assert!(err(&[("HAVEN_IDENTITY__ARGON2_MEMORY_KIB", "1024")]).contains("argon2"));
         assert!(err(&[("HAVEN_LISTEN", "not-an-address")]).contains("listen"));
         assert!(err(&[("HAVEN_LISTN", "127.0.0.1:1")]).contains("listn"));
         assert!(err(&[("HAVEN_LIMITS__MAX_JSON_DEPTH", "2")]).contains("max_json_depth"));

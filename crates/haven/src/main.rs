@@ -3,6 +3,7 @@
 mod audit_cmd;
 mod config;
 mod healthcheck;
+mod identity_cmd;
 mod serve;
 mod telemetry;
 
@@ -67,12 +68,123 @@ enum Command {
         #[arg(long)]
         restart: bool,
     },
+    /// People's accounts: add, list, disable, enable, reset MFA, set a password.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// OAuth clients (SMART apps and backend systems): add, list, revoke.
+    Client {
+        #[command(subcommand)]
+        command: ClientCommand,
+    },
+    /// The identity provider's keys.
+    Identity {
+        #[command(subcommand)]
+        command: IdentityCommand,
+    },
+    /// Get an access token for a backend client (SMART Backend Services, private_key_jwt)
+    /// from a running server, and print it.
+    Token {
+        /// The client id (registered with `haven client add --service`).
+        #[arg(long)]
+        client: String,
+        /// The client's private key (PKCS#8 PEM, from `haven client add --generate-key`).
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// Ask for less than the client may have (space-separated scopes).
+        #[arg(long)]
+        scope: Option<String>,
+        /// The server root, e.g. https://ehr.example.org (default: public_url or listen).
+        #[arg(long)]
+        url: Option<String>,
+    },
     /// Probe a running server's /healthz (for container health checks); exit 0 when healthy.
     Healthcheck {
         /// Probe /readyz instead: healthy only when the database answers (readiness probes).
         #[arg(long)]
         ready: bool,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum UserCommand {
+    /// Create an account. The password is asked for (hidden) on a terminal, or read as one
+    /// line from stdin. The first admin: `haven user add NAME --role admin`.
+    Add {
+        username: String,
+        /// admin, clinician, nurse, registrar, patient, auditor (repeat or comma-separate).
+        #[arg(long = "role", required = true)]
+        roles: Vec<String>,
+        /// Display name.
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        email: Option<String>,
+        /// The FHIR resource that is this person: Practitioner/ID or Patient/ID.
+        #[arg(long)]
+        fhir_user: Option<String>,
+        /// The password is kept by the hospital directory (LDAP), not by Haven.
+        #[arg(long)]
+        directory: bool,
+    },
+    /// List accounts.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Disable an account: no logins, refresh tokens and access tokens refused.
+    Disable { username: String },
+    /// Enable a disabled account.
+    Enable { username: String },
+    /// Remove a user's second factor and recovery codes (audited); they enrol again at the
+    /// next login.
+    ResetMfa { username: String },
+    /// Set a new password (asked for like `add`).
+    SetPassword { username: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum ClientCommand {
+    /// Register a client. A SMART app used by people: `--public --redirect-uri URI` (PKCE) or
+    /// confidential with `--jwks`; a backend system: `--service --generate-key FILE`.
+    Add {
+        id: String,
+        #[arg(long)]
+        name: Option<String>,
+        /// An app without a secret (browser or native): authorization code with PKCE.
+        #[arg(long)]
+        public: bool,
+        /// A backend system: client credentials with private_key_jwt, role `service`.
+        #[arg(long)]
+        service: bool,
+        #[arg(long = "redirect-uri")]
+        redirect_uris: Vec<String>,
+        /// The client's public keys (a JWKS file) for private_key_jwt.
+        #[arg(long, value_name = "FILE")]
+        jwks: Option<PathBuf>,
+        /// Generate a key pair: the private key is written to FILE (owner-only), the public
+        /// key registered.
+        #[arg(long, value_name = "FILE")]
+        generate_key: Option<PathBuf>,
+        /// The most this client may be granted, e.g. "openid fhirUser user/*.rs" or
+        /// "system/*.rs".
+        #[arg(long)]
+        scope: String,
+        /// Allow refresh tokens (offline_access / online_access).
+        #[arg(long)]
+        refresh: bool,
+    },
+    /// List clients.
+    List,
+    /// Revoke a client: no new tokens, existing tokens refused.
+    Revoke { id: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum IdentityCommand {
+    /// Start a new token signing key now; the old one stays published for 24 h.
+    RotateKey,
 }
 
 #[derive(Subcommand, Debug)]
@@ -135,8 +247,10 @@ enum ConfigCommand {
 pub enum Role {
     /// Every module in one process (the default for a single machine).
     All,
-    /// The FHIR REST API.
+    /// The FHIR REST API (validates tokens; shares the database with the identity role).
     Fhir,
+    /// The OpenID provider (login, MFA, tokens).
+    Identity,
 }
 
 fn main() -> ExitCode {
@@ -180,6 +294,89 @@ fn main() -> ExitCode {
                  the audit tables"
             );
             Ok(())
+        }),
+        Command::User { command } => run_async(async move {
+            use identity_cmd::UserChange;
+            match command {
+                UserCommand::Add {
+                    username,
+                    roles,
+                    name,
+                    email,
+                    fhir_user,
+                    directory,
+                } => {
+                    identity_cmd::user_add(
+                        &config,
+                        identity_cmd::UserAdd {
+                            username,
+                            roles,
+                            name,
+                            email,
+                            fhir_user,
+                            directory,
+                        },
+                    )
+                    .await
+                }
+                UserCommand::List { json } => identity_cmd::user_list(&config, json).await,
+                UserCommand::Disable { username } => {
+                    identity_cmd::user_change(&config, &username, UserChange::Disable).await
+                }
+                UserCommand::Enable { username } => {
+                    identity_cmd::user_change(&config, &username, UserChange::Enable).await
+                }
+                UserCommand::ResetMfa { username } => {
+                    identity_cmd::user_change(&config, &username, UserChange::ResetMfa).await
+                }
+                UserCommand::SetPassword { username } => {
+                    identity_cmd::user_change(&config, &username, UserChange::SetPassword).await
+                }
+            }
+        }),
+        Command::Client { command } => run_async(async move {
+            match command {
+                ClientCommand::Add {
+                    id,
+                    name,
+                    public,
+                    service,
+                    redirect_uris,
+                    jwks,
+                    generate_key,
+                    scope,
+                    refresh,
+                } => {
+                    identity_cmd::client_add(
+                        &config,
+                        identity_cmd::ClientAdd {
+                            id,
+                            name,
+                            public,
+                            service,
+                            redirect_uris,
+                            jwks,
+                            generate_key,
+                            scope,
+                            offline: refresh,
+                        },
+                    )
+                    .await
+                }
+                ClientCommand::List => identity_cmd::client_list(&config).await,
+                ClientCommand::Revoke { id } => identity_cmd::client_revoke(&config, &id).await,
+            }
+        }),
+        Command::Identity {
+            command: IdentityCommand::RotateKey,
+        } => run_async(async move { identity_cmd::rotate_key(&config).await }),
+        Command::Token {
+            client,
+            key,
+            scope,
+            url,
+        } => run_async(async move {
+            identity_cmd::token(&config, &client, &key, scope.as_deref(), url.as_deref()).await
         }),
         Command::Reindex { batch, restart } => {
             run_async(async move { serve::reindex(&config, batch, restart).await })

@@ -19,7 +19,15 @@ use crate::telemetry;
 
 fn modules(role: Role) -> Modules {
     match role {
-        Role::All | Role::Fhir => Modules { fhir: true },
+        Role::All => Modules::ALL,
+        Role::Fhir => Modules {
+            fhir: true,
+            identity: false,
+        },
+        Role::Identity => Modules {
+            fhir: false,
+            identity: true,
+        },
     }
 }
 
@@ -153,11 +161,39 @@ pub async fn run(config: Config, role: Role, audit_writes: bool) -> anyhow::Resu
              this mode exists only to measure what auditing costs"
         );
     }
+    let root = config.public_url.as_deref().map_or_else(
+        || format!("http://{local}"),
+        |u| {
+            u.trim_end_matches('/')
+                .trim_end_matches(haven_http::FHIR_BASE)
+                .to_owned()
+        },
+    );
+    let identity = haven_identity::Identity::open(
+        store.clone(),
+        config.identity_settings(&root, &base_url)?,
+        crate::identity_cmd::HttpFetcher::new()?,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("cannot start the identity module: {e}"))?;
+    if role != Role::Fhir {
+        match identity.has_users().await {
+            Ok(false) => tracing::warn!(
+                "no user accounts yet: create the first administrator with \
+                 `haven user add <name> --role admin` (and a backend client with \
+                 `haven client add <id> --service --generate-key <file> --scope 'system/*.rs'`)"
+            ),
+            Ok(true) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot check for user accounts"),
+        }
+    }
+    tokio::spawn(purge_identity_records(identity.clone()));
     let sealer = crate::audit_cmd::sealer(&config, store.clone()).await?;
     let (seal_stop, seal_stop_rx) = tokio::sync::watch::channel(false);
     let sealing = tokio::spawn(crate::audit_cmd::run_sealer(sealer, seal_stop_rx));
     let state = AppState {
         service: service.clone(),
+        identity,
         metrics: Arc::new(move || {
             // Process figures (RSS, CPU, open fds) are sampled when Prometheus scrapes.
             process.collect();
@@ -221,6 +257,17 @@ pub async fn run(config: Config, role: Role, audit_writes: bool) -> anyhow::Resu
     service.shutdown().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Deletes expired sessions, codes, throttles and revocations every minute.
+async fn purge_identity_records(identity: Arc<haven_identity::Identity>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tick.tick().await;
+        if let Err(e) = identity.purge_expired().await {
+            tracing::warn!(error = %e, "cannot purge expired identity records");
+        }
+    }
 }
 
 /// Keeps the `haven_ready` gauge current (1 when the database answers), so an alert can fire on

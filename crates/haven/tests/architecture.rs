@@ -65,9 +65,16 @@ const RULES: &[(&str, &[&str], &[&str])] = &[
         ],
         &["sqlx", "axum", "hyper", "tower", "reqwest", "tokio"],
     ),
+    // The identity provider: flows and token validation over the store's records; no HTTP
+    // library (the binary supplies the fetcher of external issuers' keys).
+    (
+        "haven-identity",
+        &["haven-audit", "haven-crypto", "haven-domain", "haven-store"],
+        &["sqlx", "axum", "hyper", "tower", "reqwest"],
+    ),
     (
         "haven-http",
-        &["haven-domain", "haven-service"],
+        &["haven-domain", "haven-service", "haven-identity"],
         &["sqlx", "reqwest"],
     ),
     // The benchmark harness drives the binary over HTTP only; it never links Haven or a store.
@@ -83,6 +90,7 @@ const RULES: &[(&str, &[&str], &[&str])] = &[
             "haven-store-postgres",
             "haven-audit",
             "haven-crypto",
+            "haven-identity",
         ],
         &[],
     ),

@@ -76,6 +76,8 @@ pub enum IssueCode {
     Transient,
     Exception,
     Forbidden,
+    /// An authentication problem (no or an invalid access token).
+    Login,
 }
 
 impl Severity {
@@ -111,6 +113,7 @@ impl IssueCode {
             IssueCode::Transient => "transient",
             IssueCode::Exception => "exception",
             IssueCode::Forbidden => "forbidden",
+            IssueCode::Login => "login",
         }
     }
 }

@@ -142,13 +142,29 @@ impl Touched {
 pub(crate) struct Who {
     pub request_id: String,
     pub client_address: Option<String>,
+    pub actor: Actor,
 }
 
 impl Who {
     pub(crate) fn of(ctx: &RequestContext) -> Self {
+        let actor = ctx
+            .principal
+            .as_deref()
+            .map_or_else(Actor::default, |p| Actor {
+                // A person by account name; a client acting for itself has no user.
+                user: match p.kind {
+                    haven_domain::PrincipalKind::User => {
+                        Some(p.username.clone().unwrap_or_else(|| p.subject.clone()))
+                    }
+                    haven_domain::PrincipalKind::Client => None,
+                },
+                role: (!p.roles.is_empty()).then(|| p.role_names()),
+                client: Some(p.client_id.clone()),
+            });
         Self {
             request_id: ctx.request_id.clone(),
             client_address: ctx.client_address.clone(),
+            actor,
         }
     }
 }
@@ -225,9 +241,7 @@ pub(crate) fn entry(
         action: action.to_owned(),
         status,
         outcome: Outcome::from_status(status),
-        // Identity lands with the identity issue; until then every caller is anonymous on a
-        // loopback-only server.
-        actor: Actor::default(),
+        actor: who.actor.clone(),
         source_ip: who.client_address.clone(),
         request_id: Some(who.request_id.clone()),
         purpose_of_use: None,

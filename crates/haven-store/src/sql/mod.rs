@@ -13,6 +13,7 @@ use crate::{
 };
 
 pub mod audit;
+pub mod records;
 pub mod search;
 
 /// A value to bind to a placeholder.
@@ -22,6 +23,8 @@ pub enum SqlArg {
     /// Text or NULL.
     OptText(Option<String>),
     Int(i64),
+    /// Integer or NULL.
+    OptInt(Option<i64>),
     Float(f64),
     Blob(Vec<u8>),
 }

@@ -114,8 +114,10 @@ async fn bodies_over_the_size_limit_are_too_large() {
     let body = format!(r#"{{"resourceType":"Patient","name":[{{"family":"{chunk}"}}]}}"#);
     let request = format!(
         "POST /fhir/Patient HTTP/1.1\r\nHost: {}\r\nContent-Type: application/fhir+json\r\n\
+         Authorization: Bearer {}\r\n\
          Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
         app.addr,
+        app.token,
         body.len()
     );
     let raw = raw_http(&app.addr, request.as_bytes()).await;

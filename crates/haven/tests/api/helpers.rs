@@ -39,7 +39,10 @@ pub struct TestApp {
     pub root: String,
     /// `127.0.0.1:4242`.
     pub addr: String,
+    /// Sends the suite's access token (a `system/*.cruds` backend client) on every request.
     pub client: reqwest::Client,
+    /// The access token `client` sends (for clients a test builds itself).
+    pub token: String,
     pub child: Child,
     pub data_dir: PathBuf,
     logs: Arc<Mutex<Vec<String>>>,
@@ -146,6 +149,106 @@ pub async fn spawn_app_with(env: &[(&str, &str)]) -> TestApp {
     app
 }
 
+/// The suite's backend client and its key, registered once per data directory with the
+/// real CLI (`haven client add --service`), as an operator would.
+pub const SUITE_CLIENT: &str = "test-suite";
+
+/// Where the suite client's private key (PKCS#8 PEM) is written for a data directory.
+pub fn suite_key_path(data_dir: &Path) -> PathBuf {
+    let mut name = data_dir.file_name().unwrap_or_default().to_os_string();
+    name.push(".client.pem");
+    data_dir.with_file_name(name)
+}
+
+async fn register_suite_client(data_dir: &Path, db_url: Option<&str>, env: &[(&str, &str)]) {
+    let key = suite_key_path(data_dir);
+    if key.exists() {
+        return;
+    }
+    let mut cmd = haven();
+    if let Some(url) = db_url {
+        cmd.env("HAVEN_DATABASE_URL", url);
+    }
+    let out = cmd
+        .args([
+            "client",
+            "add",
+            SUITE_CLIENT,
+            "--service",
+            "--scope",
+            "system/*.cruds",
+            "--generate-key",
+        ])
+        .arg(&key)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .envs(env.iter().copied())
+        .env("HAVEN_LOG__LEVEL", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("run haven client add");
+    // A test of a configuration the server refuses fails here too; it then sees the
+    // server's own refusal.
+    if !out.status.success() {
+        let _ = std::fs::remove_file(&key);
+    }
+}
+
+/// Signs a client assertion with a PKCS#8 PEM key (what a SMART backend client does).
+pub fn client_assertion(key_pem: &str, client: &str, audience: &str) -> String {
+    use base64::Engine as _;
+    let b64: String = key_pem
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .expect("the key file is PEM");
+    let key = haven_crypto::TokenSigningKey::from_pkcs8_der(format!("{client}-1"), &der)
+        .expect("an Ed25519 PKCS#8 key");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    key.sign(&json!({
+        "iss": client, "sub": client, "aud": audience,
+        "iat": now, "exp": now + 240, "jti": uuid_like(),
+    }))
+    .expect("sign the assertion")
+}
+
+/// A random id for `jti`s.
+pub fn uuid_like() -> String {
+    haven_crypto::random_token()
+}
+
+/// Gets an access token for the suite's client from the running server.
+async fn suite_token(root: &str, data_dir: &Path) -> Option<String> {
+    let pem = std::fs::read_to_string(suite_key_path(data_dir)).ok()?;
+    let endpoint = format!("{root}/oauth/token");
+    let form = [
+        ("grant_type", "client_credentials".to_owned()),
+        (
+            "client_assertion_type",
+            "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".to_owned(),
+        ),
+        (
+            "client_assertion",
+            client_assertion(&pem, SUITE_CLIENT, &endpoint),
+        ),
+    ];
+    let resp = reqwest::Client::new()
+        .post(&endpoint)
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(serde_urlencoded::to_string(form).unwrap())
+        .send()
+        .await
+        .ok()?;
+    let v: Value = resp.json().await.ok()?;
+    v["access_token"].as_str().map(str::to_owned)
+}
+
 /// A server on an existing data directory (to restart on the same data).
 pub async fn spawn_app_in(data_dir: &Path, env: &[(&str, &str)]) -> TestApp {
     let db = if postgres_backend() && !env.iter().any(|(k, _)| *k == "HAVEN_DATABASE_URL") {
@@ -153,6 +256,18 @@ pub async fn spawn_app_in(data_dir: &Path, env: &[(&str, &str)]) -> TestApp {
     } else {
         None
     };
+    let explicit_db = env
+        .iter()
+        .find(|(k, _)| *k == "HAVEN_DATABASE_URL")
+        .map(|(_, v)| (*v).to_owned());
+    register_suite_client(
+        data_dir,
+        db.as_ref()
+            .map(|d| d.url.as_str())
+            .or(explicit_db.as_deref()),
+        env,
+    )
+    .await;
     let mut command = haven();
     if let Some(db) = &db {
         command.env("HAVEN_DATABASE_URL", &db.url);
@@ -193,11 +308,22 @@ pub async fn spawn_app_in(data_dir: &Path, env: &[(&str, &str)]) -> TestApp {
     };
     let addr = listening["address"].as_str().expect("address").to_owned();
     let base = listening["base_url"].as_str().expect("base_url").to_owned();
+    let root = format!("http://{addr}");
+    let token = suite_token(&root, data_dir).await.unwrap_or_default();
+    let mut headers = HeaderMap::new();
+    if !token.is_empty() {
+        headers.insert(
+            header::AUTHORIZATION,
+            header::HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
+        );
+    }
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
+        .default_headers(headers)
         .build()
         .expect("build an HTTP client");
     TestApp {
+        token,
         root: format!("http://{addr}"),
         base,
         addr,
@@ -246,11 +372,17 @@ impl TestApp {
 
     /// Sends a request and reads the whole response, checking what every response promises.
     pub async fn send(&self, request: RequestBuilder) -> Resp {
+        self.send_with(&self.client, request).await
+    }
+
+    /// [`TestApp::send`] through another client: one with another access token, or none
+    /// (`reqwest` adds a client's default headers when it executes a request, so a request
+    /// built elsewhere would still carry the suite's token if `self.client` sent it).
+    pub async fn send_with(&self, client: &reqwest::Client, request: RequestBuilder) -> Resp {
         let request = request.build().expect("a valid request");
         let method = request.method().clone();
         let path = request.url().path().to_owned();
-        let resp = self
-            .client
+        let resp = client
             .execute(request)
             .await
             .unwrap_or_else(|e| panic!("{method} {path} failed: {e}"));

@@ -75,8 +75,9 @@ async fn sigterm_lets_an_in_flight_request_finish_then_exits_cleanly() {
     assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
     let head = format!(
         "POST /fhir/Patient HTTP/1.1\r\nHost: {}\r\nContent-Type: application/fhir+json\r\n\
-         Content-Length: {}\r\n\r\n",
+         Authorization: Bearer {}\r\nContent-Length: {}\r\n\r\n",
         app.addr,
+        app.token,
         body.len()
     );
     stream.write_all(head.as_bytes()).await.unwrap();
@@ -128,21 +129,28 @@ async fn sigterm_lets_an_in_flight_request_finish_then_exits_cleanly() {
         .assert_status(200);
 }
 
+/// Passwords and tokens must not cross a network in clear: a non-loopback address needs an
+/// https public URL (the TLS gateway clients reach Haven through).
 #[tokio::test]
-async fn non_loopback_addresses_are_refused() {
+async fn non_loopback_addresses_need_an_https_public_url() {
     let dir = tempfile::tempdir().unwrap();
-    for listen in ["0.0.0.0:0", "[::]:0", "192.0.2.1:8080"] {
-        let out = haven()
-            .args(["serve", "--listen", listen, "--data-dir"])
+    for (listen, public) in [
+        ("0.0.0.0:0", None),
+        ("[::]:0", None),
+        ("192.0.2.1:8080", None),
+        ("0.0.0.0:0", Some("http://ehr.example.org/fhir")),
+    ] {
+        let mut cmd = haven();
+        cmd.args(["serve", "--listen", listen, "--data-dir"])
             .arg(dir.path().join("data"))
-            .stdin(Stdio::null())
-            .output()
-            .await
-            .unwrap();
-
+            .stdin(Stdio::null());
+        if let Some(p) = public {
+            cmd.env("HAVEN_PUBLIC_URL", p);
+        }
+        let out = cmd.output().await.unwrap();
         assert!(!out.status.success(), "{listen} was accepted");
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains("loopback"), "{listen}: {stderr}");
+        assert!(stderr.contains("https:// public_url"), "{listen}: {stderr}");
     }
 }
 
