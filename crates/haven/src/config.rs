@@ -82,7 +82,9 @@ pub struct IdentityConfig {
     pub session_idle_seconds: u64,
     /// ...and at the latest this long after login (default 12 h).
     pub session_absolute_seconds: u64,
-    /// Roles that must pass a second factor (default: every human role).
+    /// Roles that must pass a second factor (default: every human role). A TOML array, or
+    /// in the environment one comma-separated string.
+    #[serde(deserialize_with = "list_or_comma_separated")]
     pub mfa_required_roles: Vec<String>,
     /// Shortest password accepted (NIST SP 800-63B: at least 8; default 12).
     pub password_min_length: usize,

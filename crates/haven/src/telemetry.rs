@@ -88,9 +88,53 @@ pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
         "haven_audit_seal_errors_total",
         "Audit sealing rounds that failed (retried)"
     );
+    metrics::describe_counter!(
+        "haven_logins_total",
+        "Browser logins that completed (every factor passed, session created)"
+    );
+    metrics::describe_counter!(
+        "haven_login_failures_total",
+        "Failed login steps: step=login-failed (password) or mfa-failed (second factor)"
+    );
+    metrics::describe_counter!(
+        "haven_account_lockouts_total",
+        "Usernames locked after repeated failures"
+    );
+    metrics::describe_counter!(
+        "haven_login_throttled_total",
+        "Login attempts refused with 429: by=address or by=account"
+    );
+    metrics::describe_counter!(
+        "haven_login_hash_rejected_total",
+        "Logins refused with 503 because the password-hashing queue was full"
+    );
+    metrics::describe_counter!(
+        "haven_tokens_issued_total",
+        "Access tokens issued by the token endpoint"
+    );
+    metrics::describe_counter!(
+        "haven_refresh_reuse_total",
+        "Refresh-token families revoked because an old token or a redeemed code came back"
+    );
+    metrics::describe_counter!(
+        "haven_token_rejections_total",
+        "FHIR requests refused for an invalid, expired or revoked access token"
+    );
+    for step in ["login-failed", "mfa-failed"] {
+        metrics::counter!("haven_login_failures_total", "step" => step).increment(0);
+    }
+    for by in ["address", "account"] {
+        metrics::counter!("haven_login_throttled_total", "by" => by).increment(0);
+    }
     // Counters exist from the start (at 0), so alert rules and dashboards see them before the
     // first event.
     for name in [
+        "haven_logins_total",
+        "haven_account_lockouts_total",
+        "haven_login_hash_rejected_total",
+        "haven_tokens_issued_total",
+        "haven_refresh_reuse_total",
+        "haven_token_rejections_total",
         "haven_audit_write_failures_total",
         "haven_audit_seal_errors_total",
         "haven_audit_sealed_total",
