@@ -8,6 +8,9 @@
 //! (microseconds, 3 significant digits) so percentiles are exact to 0.1 % without keeping every
 //! sample. Failures (transport errors and non-2xx answers) are counted over the whole run, warm-up
 //! included, never panicked on; their latency is not mixed into the histogram.
+//!
+//! Every request carries the server's current access token ([`Client`]), so Haven's token check
+//! is part of each measured request, as it is in service.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,7 +18,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use hdrhistogram::Histogram;
 use reqwest::header::HeaderMap;
+use reqwest::{IntoUrl, Method, RequestBuilder};
 
+use crate::auth::Bearer;
 use crate::scenarios::Workload;
 
 /// How many distinct failure descriptions a run keeps for the report.
@@ -48,7 +53,7 @@ pub struct Reply {
 
 /// One connection: a client with a single keep-alive socket and what it has recorded.
 pub struct Conn {
-    client: reqwest::Client,
+    client: Client,
     pub base: Arc<str>,
     window_start: Instant,
     window_end: Instant,
@@ -193,30 +198,62 @@ impl Conn {
         }
     }
 
-    pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
+    pub fn get(&self, path: &str) -> RequestBuilder {
         self.client.get(format!("{}{path}", self.base))
     }
 
-    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+    pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
         self.client
             .request(method, format!("{}{path}", self.base))
             .header(reqwest::header::CONTENT_TYPE, "application/fhir+json")
     }
 }
 
-/// One keep-alive connection's client.
-pub fn client() -> anyhow::Result<reqwest::Client> {
-    reqwest::Client::builder()
+/// An HTTP client of one server: every request it builds carries the server's current token.
+/// The harness makes no request to a server but through one, so none can go out without it.
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    bearer: Bearer,
+}
+
+impl Client {
+    pub fn request(&self, method: Method, url: impl IntoUrl) -> RequestBuilder {
+        self.bearer.authorize(self.http.request(method, url))
+    }
+
+    pub fn get(&self, url: impl IntoUrl) -> RequestBuilder {
+        self.request(Method::GET, url)
+    }
+
+    pub fn put(&self, url: impl IntoUrl) -> RequestBuilder {
+        self.request(Method::PUT, url)
+    }
+}
+
+/// One keep-alive connection's client, sending `bearer`.
+pub fn client(bearer: &Bearer) -> anyhow::Result<Client> {
+    let http = reqwest::Client::builder()
         .pool_max_idle_per_host(1)
         .tcp_nodelay(true)
         .no_proxy()
         .timeout(REQUEST_TIMEOUT)
         .build()
-        .context("cannot build the HTTP client")
+        .context("cannot build the HTTP client")?;
+    Ok(Client {
+        http,
+        bearer: bearer.clone(),
+    })
 }
 
-/// Runs `workload` against `base` (e.g. `http://127.0.0.1:8080`) with the given shape.
-pub async fn run(workload: Arc<Workload>, base: &str, shape: Shape) -> anyhow::Result<Recorded> {
+/// Runs `workload` against `base` (e.g. `http://127.0.0.1:8080`) with the given shape, every
+/// request carrying `bearer`.
+pub async fn run(
+    workload: Arc<Workload>,
+    base: &str,
+    bearer: &Bearer,
+    shape: Shape,
+) -> anyhow::Result<Recorded> {
     let base: Arc<str> = Arc::from(base);
     let window_start = Instant::now() + shape.warmup;
     let window_end = window_start + shape.duration;
@@ -224,7 +261,7 @@ pub async fn run(workload: Arc<Workload>, base: &str, shape: Shape) -> anyhow::R
     let mut tasks = Vec::with_capacity(shape.connections);
     for worker in 0..shape.connections {
         let mut conn = Conn {
-            client: client()?,
+            client: client(bearer)?,
             base: base.clone(),
             window_start,
             window_end,
@@ -269,6 +306,12 @@ mod tests {
 
     /// A keep-alive HTTP/1.1 responder answering every (body-less) request with `status`.
     async fn responder(status: &'static str) -> String {
+        guarded_responder(status, None).await
+    }
+
+    /// [`responder`], but a request without the header line `authorization: Bearer <token>`
+    /// gets 401.
+    async fn guarded_responder(status: &'static str, token: Option<&'static str>) -> String {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
@@ -284,7 +327,12 @@ mod tests {
                             }
                         }
                         let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
                         buf.drain(..end);
+                        let allowed = token.is_none_or(|t| {
+                            head.contains(&format!("\r\nauthorization: bearer {t}\r\n"))
+                        });
+                        let status = if allowed { status } else { "401 Unauthorized" };
                         let reply = format!("HTTP/1.1 {status}\r\ncontent-length: 2\r\n\r\nok");
                         if socket.write_all(reply.as_bytes()).await.is_err() {
                             return;
@@ -311,7 +359,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn successes_are_timed_inside_the_window() {
         let base = responder("200 OK").await;
-        let rec = run(get(), &base, shape()).await.unwrap();
+        let rec = run(get(), &base, &Bearer::none(), shape()).await.unwrap();
         assert!(rec.ok > 10, "only {} requests", rec.ok);
         assert_eq!(rec.errors, 0);
         assert_eq!(rec.latency.len(), rec.ok);
@@ -320,9 +368,23 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_request_carries_the_token_and_a_401_is_a_failure() {
+        let base = guarded_responder("200 OK", Some("t0k3n")).await;
+        let rec = run(get(), &base, &Bearer::new("t0k3n").unwrap(), shape())
+            .await
+            .unwrap();
+        assert!(rec.ok > 10, "only {} requests", rec.ok);
+        assert_eq!(rec.errors, 0);
+        let rec = run(get(), &base, &Bearer::none(), shape()).await.unwrap();
+        assert_eq!(rec.ok, 0);
+        assert!(rec.errors > 10);
+        assert_eq!(rec.error_samples, ["HTTP 401 Unauthorized: ok"]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn failures_are_counted_not_timed() {
         let base = responder("404 Not Found").await;
-        let rec = run(get(), &base, shape()).await.unwrap();
+        let rec = run(get(), &base, &Bearer::none(), shape()).await.unwrap();
         assert_eq!(rec.ok, 0);
         assert!(rec.errors > 10);
         assert_eq!(rec.latency.len(), 0);
@@ -336,9 +398,14 @@ mod tests {
             .local_addr()
             .unwrap()
             .port();
-        let rec = run(get(), &format!("http://127.0.0.1:{port}"), shape())
-            .await
-            .unwrap();
+        let rec = run(
+            get(),
+            &format!("http://127.0.0.1:{port}"),
+            &Bearer::none(),
+            shape(),
+        )
+        .await
+        .unwrap();
         assert_eq!(rec.ok, 0);
         assert!(rec.errors > 0);
     }

@@ -9,6 +9,7 @@
 //! The harness depends on no Haven crate on purpose: it sees Haven only as a client would, over
 //! HTTP, so it measures the shipped binary and cannot reach around the API.
 
+mod auth;
 mod clinical;
 mod cpu;
 mod load;
@@ -28,10 +29,11 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
 
+use crate::auth::Bearer;
 use crate::load::{Recorded, Shape};
 use crate::report::{Report, Row, ServerRun};
 use crate::scenarios::{FHIR, Setup, Workload};
-use crate::server::Server;
+use crate::server::{HavenOptions, Server};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Scenario {
@@ -111,6 +113,11 @@ struct Args {
     /// Haven's log level (`info`, its default, writes one line per request).
     #[arg(long, default_value = "info")]
     haven_log_level: String,
+    /// Lifetime in seconds of the access tokens Haven issues to the load clients (Haven allows
+    /// 60-900); the harness fetches a new one at 4/5 of it, so runs of any length stay
+    /// authorised.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(60..=900))]
+    token_seconds: u64,
     /// Seed of the synthetic patients imported, and of the search population.
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -206,11 +213,12 @@ pub(crate) fn progress(server: &str, what: &str, rec: &Recorded) {
 pub(crate) async fn measure(
     workload: Workload,
     base: &str,
+    bearer: &Bearer,
     shape: Shape,
     ours: cpu::Ours<'_>,
 ) -> anyhow::Result<(Recorded, f64)> {
     let before = cpu::sample(ours);
-    let rec = load::run(Arc::new(workload), base, shape).await?;
+    let rec = load::run(Arc::new(workload), base, bearer, shape).await?;
     Ok((rec, cpu::others_share(before, cpu::sample(ours))))
 }
 
@@ -265,8 +273,14 @@ async fn bench(args: Args, threads: usize) -> anyhow::Result<u64> {
         settings: format!(
             "{} s measured per scenario and server after {} s warm-up; {} connections (import: {}); \
              load generator: haven-bench, {threads} threads, HTTP/1.1 keep-alive, one request in \
-             flight per connection",
-            args.duration, args.warmup, args.connections, args.import_connections
+             flight per connection; every request to Haven carries a bearer access token that \
+             Haven checks, as in service (a `system/*.cruds` backend client, `private_key_jwt`; \
+             tokens live {} s, renewed at 4/5 of that)",
+            args.duration,
+            args.warmup,
+            args.connections,
+            args.import_connections,
+            args.token_seconds
         ),
         import_note: format!(
             "Each Bundle is one synthetic patient: 1 Patient, 5 Encounter, 80 Observation, \
@@ -355,13 +369,14 @@ async fn measure_ceiling(args: &Args, shapes: Shapes, report: &mut Report) -> an
     let idle = ceiling.memory()?;
     // The ceiling answers any id with the same Patient.
     let path = format!("{FHIR}/Patient/5b0c1a7e-7d3c-4c36-9d0b-2f3e4a5b6c7d");
-    let size = Setup::new(&base)?.body_size(&path).await?;
+    let bearer = Bearer::none();
+    let size = Setup::new(&base, &bearer)?.body_size(&path).await?;
     report.read_body.push(("ceiling".into(), size));
     let ours = cpu::Ours {
         server: ceiling.pid(),
         postgres_db: None,
     };
-    let (rec, noise) = measure(Workload::Get { path }, &base, shapes.normal, ours).await?;
+    let (rec, noise) = measure(Workload::Get { path }, &base, &bearer, shapes.normal, ours).await?;
     progress("ceiling", "read", &rec);
     report.read.push(Row::new("ceiling", None, rec, noise));
     let peak = ceiling.memory().unwrap_or_default();
@@ -405,11 +420,16 @@ async fn measure_haven(
         &args.haven_bin,
         &temp.path().join("data"),
         database.as_ref().map(|d| d.url.as_str()),
-        &args.haven_log_level,
-        audit,
+        &temp.path().join("bench-client.pem"),
+        HavenOptions {
+            log_level: &args.haven_log_level,
+            audit,
+            token_seconds: args.token_seconds,
+        },
     )?;
     let base = server.base_url();
-    let setup = Setup::new(&base)?;
+    let bearer = server.bearer().clone();
+    let setup = Setup::new(&base, &bearer)?;
     let idle = server.memory()?;
     let ours = cpu::Ours {
         server: server.pid(),
@@ -426,12 +446,13 @@ async fn measure_haven(
                     .read_body
                     .push((name.into(), setup.body_size(&path).await?));
                 let (rec, noise) =
-                    measure(Workload::Get { path }, &base, shapes.normal, ours).await?;
+                    measure(Workload::Get { path }, &base, &bearer, shapes.normal, ours).await?;
                 progress(name, "read", &rec);
                 report.read.push(Row::new(name, None, rec, noise));
             }
             Scenario::Crud => {
-                let (rec, noise) = measure(Workload::Crud, &base, shapes.normal, ours).await?;
+                let (rec, noise) =
+                    measure(Workload::Crud, &base, &bearer, shapes.normal, ours).await?;
                 progress(name, "crud (interactions)", &rec);
                 report.crud.push(Row::new(name, None, rec, noise));
             }
@@ -449,7 +470,8 @@ async fn measure_haven(
                 ];
                 for (variant, path) in variants {
                     let (rec, noise) =
-                        measure(Workload::Get { path }, &base, shapes.normal, ours).await?;
+                        measure(Workload::Get { path }, &base, &bearer, shapes.normal, ours)
+                            .await?;
                     progress(name, &format!("history {variant}"), &rec);
                     report
                         .history
@@ -458,7 +480,7 @@ async fn measure_haven(
             }
             Scenario::Import => {
                 let workload = Workload::Import { seed: args.seed };
-                let (rec, noise) = measure(workload, &base, shapes.import, ours).await?;
+                let (rec, noise) = measure(workload, &base, &bearer, shapes.import, ours).await?;
                 progress(name, "import (bundles)", &rec);
                 report.import.push(Row::new(name, None, rec, noise));
             }
@@ -531,6 +553,7 @@ async fn measure_search(
         haven_bin: args.haven_bin.clone(),
         postgres_url: args.postgres_url.clone(),
         log_level: args.haven_log_level.clone(),
+        token_seconds: args.token_seconds,
     };
     let started = std::time::Instant::now();
     let population = search::Population::generate(options.spec, &options.kinds);

@@ -15,8 +15,9 @@ use reqwest::Method;
 use reqwest::header::{ETAG, IF_MATCH, LOCATION};
 use serde_json::Value;
 
+use crate::auth::Bearer;
 use crate::clinical;
-use crate::load::{Conn, Halt, Reply};
+use crate::load::{Client, Conn, Halt, Reply};
 use crate::synth;
 
 /// The FHIR base path of every server the harness drives.
@@ -174,14 +175,14 @@ async fn crud_cycle(conn: &mut Conn) -> Result<(), Halt> {
 
 /// Set-up requests made before a scenario runs (not measured).
 pub struct Setup {
-    client: reqwest::Client,
+    client: Client,
     base: String,
 }
 
 impl Setup {
-    pub fn new(base: &str) -> anyhow::Result<Self> {
+    pub fn new(base: &str, bearer: &Bearer) -> anyhow::Result<Self> {
         Ok(Self {
-            client: crate::load::client()?,
+            client: crate::load::client(bearer)?,
             base: base.to_owned(),
         })
     }

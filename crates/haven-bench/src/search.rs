@@ -22,10 +22,11 @@ use anyhow::{Context, bail};
 
 use self::populate::{Kept, Spec};
 use self::queries::{Kind, Query};
+use crate::auth::Bearer;
 use crate::load::Shape;
 use crate::report::{Row, ServerRun};
 use crate::scenarios::{Setup, Workload};
-use crate::server::Server;
+use crate::server::{HavenOptions, Server};
 use crate::synth::population::{Counts, Facts, Person, rare_codes};
 use crate::{Backend, cpu, postgres};
 
@@ -53,6 +54,8 @@ pub struct Options {
     pub haven_bin: PathBuf,
     pub postgres_url: String,
     pub log_level: String,
+    /// Lifetime of Haven's access tokens (see [`crate::server::HavenOptions`]).
+    pub token_seconds: u64,
 }
 
 /// The population as the generator knows it, and the queries it makes.
@@ -230,6 +233,8 @@ pub(crate) struct Place {
     pub(crate) database: Option<postgres::Database>,
     /// Whether data was there before this run (a kept data set).
     existed: bool,
+    /// The bench client's private key; kept beside a kept data set, whose client it is.
+    client_key: PathBuf,
 }
 
 fn place(options: &Options, backend: Backend) -> anyhow::Result<Place> {
@@ -250,12 +255,19 @@ fn place(options: &Options, backend: Backend) -> anyhow::Result<Place> {
                 }
                 Backend::Sqlite => (None, data_dir.join("haven.db").is_file()),
             };
+            let client_key = dir.join(format!("{}-{key}.client.pem", backend.name()));
+            // A key left from a data set since removed names a client the new one lacks.
+            if !existed && client_key.exists() {
+                std::fs::remove_file(&client_key)
+                    .with_context(|| format!("cannot remove {}", client_key.display()))?;
+            }
             Ok(Place {
                 data_dir,
                 kept: Some(kept),
                 _temp: None,
                 database,
                 existed,
+                client_key,
             })
         }
         None => {
@@ -269,6 +281,7 @@ fn place(options: &Options, backend: Backend) -> anyhow::Result<Place> {
             };
             Ok(Place {
                 data_dir: temp.path().join("data"),
+                client_key: temp.path().join("bench-client.pem"),
                 kept: None,
                 _temp: Some(temp),
                 database,
@@ -293,8 +306,9 @@ async fn ensure_loaded(
     place: &Place,
     label: &str,
     base: &str,
+    bearer: &Bearer,
 ) -> anyhow::Result<String> {
-    let client = crate::load::client()?;
+    let client = crate::load::client(bearer)?;
     let expected = population.counts;
     let patients = populate::count(&client, base, "Patient").await?;
     let observations = populate::count(&client, base, "Observation").await?;
@@ -320,6 +334,7 @@ async fn ensure_loaded(
     let loaded = populate::load(
         label,
         base,
+        bearer,
         population.spec,
         options.load_connections,
         resume,
@@ -368,11 +383,16 @@ pub async fn run(
         &options.haven_bin,
         &place.data_dir,
         place.database.as_ref().map(|d| d.url.as_str()),
-        &options.log_level,
-        true,
+        &place.client_key,
+        HavenOptions {
+            log_level: &options.log_level,
+            audit: true,
+            token_seconds: options.token_seconds,
+        },
     )?;
     let base = server.base_url();
-    let setup = Setup::new(&base)?;
+    let bearer = server.bearer().clone();
+    let setup = Setup::new(&base, &bearer)?;
     let idle = server.memory()?;
     eprintln!("{label}: Haven at {base}");
     if index_is_stale(setup.metrics().await.as_deref()) {
@@ -386,7 +406,7 @@ pub async fn run(
     }
 
     let started = Instant::now();
-    let how = ensure_loaded(options, population, &place, &label, &base).await?;
+    let how = ensure_loaded(options, population, &place, &label, &base, &bearer).await?;
     report.loads.push((name.into(), how));
     if let Some(db) = &place.database {
         let t = Instant::now();
@@ -402,7 +422,7 @@ pub async fn run(
         started.elapsed().as_secs_f64()
     );
 
-    let client = crate::load::client()?;
+    let client = crate::load::client(&bearer)?;
     let ours = cpu::Ours {
         server: server.pid(),
         postgres_db: place.database.as_ref().map(|d| d.name.as_str()),
@@ -434,7 +454,7 @@ pub async fn run(
             let workload = Workload::GetEach {
                 paths: paths.clone(),
             };
-            let (rec, noise) = crate::measure(workload, &base, shape, ours).await?;
+            let (rec, noise) = crate::measure(workload, &base, &bearer, shape, ours).await?;
             let variant = format!("{}, {connections} conn.", kind.name());
             crate::progress(name, &variant, &rec);
             report.rows.push(Row::new(name, Some(variant), rec, noise));

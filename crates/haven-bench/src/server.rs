@@ -1,7 +1,9 @@
 //! Servers under test: spawned, watched and stopped by the harness.
 //!
 //! Haven is started as its release binary on port 0; its first JSON log line saying
-//! `"message":"haven listening"` gives the address. A thread keeps reading stdout for the whole
+//! `"message":"haven listening"` gives the address. Its data holds the harness's backend client,
+//! registered before it starts, and once it listens the server carries a [`Bearer`] that its
+//! clients send and a thread keeps valid (see [`crate::auth`]). A thread keeps reading stdout for the whole
 //! run, so the pipe never fills and blocks the server (Haven logs one line per request at its
 //! default level, `info`), and counts warnings and errors for the report. The ceiling prints
 //! `ceiling listening on ADDR`. Dropping a [`Server`] stops it (SIGTERM, then SIGKILL after a
@@ -18,6 +20,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use serde_json::Value;
+
+use crate::auth::{self, Bearer, Credentials, Refresher};
 
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 const STOP_GRACE: Duration = Duration::from_secs(15);
@@ -78,6 +82,20 @@ pub struct Server {
     logs: Arc<Mutex<LogStats>>,
     stderr: Arc<Mutex<String>>,
     stopped: bool,
+    /// What its clients send in `Authorization` (nothing, for the ceiling).
+    bearer: Bearer,
+    /// Keeps `bearer` valid while the server runs (Haven only).
+    refresher: Option<Refresher>,
+}
+
+/// How a Haven the harness starts is set up beyond its storage.
+#[derive(Debug, Clone, Copy)]
+pub struct HavenOptions<'a> {
+    pub log_level: &'a str,
+    /// Whether Haven writes audit records (`false`: `--benchmark-without-audit`).
+    pub audit: bool,
+    /// Lifetime of the access tokens Haven issues; the bearer is renewed at 4/5 of it.
+    pub token_seconds: u64,
 }
 
 /// What a server prints when it is ready, and how to read the address from that line.
@@ -103,38 +121,44 @@ fn ceiling_ready(line: &str) -> Option<SocketAddr> {
 
 impl Server {
     /// Starts `haven serve` on a free loopback port, with its data in `data_dir` (SQLite) or in
-    /// the PostgreSQL database `database_url`.
+    /// the PostgreSQL database `database_url`, and gets its clients a token. The bench client is
+    /// registered first, its private key written to `client_key`; a key already there means the
+    /// data (kept from an earlier run) has the client.
     pub fn haven(
         bin: &Path,
         data_dir: &Path,
         database_url: Option<&str>,
-        log_level: &str,
-        audit: bool,
+        client_key: &Path,
+        options: HavenOptions<'_>,
     ) -> anyhow::Result<Self> {
-        let mut cmd = Command::new(bin);
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir);
-        if !audit {
+        let credentials = Credentials::register(bin, data_dir, database_url, client_key)?;
+        let mut cmd = auth::haven_command(bin, data_dir, database_url);
+        cmd.args(["serve", "--listen", "127.0.0.1:0"]);
+        if !options.audit {
             cmd.arg("--benchmark-without-audit");
         }
-        // Haven's defaults, whatever the caller's environment says.
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("HAVEN_") {
-                cmd.env_remove(key);
-            }
-        }
         // The listening line is INFO: keep it whatever the level asked for.
-        let level = if log_level == "info" {
-            log_level.to_owned()
+        let level = if options.log_level == "info" {
+            options.log_level.to_owned()
         } else {
-            format!("{log_level},haven::serve=info")
+            format!("{},haven::serve=info", options.log_level)
         };
         cmd.env("HAVEN_LOG__LEVEL", level)
-            .env("HAVEN_LOG__FORMAT", "json");
-        if let Some(url) = database_url {
-            cmd.env("HAVEN_DATABASE_URL", url);
-        }
-        Self::spawn(cmd, haven_ready)
+            .env("HAVEN_LOG__FORMAT", "json")
+            .env(
+                "HAVEN_IDENTITY__ACCESS_TOKEN_SECONDS",
+                options.token_seconds.to_string(),
+            );
+        let mut server = Self::spawn(cmd, haven_ready)?;
+        let (bearer, refresher) = auth::bearer(
+            credentials,
+            &server.base_url(),
+            Duration::from_secs(options.token_seconds) * 4 / 5,
+        )
+        .context("cannot get an access token for the benchmark client")?;
+        server.bearer = bearer;
+        server.refresher = Some(refresher);
+        Ok(server)
     }
 
     /// Starts the trivial-handler ceiling on a free loopback port.
@@ -206,6 +230,8 @@ impl Server {
             logs,
             stderr,
             stopped: false,
+            bearer: Bearer::none(),
+            refresher: None,
         };
         let started = Instant::now();
         loop {
@@ -244,6 +270,11 @@ impl Server {
         format!("http://{}", self.addr)
     }
 
+    /// What this server's clients send in `Authorization`.
+    pub fn bearer(&self) -> &Bearer {
+        &self.bearer
+    }
+
     fn stderr_text(&self) -> String {
         self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
     }
@@ -276,6 +307,8 @@ impl Server {
             return Ok("already stopped".into());
         }
         self.stopped = true;
+        // No token requests to a server that is going away.
+        self.refresher = None;
         // kill(1) rather than libc::kill: the workspace forbids `unsafe`.
         let _ = Command::new("kill")
             .args(["-s", "TERM", &self.pid().to_string()])

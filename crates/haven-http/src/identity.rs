@@ -446,10 +446,19 @@ pub(crate) async fn enrol_submit(State(state): State<AppState>, req: Request) ->
         .await
     {
         Ok((start, codes)) => after_session(&state, start, "", Some(codes)).await,
-        Err(e @ IdentityError::InvalidMfaCode) => html(
-            StatusCode::UNAUTHORIZED,
-            pages::message("Wrong code", &format!("{e}; sign in again to retry.")),
-        ),
+        Err(e @ IdentityError::InvalidMfaCode) => {
+            // Show the same key again: the user may simply have typed a code too late.
+            match state.identity.pending_enrolment(&login, &f.csrf).await {
+                Ok(Some((secret, uri, qr))) => html(
+                    StatusCode::UNAUTHORIZED,
+                    pages::enrol(&f.csrf, &secret, &uri, &qr, Some(&e.to_string())),
+                ),
+                _ => html(
+                    StatusCode::UNAUTHORIZED,
+                    pages::message("Wrong code", &format!("{e}; sign in again to retry.")),
+                ),
+            }
+        }
         Err(e) => identity_error_page(&e),
     }
 }

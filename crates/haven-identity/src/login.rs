@@ -579,6 +579,31 @@ impl Identity {
             .await
     }
 
+    /// The enrolment a pending login is offering (secret, otpauth URI, QR code), to show the
+    /// page again after a wrong first code.
+    ///
+    /// # Errors
+    /// Unknown or expired login.
+    pub async fn pending_enrolment(
+        &self,
+        cookie: &str,
+        csrf: &str,
+    ) -> Result<Option<(String, String, String)>, IdentityError> {
+        let (_, pending) = self.pending(cookie, csrf).await?;
+        let (Some(user_id), Some(secret_b32)) = (pending.value.user_id, pending.value.enrolling)
+        else {
+            return Ok(None);
+        };
+        let Some(account) = self.get::<Account>(kind::ACCOUNT, &user_id).await? else {
+            return Ok(None);
+        };
+        let secret = TotpSecret::from_base32(&secret_b32)
+            .map_err(|e| IdentityError::Internal(e.to_string()))?;
+        let uri = haven_crypto::otpauth_uri(&secret, "Haven", &account.value.username).to_string();
+        let qr = crate::qr::svg(&uri)?;
+        Ok(Some((secret_b32, uri, qr)))
+    }
+
     /// Confirms a TOTP enrolment with a first code; returns the session and the recovery
     /// codes (shown once, stored only as digests).
     ///

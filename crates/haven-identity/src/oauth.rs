@@ -1116,8 +1116,9 @@ impl Identity {
             }
             return Ok(());
         }
-        // An access token of ours: remember its jti until it would have expired anyway.
-        if let Ok(claims) = self.verify_own(token, true).await
+        // An access token of ours (and still valid: an expired one is refused anyway):
+        // remember its jti until it would have expired.
+        if let Ok(claims) = self.verify_own(token).await
             && claims.get("client_id").and_then(Value::as_str) == Some(client.id.as_str())
             && let (Some(jti), Some(exp)) = (
                 claims.get("jti").and_then(Value::as_str).map(str::to_owned),

@@ -111,12 +111,11 @@ fn peek_issuer(token: &str) -> Option<String> {
 
 impl Identity {
     /// Verifies one of Haven's own access tokens (signature, type, issuer, audience, times).
-    /// `ignore_expiry` is for revocation, which accepts expired tokens.
-    pub(crate) async fn verify_own(
-        &self,
-        token: &str,
-        ignore_expiry: bool,
-    ) -> Result<Map<String, Value>, JwtError> {
+    ///
+    /// Always against the real clock, revocation included: checking "as of the token's own
+    /// lifetime" with a clock of 0 made every `iat` lie in the future, so no access token could
+    /// ever be revoked. An expired token fails here, which costs nothing: it is refused anyway.
+    pub(crate) async fn verify_own(&self, token: &str) -> Result<Map<String, Value>, JwtError> {
         self.keys.refresh_if_stale().await;
         let leeway = self.settings.clock_leeway.as_secs().min(60);
         let t = u64::try_from(now()).unwrap_or(0);
@@ -124,8 +123,7 @@ impl Identity {
             issuers: vec![self.settings.issuer.clone()],
             audience: Some(self.settings.fhir_base.clone()),
             leeway_secs: leeway,
-            // Revocation of an expired token is harmless: check it as of its own lifetime.
-            now_unix: if ignore_expiry { 0 } else { t },
+            now_unix: t,
             max_len: MAX_TOKEN_LEN,
             required: &["exp", "iat", "jti", "sub", "client_id"],
             typ: Some("at+jwt"),
@@ -158,7 +156,7 @@ impl Identity {
                 None => Err(invalid("the access token is invalid")),
             };
         }
-        let claims = self.verify_own(token, false).await.map_err(|e| {
+        let claims = self.verify_own(token).await.map_err(|e| {
             tracing::debug!(reason = %e, "access token refused");
             invalid(describe(&e))
         })?;

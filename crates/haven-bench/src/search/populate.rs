@@ -18,6 +18,8 @@ use reqwest::Method;
 use reqwest::header::CONTENT_TYPE;
 use serde_json::Value;
 
+use crate::auth::Bearer;
+use crate::load::Client;
 use crate::scenarios::FHIR;
 use crate::synth::population::{
     GENERATOR_VERSION, PRACTITIONER_ID, Person, patient_id, practitioner,
@@ -110,7 +112,7 @@ impl Loaded {
 }
 
 /// Counts the live resources of `ty` through search (`_summary=count`).
-pub async fn count(client: &reqwest::Client, base: &str, ty: &str) -> anyhow::Result<u64> {
+pub async fn count(client: &Client, base: &str, ty: &str) -> anyhow::Result<u64> {
     let url = format!("{base}{FHIR}/{ty}?_summary=count");
     let response = client
         .get(&url)
@@ -129,7 +131,7 @@ pub async fn count(client: &reqwest::Client, base: &str, ty: &str) -> anyhow::Re
 }
 
 /// Whether patient `k` is on the server.
-async fn exists(client: &reqwest::Client, base: &str, k: u64) -> anyhow::Result<bool> {
+async fn exists(client: &Client, base: &str, k: u64) -> anyhow::Result<bool> {
     let response = client
         .get(format!("{base}{FHIR}/Patient/{}", patient_id(k)))
         .timeout(Duration::from_secs(30))
@@ -146,7 +148,7 @@ async fn exists(client: &reqwest::Client, base: &str, k: u64) -> anyhow::Result<
 
 /// Sends patient `k`'s Bundle, retrying a failed attempt only after checking that it did not
 /// commit. Returns the resources written.
-async fn send(client: &reqwest::Client, base: &str, seed: u64, k: u64) -> anyhow::Result<u64> {
+async fn send(client: &Client, base: &str, seed: u64, k: u64) -> anyhow::Result<u64> {
     let person = Person::generate(seed, k);
     let body = person.bundle();
     let mut last = String::new();
@@ -188,7 +190,7 @@ async fn send(client: &reqwest::Client, base: &str, seed: u64, k: u64) -> anyhow
 }
 
 /// Creates the shared Practitioner (PUT, so loading twice changes nothing but its version).
-async fn put_practitioner(client: &reqwest::Client, base: &str) -> anyhow::Result<()> {
+async fn put_practitioner(client: &Client, base: &str) -> anyhow::Result<()> {
     let response = client
         .put(format!("{base}{FHIR}/Practitioner/{PRACTITIONER_ID}"))
         .header(CONTENT_TYPE, "application/fhir+json")
@@ -211,12 +213,13 @@ async fn put_practitioner(client: &reqwest::Client, base: &str) -> anyhow::Resul
 pub async fn load(
     label: &str,
     base: &str,
+    bearer: &Bearer,
     spec: Spec,
     connections: usize,
     resume: bool,
     kept: Option<&Kept>,
 ) -> anyhow::Result<Loaded> {
-    let setup = crate::load::client()?;
+    let setup = crate::load::client(bearer)?;
     put_practitioner(&setup, base).await?;
     let start = if resume {
         kept.map_or(0, Kept::start).min(spec.patients)
@@ -253,7 +256,7 @@ pub async fn load(
             failed.clone(),
         );
         let base = base.to_owned();
-        let client = crate::load::client()?;
+        let client = crate::load::client(bearer)?;
         tasks.push(tokio::spawn(async move {
             loop {
                 if failed.load(Ordering::Relaxed) {

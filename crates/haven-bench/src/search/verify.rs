@@ -10,12 +10,13 @@ use serde_json::Value;
 use super::queries::{Kind, Query};
 use super::{BackendPlan, CHECK_BUDGET, CHECKS_PER_KIND, Place, Population, explain, sql};
 use crate::Backend;
+use crate::load::Client;
 
 /// How long a checked answer may take: as long as a measured one (`load`'s request timeout).
 const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// GET `path` and the JSON answer.
-async fn get_json(client: &reqwest::Client, base: &str, path: &str) -> anyhow::Result<Value> {
+async fn get_json(client: &Client, base: &str, path: &str) -> anyhow::Result<Value> {
     let response = client
         .get(format!("{base}{path}"))
         .timeout(CHECK_TIMEOUT)
@@ -45,7 +46,7 @@ pub(super) struct Checked {
 /// Checks that Haven's answers match the generator: `_summary=count` of some queries of the
 /// kind, and what the measured request itself must show (order, total).
 pub(super) async fn check_kind(
-    client: &reqwest::Client,
+    client: &Client,
     base: &str,
     population: &Population,
     kind: Kind,
@@ -149,7 +150,7 @@ pub(super) async fn check_kind(
 
 /// The plans and statement checks of `q` on one backend.
 pub(super) async fn plan_kind(
-    client: &reqwest::Client,
+    client: &Client,
     base: &str,
     backend: Backend,
     place: &Place,

@@ -223,10 +223,26 @@ pub fn uuid_like() -> String {
     haven_crypto::random_token()
 }
 
-/// Gets an access token for the suite's client from the running server.
+/// Gets an access token for the suite's client from the running server. The request goes to
+/// the loopback address; the assertion's audience is the token endpoint the server advertises,
+/// which follows `public_url` when one is set (a gateway in front, `tests/gateway`).
 async fn suite_token(root: &str, data_dir: &Path) -> Option<String> {
     let pem = std::fs::read_to_string(suite_key_path(data_dir)).ok()?;
     let endpoint = format!("{root}/oauth/token");
+    let http = reqwest::Client::new();
+    let discovery: Option<Value> = match http
+        .get(format!("{root}/.well-known/openid-configuration"))
+        .send()
+        .await
+    {
+        Ok(r) => r.json().await.ok(),
+        Err(_) => None,
+    };
+    let audience = discovery
+        .as_ref()
+        .and_then(|d| d["token_endpoint"].as_str())
+        .unwrap_or(&endpoint)
+        .to_owned();
     let form = [
         ("grant_type", "client_credentials".to_owned()),
         (
@@ -235,10 +251,10 @@ async fn suite_token(root: &str, data_dir: &Path) -> Option<String> {
         ),
         (
             "client_assertion",
-            client_assertion(&pem, SUITE_CLIENT, &endpoint),
+            client_assertion(&pem, SUITE_CLIENT, &audience),
         ),
     ];
-    let resp = reqwest::Client::new()
+    let resp = http
         .post(&endpoint)
         .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
         .body(serde_urlencoded::to_string(form).unwrap())
@@ -251,6 +267,12 @@ async fn suite_token(root: &str, data_dir: &Path) -> Option<String> {
 
 /// A server on an existing data directory (to restart on the same data).
 pub async fn spawn_app_in(data_dir: &Path, env: &[(&str, &str)]) -> TestApp {
+    spawn_server(data_dir, env, &[]).await
+}
+
+/// A server on an existing data directory with extra `haven serve` arguments
+/// (`--role identity`).
+pub async fn spawn_server(data_dir: &Path, env: &[(&str, &str)], serve_args: &[&str]) -> TestApp {
     let db = if postgres_backend() && !env.iter().any(|(k, _)| *k == "HAVEN_DATABASE_URL") {
         Some(database_for(data_dir).await)
     } else {
@@ -275,6 +297,7 @@ pub async fn spawn_app_in(data_dir: &Path, env: &[(&str, &str)]) -> TestApp {
     let mut child = command
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
+        .args(serve_args)
         .env("HAVEN_LOG__FORMAT", "json")
         .env("HAVEN_LOG__LEVEL", "info")
         .envs(env.iter().copied())

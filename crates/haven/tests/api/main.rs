@@ -12,6 +12,8 @@ mod crud;
 mod errors_limits;
 mod helpers;
 mod history;
+mod identity;
+mod identity_ops;
 mod negotiation;
 mod ops;
 mod process;

@@ -292,12 +292,19 @@ impl Gateway {
             .collect()
     }
 
+    /// The header line that carries the suite's access token (`Authorization: Bearer ...`).
+    pub fn authorization(&self) -> String {
+        format!("Authorization: Bearer {}", self.app.token)
+    }
+
     /// `https://localhost:PORT` + `path`.
     pub fn url(&self, path: &str) -> String {
         format!("https://localhost:{}{path}", self.tls_port)
     }
 
     /// Sends one HTTPS request with curl (`args` are extra curl options) and reads the answer.
+    /// Like `app.client`, curl sends the suite's access token (the FHIR API needs one), but
+    /// only over TLS: a client does not send a token in clear to the redirecting port.
     pub async fn curl(&self, path: &str, args: &[&str]) -> HttpsResp {
         self.curl_url(&self.url(path), args).await
     }
@@ -308,12 +315,16 @@ impl Gateway {
         let head = self.prefix.join(format!("curl-{n}.head"));
         let body = self.prefix.join(format!("curl-{n}.body"));
         let resolve = format!("localhost:{}:127.0.0.1", self.tls_port);
+        let authorization = self.authorization();
         #[rustfmt::skip]
         let mut all = vec![
             "-sS", "--cacert", path_str(&self.pki.ca), "--resolve", &resolve,
             "-D", path_str(&head), "-o", path_str(&body),
             "-w", "%{http_code} %{http_version}",
         ];
+        if url.starts_with("https://") {
+            all.extend(["-H", &authorization]);
+        }
         all.extend_from_slice(args);
         all.push(url);
         let out = run("curl", &all, None).await;

@@ -84,7 +84,8 @@ async fn ambiguous_framing_is_refused_before_haven() {
     let body = r#"{"resourceType":"Patient"}"#;
     let request = format!(
         "POST /fhir/Patient HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/fhir+json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+         {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        gw.authorization(),
         body.len()
     );
     let answer = gw.raw_tls(request.as_bytes()).await;
