@@ -42,6 +42,9 @@ pub struct KeyRing {
     store: Arc<dyn ResourceStore>,
     rotation: Duration,
     state: RwLock<State>,
+    /// When an unknown `kid` last caused a reload (bounds reloads under a flood of forged
+    /// tokens, without delaying the first one after another replica rotated).
+    last_miss: std::sync::Mutex<Option<Instant>>,
 }
 
 impl std::fmt::Debug for KeyRing {
@@ -151,6 +154,7 @@ impl KeyRing {
             store,
             rotation,
             state: RwLock::new(state),
+            last_miss: std::sync::Mutex::new(None),
         })
     }
 
@@ -208,10 +212,17 @@ impl KeyRing {
 
     /// Reloads after an unknown `kid` (another replica rotated), at most every few seconds.
     pub async fn refresh_on_miss(&self) -> bool {
-        if self.read(|s| s.loaded.elapsed() >= RELOAD_ON_MISS) {
-            return self.reload().await.is_ok();
+        {
+            let mut last = self
+                .last_miss
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if last.is_some_and(|t| t.elapsed() < RELOAD_ON_MISS) {
+                return false;
+            }
+            *last = Some(Instant::now());
         }
-        false
+        self.reload().await.is_ok()
     }
 
     #[must_use]

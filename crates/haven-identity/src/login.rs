@@ -236,7 +236,11 @@ impl Identity {
         } else if let Some(dir) = directory {
             match dir.authenticate(&name, password).await {
                 Ok(user) => Some(self.sync_directory_account(account, user, ctx).await?),
-                Err(LdapError::InvalidCredentials) => None,
+                Err(LdapError::InvalidCredentials) => {
+                    self.notice_directory_removal(dir, &name, account.as_ref(), ctx)
+                        .await?;
+                    None
+                }
                 // The directory reports a disabled account before checking the password
                 // (Active Directory refuses its bind either way): answering "disabled" would
                 // tell anyone which names are disabled, so it is a failed login like any other.
@@ -318,6 +322,7 @@ impl Identity {
         let ctx2 = ctx.clone();
         let pend = pending.value.clone();
         let pv = pending.version;
+        let pexp = pending.expires;
         let dg = digest.clone();
         if let Some(h) = rehash {
             account.value.password_hash = Some(h);
@@ -326,7 +331,7 @@ impl Identity {
         run_write::<(), IdentityError, _>(self.store.as_ref(), move |tx| {
             Box::pin(async move {
                 tx.record_delete(kind::THROTTLE, &name2).await?;
-                tx_put(tx, kind::LOGIN, &dg, &pend, None, Expect::Version(pv)).await?;
+                tx_put(tx, kind::LOGIN, &dg, &pend, pexp, Expect::Version(pv)).await?;
                 tx_put(
                     tx,
                     kind::ACCOUNT,
@@ -433,6 +438,38 @@ impl Identity {
             value: account,
             expires: None,
         })
+    }
+
+    /// After the directory refused a password: disables Haven's copy of an account whose entry
+    /// is gone (or was disabled meanwhile), so that its sessions end with it.
+    ///
+    /// The directory answers a wrong password and a missing entry alike, so it is asked again
+    /// with the service account only ([`crate::ldap::LdapDirectory::lookup`]). It is asked
+    /// whether or not the name has a local account, so the time a refusal takes does not tell
+    /// which directory users have logged in to Haven. An error here leaves the account as it
+    /// is: the login already failed, and an outage is not a removal.
+    async fn notice_directory_removal(
+        &self,
+        dir: &crate::ldap::LdapDirectory,
+        name: &str,
+        account: Option<&Versioned<Account>>,
+        ctx: &EventContext,
+    ) -> Result<(), IdentityError> {
+        let gone = match dir.lookup(name).await {
+            Ok(None) | Err(LdapError::Disabled) => true,
+            Ok(Some(_)) => false,
+            Err(e) => {
+                tracing::warn!(error = %e, "the directory cannot say whether an account still exists");
+                false
+            }
+        };
+        if gone
+            && let Some(a) = account
+            && !a.value.disabled
+        {
+            self.mark_directory_disabled(a, ctx).await?;
+        }
+        Ok(())
     }
 
     /// The directory says this account is disabled: so is Haven's copy, at once.
@@ -781,10 +818,11 @@ impl Identity {
             session.last_seen = t;
             let v = s.version;
             let d = digest.clone();
+            let expires = s.expires;
             // A lost race only means another request refreshed it.
             let _ = run_write::<i64, StoreError, _>(self.store.as_ref(), move |tx| {
                 Box::pin(async move {
-                    tx_put(tx, kind::SESSION, &d, &session, None, Expect::Version(v)).await
+                    tx_put(tx, kind::SESSION, &d, &session, expires, Expect::Version(v)).await
                 })
             })
             .await;

@@ -223,26 +223,21 @@ pub fn uuid_like() -> String {
     haven_crypto::random_token()
 }
 
-/// Gets an access token for the suite's client from the running server. The request goes to
-/// the loopback address; the assertion's audience is the token endpoint the server advertises,
-/// which follows `public_url` when one is set (a gateway in front, `tests/gateway`).
+/// Gets an access token for the suite's client from the running server. The assertion's
+/// audience is the token endpoint the server announces (its public address, which may differ
+/// from the address the test reaches it at).
 async fn suite_token(root: &str, data_dir: &Path) -> Option<String> {
     let pem = std::fs::read_to_string(suite_key_path(data_dir)).ok()?;
-    let endpoint = format!("{root}/oauth/token");
     let http = reqwest::Client::new();
-    let discovery: Option<Value> = match http
+    let discovery: Value = http
         .get(format!("{root}/.well-known/openid-configuration"))
         .send()
         .await
-    {
-        Ok(r) => r.json().await.ok(),
-        Err(_) => None,
-    };
-    let audience = discovery
-        .as_ref()
-        .and_then(|d| d["token_endpoint"].as_str())
-        .unwrap_or(&endpoint)
-        .to_owned();
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    let audience = discovery["token_endpoint"].as_str()?.to_owned();
     let form = [
         ("grant_type", "client_credentials".to_owned()),
         (
@@ -255,7 +250,7 @@ async fn suite_token(root: &str, data_dir: &Path) -> Option<String> {
         ),
     ];
     let resp = http
-        .post(&endpoint)
+        .post(format!("{root}/oauth/token"))
         .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
         .body(serde_urlencoded::to_string(form).unwrap())
         .send()

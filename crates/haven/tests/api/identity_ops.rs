@@ -362,3 +362,167 @@ async fn identity_and_fhir_roles_run_as_separate_processes() {
         "the revoked client's token still works at the FHIR process"
     );
 }
+
+/// `haven identity rotate-key`: a replica started after the rotation signs with the new key;
+/// the first replica accepts those tokens (it reloads the keys on an unknown `kid`), and tokens
+/// signed with the old key keep working on both during the overlap. Both publish both keys.
+#[tokio::test]
+async fn signing_key_rotation_keeps_old_tokens_valid_and_spreads_to_every_replica() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // Replicas behind one gateway: one public address, so one issuer and audience.
+    let env = [("HAVEN_PUBLIC_URL", "https://ehr.example.test/fhir")];
+    let first = crate::helpers::spawn_app_in(&data, &env).await;
+    let old_token = first.token.clone();
+    assert!(!old_token.is_empty(), "{}", first.stderr());
+    let kid_of = |t: &str| -> String {
+        use base64::Engine as _;
+        let header = t.split('.').next().unwrap();
+        let v: Value = serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(header)
+                .unwrap(),
+        )
+        .unwrap();
+        v["kid"].as_str().unwrap().to_owned()
+    };
+    let old_kid = kid_of(&old_token);
+
+    let out = first
+        .cli()
+        .args(["identity", "rotate-key"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let second = crate::helpers::spawn_app_in(&data, &env).await;
+    let new_token = second.token.clone();
+    let new_kid = kid_of(&new_token);
+    assert_ne!(
+        old_kid, new_kid,
+        "the replica started after the rotation signs with the old key"
+    );
+
+    for app in [&first, &second] {
+        for token in [&old_token, &new_token] {
+            let r = browser()
+                .get(format!("{}/fhir/Patient", app.root))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(
+                r.status(),
+                200,
+                "{} refused a token: {}",
+                app.root,
+                r.text().await.unwrap()
+            );
+        }
+    }
+    let jwks: Value = browser()
+        .get(format!("{}/.well-known/jwks.json", first.root))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let kids: Vec<&str> = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|k| k["kid"].as_str())
+        .collect();
+    assert!(
+        kids.contains(&old_kid.as_str()) && kids.contains(&new_kid.as_str()),
+        "{kids:?}"
+    );
+    // The rotation is in the audit trail, attributed to the operator.
+    let first_saw = first
+        .wait_for_log(|l| l.contains("\"signing-key-rotate\""))
+        .await;
+    let second_saw = second
+        .logs()
+        .iter()
+        .any(|l| l.contains("\"signing-key-rotate\""));
+    assert!(
+        first_saw.is_some() || second_saw,
+        "no signing-key-rotate audit line from either replica"
+    );
+}
+
+/// `haven user reset-mfa`: the user enrols again at the next login; the reset is audited.
+#[tokio::test]
+async fn reset_mfa_makes_the_next_login_enrol_again() {
+    let app = spawn_app_with(&[]).await;
+    add_user(&app, "dora", "nurse").await;
+    // First login: enrolment, completed.
+    let form = login_form(&app).await;
+    let page = post_login(&app, &form, "dora", PASSWORD, "127.0.0.1").await;
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    let secret = html
+        .split("<code id=\"secret\">")
+        .nth(1)
+        .and_then(|r| r.split('<').next())
+        .expect("an enrolment page with the key")
+        .to_owned();
+    let totp = haven_crypto::TotpSecret::from_base32(&secret).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let code = haven_crypto::totp_code(&totp, now / 30);
+    let done = browser()
+        .post(format!("{}/oauth/enrol", app.root))
+        .header(header::COOKIE, &form.0)
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(
+            serde_urlencoded::to_string([("csrf", form.1.as_str()), ("code", code.as_str())])
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.status(), 200);
+    assert!(done.text().await.unwrap().contains("recovery-codes"));
+    // Second login: the second factor is asked for, not enrolment.
+    let form = login_form(&app).await;
+    let html = post_login(&app, &form, "dora", PASSWORD, "127.0.0.1")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains("action=\"/oauth/mfa\""), "{html}");
+    // After the reset, enrolment again.
+    let out = app
+        .cli()
+        .args(["user", "reset-mfa", "dora"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let form = login_form(&app).await;
+    let html = post_login(&app, &form, "dora", PASSWORD, "127.0.0.1")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains("action=\"/oauth/enrol\""), "{html}");
+    assert!(
+        app.wait_for_log(|l| l.contains("\"mfa-reset\""))
+            .await
+            .is_some(),
+        "the reset is not in the audit trail"
+    );
+}
