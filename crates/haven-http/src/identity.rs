@@ -124,6 +124,10 @@ fn identity_error_page(e: &IdentityError) -> Response {
         tracing::error!(error = %e, "identity request failed");
     }
     let text = match e {
+        IdentityError::Store(_) if e.status() == 409 => {
+            "This sign-in was completed or changed in another window at the same time; start again."
+                .to_owned()
+        }
         IdentityError::Store(_) | IdentityError::Internal(_) => {
             "Something went wrong on the server; it has been logged. Try again.".to_owned()
         }
@@ -389,7 +393,11 @@ pub(crate) async fn login_submit(State(state): State<AppState>, req: Request) ->
             pages::enrol(&f.csrf, &secret, &uri, &qr_svg, None),
         ),
         Ok(AfterPassword::Session(start)) => after_session(&state, start, &f.username, None).await,
-        Err(e @ (IdentityError::InvalidCredentials | IdentityError::Disabled)) => {
+        Err(
+            e @ (IdentityError::InvalidCredentials
+            | IdentityError::Disabled
+            | IdentityError::NoRole),
+        ) => {
             // Same page, status and body for an unknown user and a wrong password.
             html(
                 StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED),

@@ -58,6 +58,8 @@ pub enum IdentityError {
     Throttled(u64),
     #[error("this account is disabled; ask an administrator")]
     Disabled,
+    #[error("this account has no role in Haven; ask an administrator to grant one")]
+    NoRole,
     /// The login page or form is too old, or its CSRF token does not match.
     #[error("this login form has expired or was not sent by this browser; start again")]
     LoginExpired,
@@ -95,7 +97,9 @@ impl IdentityError {
         match self {
             IdentityError::InvalidCredentials | IdentityError::InvalidMfaCode => 401,
             IdentityError::Throttled(_) => 429,
-            IdentityError::Disabled => 403,
+            IdentityError::Disabled | IdentityError::NoRole => 403,
+            // Two requests changed the same record at once (a double submit): retry.
+            IdentityError::Store(StoreError::VersionConflict(_)) => 409,
             IdentityError::LoginExpired | IdentityError::Invalid(_) => 400,
             IdentityError::OAuth(e) => e.status,
             IdentityError::Exists(_) => 409,

@@ -254,6 +254,24 @@ impl Identity {
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "the directory cannot authenticate");
+                    let actor = haven_audit::Actor {
+                        user: Some(name.clone()),
+                        role: None,
+                        client: None,
+                    };
+                    // Recorded when possible; the login is refused either way.
+                    if let Err(e) = self
+                        .record(security_entry(
+                            ctx,
+                            "login-refused",
+                            503,
+                            actor,
+                            Some("directory-unavailable".into()),
+                        ))
+                        .await
+                    {
+                        tracing::warn!(error = %e, "cannot record a login refused for a directory outage");
+                    }
                     return Err(IdentityError::DirectoryUnavailable);
                 }
             }
@@ -280,6 +298,19 @@ impl Identity {
             ))
             .await?;
             return Err(IdentityError::Disabled);
+        }
+        // A directory user in no mapped group has no role: nothing to sign in for (and no
+        // role that would require a second factor).
+        if account.value.roles.is_empty() {
+            self.record(security_entry(
+                ctx,
+                "login-refused",
+                403,
+                actor,
+                Some("no-role".into()),
+            ))
+            .await?;
+            return Err(IdentityError::NoRole);
         }
         if let Some(ip) = ctx.source_ip.as_deref() {
             self.ip_throttle.record_success(ip);
