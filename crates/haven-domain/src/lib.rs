@@ -8,6 +8,7 @@
 pub mod access;
 mod ids;
 mod interaction;
+pub mod policy;
 pub mod scope;
 mod time;
 

@@ -48,7 +48,14 @@ pub(crate) async fn handle(State(state): State<AppState>, req: Request) -> Respo
     } else {
         match authenticate(&state, &parts.headers).await {
             Ok(p) => Some(p),
-            Err(e) => return error_response(&e, pretty_hint),
+            Err(e) => {
+                // Read (and drop) the body within the size limit before refusing: a gateway
+                // still sending it would otherwise see a reset connection and answer 503
+                // instead of this 401.
+                let limit = state.service.config().limits.max_body_bytes;
+                let _ = to_bytes(body, limit).await;
+                return error_response(&e, pretty_hint);
+            }
         }
     };
     let resp = match serve(

@@ -1,13 +1,20 @@
-//! The scope check: does the caller's access token allow this interaction at all?
+//! The access check: may this caller do this interaction at all?
 //!
 //! Called for every interaction before storage is touched, for REST requests and for every
-//! entry of a batch or transaction alike. It answers from the token's SMART scopes only:
-//! `system/` scopes for a client acting for itself, `user/` scopes for a person. Roles,
-//! patient compartments, consent and break-glass refine this decision (issue 6); until
-//! compartments are enforced, `patient/` scopes grant nothing here, so a patient-context
-//! token cannot reach other patients' data through a missing check, and granular scopes
-//! (`patient/Observation.rs?category=...`) grant nothing until their filters are applied.
+//! entry of a batch or transaction alike. Effective permission = role policy ∩ token scopes
+//! (deny by default):
+//! - the **role policy** (`haven_domain::policy`, a data file) must allow the action on the
+//!   type for one of the caller's roles;
+//! - a **scope** of the token must allow it too: `system/` scopes for a client acting for
+//!   itself, `user/` scopes for a person.
+//!
+//! Until patient compartments are enforced, a role confined to its compartment (`patient`),
+//! `patient/` scopes and granular scopes (`?category=...`) grant nothing, so no token can
+//! reach other patients' data through a check that does not exist yet. A type or action
+//! outside the caller's bounds is 403: it reveals nothing the caller did not already know
+//! (the resource types of FHIR are public).
 
+use haven_domain::policy::Decision;
 use haven_domain::scope::{Action, Context, Grant};
 use haven_domain::{Principal, PrincipalKind};
 
@@ -44,6 +51,16 @@ fn needs(route: &Route) -> Vec<(Option<&'static str>, Action)> {
     }
 }
 
+fn verb(a: Action) -> &'static str {
+    match a {
+        Action::Create => "create",
+        Action::Read => "read",
+        Action::Update => "update",
+        Action::Delete => "delete",
+        Action::Search => "search",
+    }
+}
+
 fn letter(a: Action) -> &'static str {
     match a {
         Action::Create => "c",
@@ -64,12 +81,39 @@ fn contexts(p: &Principal) -> &'static [Context] {
 
 /// Refuses the interaction unless the caller's scopes allow it. Haven's own commands run
 /// without a principal and are not checked here.
-pub(crate) fn check(ctx: &RequestContext, route: &Route) -> Result<(), ServiceError> {
+pub(crate) fn check(
+    policy: &haven_domain::policy::Policy,
+    ctx: &RequestContext,
+    route: &Route,
+) -> Result<(), ServiceError> {
     let Some(p) = ctx.principal.as_deref() else {
         return Ok(());
     };
-    for (ty, action) in needs(route) {
+    let needs = needs(route);
+    if !needs.is_empty() && p.roles.is_empty() {
+        return Err(ServiceError::Forbidden(
+            "this account has no role in Haven; ask an administrator to grant one".into(),
+        ));
+    }
+    for (ty, action) in needs {
         let name = ty.unwrap_or("*");
+        match policy.decide(&p.roles, name, action) {
+            Decision::Allowed => {}
+            Decision::InCompartment => {
+                return Err(ServiceError::Forbidden(
+                    "this role may see only its own patient record, which this server cannot \
+                     confine requests to yet"
+                        .into(),
+                ));
+            }
+            Decision::Denied => {
+                return Err(ServiceError::Forbidden(format!(
+                    "the role {} may not {} {name}",
+                    p.role_names(),
+                    verb(action)
+                )));
+            }
+        }
         // A granular scope (`?category=...`) grants only what matches its filter; until the
         // filters are applied to results (issue 6) it grants nothing.
         let ok = contexts(p)

@@ -310,7 +310,7 @@ impl FhirService {
         let (segments, query) = split_url(relative)?;
         let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
         let route = route(method, &segs)?;
-        crate::access::check(ctx, &route)?;
+        crate::access::check(&self.config.policy, ctx, &route)?;
         if matches!(
             route,
             Route::Bundle | Route::Capabilities | Route::Validate(..)

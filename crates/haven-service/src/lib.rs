@@ -65,6 +65,8 @@ pub struct ServiceConfig {
     /// Whether audit records are built and written. Always true in service; only the benchmark harness
     /// turns it off (`haven serve --benchmark-without-audit`), to measure what auditing costs.
     pub audit_writes: bool,
+    /// The role policy (`policy/default.toml` unless configured).
+    pub policy: std::sync::Arc<haven_domain::policy::Policy>,
 }
 
 /// What the client asked to get back after a write (`Prefer: return=`, http.html#ops).
@@ -230,7 +232,7 @@ impl FhirService {
         ctx: &RequestContext,
         req: FhirRequest,
     ) -> Result<FhirResponse, ServiceError> {
-        if let Err(refused) = access::check(ctx, &req.route) {
+        if let Err(refused) = access::check(&self.config.policy, ctx, &req.route) {
             // A refusal is an access attempt: recorded before it is answered.
             return self
                 .audit_answer::<FhirResponse>(

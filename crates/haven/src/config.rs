@@ -63,6 +63,16 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub audit: AuditConfig,
     pub identity: IdentityConfig,
+    pub authorization: AuthorizationConfig,
+}
+
+/// `[authorization]`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthorizationConfig {
+    /// The role policy (TOML); default: the shipped `policy/default.toml`. Check a new one
+    /// with `haven policy check FILE`; a changed policy is recorded in the audit trail at start.
+    pub policy_file: Option<PathBuf>,
 }
 
 /// The identity provider and token validation (`[identity]`).
@@ -273,6 +283,7 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             audit: AuditConfig::default(),
             identity: IdentityConfig::default(),
+            authorization: AuthorizationConfig::default(),
         }
     }
 }
@@ -476,6 +487,29 @@ fn describe(e: figment::Error) -> String {
 }
 
 impl Config {
+    /// The role policy's text and where it came from.
+    pub fn policy_text(&self) -> anyhow::Result<(String, String)> {
+        match &self.authorization.policy_file {
+            Some(p) => Ok((
+                std::fs::read_to_string(p).map_err(|e| {
+                    anyhow::anyhow!("cannot read authorization.policy_file {}: {e}", p.display())
+                })?,
+                p.display().to_string(),
+            )),
+            None => Ok((
+                haven_domain::policy::DEFAULT_POLICY.to_owned(),
+                "the shipped policy/default.toml".into(),
+            )),
+        }
+    }
+
+    /// The parsed role policy.
+    pub fn policy(&self) -> anyhow::Result<haven_domain::policy::Policy> {
+        let (text, origin) = self.policy_text()?;
+        haven_domain::policy::Policy::parse(&text)
+            .map_err(|e| anyhow::anyhow!("the role policy ({origin}) is invalid: {e}"))
+    }
+
     fn validate_identity(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         let i = &self.identity;

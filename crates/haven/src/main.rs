@@ -99,6 +99,12 @@ enum Command {
         #[arg(long)]
         url: Option<String>,
     },
+    /// The role policy: `haven policy check [FILE]` validates a policy file (default: the
+    /// configured one) and prints what each role may do.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// Probe a running server's /healthz (for container health checks); exit 0 when healthy.
     Healthcheck {
         /// Probe /readyz instead: healthy only when the database answers (readiness probes).
@@ -185,6 +191,15 @@ enum ClientCommand {
 enum IdentityCommand {
     /// Start a new token signing key now; the old one stays published for 24 h.
     RotateKey,
+}
+
+#[derive(Subcommand, Debug)]
+enum PolicyCommand {
+    /// Validate a policy file and print what each role may do; exit status 2 if invalid.
+    Check {
+        /// The file to check (default: the configured policy).
+        file: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -367,6 +382,31 @@ fn main() -> ExitCode {
                 ClientCommand::Revoke { id } => identity_cmd::client_revoke(&config, &id).await,
             }
         }),
+        Command::Policy {
+            command: PolicyCommand::Check { file },
+        } => {
+            let parsed = match &file {
+                Some(f) => std::fs::read_to_string(f)
+                    .map_err(|e| format!("cannot read {}: {e}", f.display()))
+                    .and_then(|t| {
+                        haven_domain::policy::Policy::parse(&t).map_err(|e| e.to_string())
+                    }),
+                None => config.policy().map_err(|e| e.to_string()),
+            };
+            match parsed {
+                Ok(p) => {
+                    println!("policy version {}", p.version());
+                    for line in p.summary() {
+                        println!("  {line}");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("haven: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Identity {
             command: IdentityCommand::RotateKey,
         } => run_async(async move { identity_cmd::rotate_key(&config).await }),

@@ -89,6 +89,7 @@ pub async fn reindex(config: &Config, batch: u32, restart: bool) -> anyhow::Resu
             limits: config.limits(),
             base_url: String::new(),
             audit_writes: true,
+            policy: Arc::new(config.policy()?),
         },
     );
     let started = std::time::Instant::now();
@@ -142,6 +143,8 @@ pub async fn run(config: Config, role: Role, audit_writes: bool) -> anyhow::Resu
         .clone()
         .map(|u| u.trim_end_matches('/').to_owned())
         .unwrap_or_else(|| format!("http://{local}{}", haven_http::FHIR_BASE));
+    let policy = Arc::new(config.policy()?);
+    record_policy(&config, store.as_ref(), &policy).await?;
     let (batcher, batching) = haven_service::audit::AuditBatcher::new(store.clone(), 4_096);
     tokio::spawn(batching);
     let service = Arc::new(
@@ -151,6 +154,7 @@ pub async fn run(config: Config, role: Role, audit_writes: bool) -> anyhow::Resu
                 limits: config.limits(),
                 base_url: base_url.clone(),
                 audit_writes,
+                policy: policy.clone(),
             },
         )
         .with_audit_batcher(batcher),
@@ -256,6 +260,46 @@ pub async fn run(config: Config, role: Role, audit_writes: bool) -> anyhow::Resu
     }
     service.shutdown().await;
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// Records a policy that differs from the one the database last saw (`policy-change`, with
+/// its version and SHA-256), in the same unit as the new fingerprint: every change of who may
+/// do what is in the audit trail.
+async fn record_policy(
+    config: &Config,
+    store: &dyn ResourceStore,
+    policy: &haven_domain::policy::Policy,
+) -> anyhow::Result<()> {
+    let (text, origin) = config.policy_text()?;
+    let digest: String = haven_crypto::sha256(&[text.as_bytes()])
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    if store.meta("policy_sha256").await?.as_deref() == Some(digest.as_str()) {
+        return Ok(());
+    }
+    let version = policy.version();
+    tracing::info!(version, sha256 = %digest, origin = %origin, "the role policy changed; recording it");
+    let entry = haven_identity::events::security_entry(
+        &haven_identity::EventContext::cli(),
+        "policy-change",
+        200,
+        haven_audit::Actor {
+            user: Some("haven".into()),
+            role: None,
+            client: None,
+        },
+        Some(format!("version={version} sha256={digest}")),
+    );
+    haven_store::run_write::<(), haven_store::StoreError, _>(store, move |tx| {
+        Box::pin(async move {
+            tx.set_meta("policy_sha256", Some(&digest)).await?;
+            tx.audit(entry).await
+        })
+    })
+    .await
+    .context("cannot record the role policy in the audit trail")?;
     Ok(())
 }
 

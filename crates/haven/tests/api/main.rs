@@ -4,6 +4,7 @@
 //! plus the operational surface.
 
 mod audit;
+mod authorization;
 mod binary;
 mod bundle;
 mod compartment;

@@ -1,0 +1,375 @@
+//! Authorization: effective permission = role policy ∩ token scopes, for every role, resource
+//! type and interaction. The expected outcome of each cell is data
+//! (`data/access-matrix.txt`), so the table is what the policy file promises.
+
+use std::collections::BTreeMap;
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::helpers::{FHIR_JSON, Resp, TestApp};
+use crate::identity::{
+    APP, REDIRECT_URI, Server, add_user, bearer, cli, password_flow, spawn_configured,
+};
+
+const MATRIX: &str = include_str!("data/access-matrix.txt");
+const INTERACTIONS: [&str; 8] = [
+    "create",
+    "read",
+    "vread",
+    "update",
+    "delete",
+    "search",
+    "history",
+    "everything",
+];
+/// No second factor, so the test can sign every role in with a password.
+const NO_MFA: &str = "[identity]\nmfa_required_roles = []\n";
+const SCOPE_ALL: &str = "openid fhirUser user/*.cruds";
+
+/// A server with a SMART app allowed every user scope, and a token per role.
+async fn server_with_roles() -> (Server, BTreeMap<String, String>) {
+    let app = spawn_configured(NO_MFA).await;
+    cli(
+        &app,
+        &[
+            "client",
+            "add",
+            APP,
+            "--public",
+            "--redirect-uri",
+            REDIRECT_URI,
+            "--scope",
+            "openid fhirUser user/*.cruds launch/patient offline_access",
+            "--refresh",
+        ],
+        None,
+    )
+    .await;
+    let mut tokens = BTreeMap::new();
+    for role in [
+        "clinician",
+        "nurse",
+        "registrar",
+        "patient",
+        "auditor",
+        "admin",
+    ] {
+        let user = format!("{role}-user");
+        add_user(&app, &user, role).await;
+        let t = password_flow(&app, &user, SCOPE_ALL, "").await;
+        tokens.insert(
+            role.to_owned(),
+            t["access_token"].as_str().unwrap().to_owned(),
+        );
+    }
+    // The suite's own client is a backend service (system/*.cruds).
+    tokens.insert("service".into(), app.token.clone());
+    (app, tokens)
+}
+
+/// A valid resource of `ty` (as the service client creates them for each cell).
+fn body(ty: &str, patient: &str) -> Value {
+    let subject = json!({"reference": format!("Patient/{patient}")});
+    match ty {
+        "Patient" => json!({"resourceType": "Patient", "gender": "other"}),
+        "Observation" => json!({"resourceType": "Observation", "status": "final",
+            "code": {"text": "pulse"}, "subject": subject}),
+        "Condition" => json!({"resourceType": "Condition", "subject": subject,
+            "code": {"text": "asthma"}}),
+        "MedicationRequest" => json!({"resourceType": "MedicationRequest", "status": "active",
+            "intent": "order", "medicationCodeableConcept": {"text": "salbutamol"},
+            "subject": subject}),
+        "DocumentReference" => json!({"resourceType": "DocumentReference", "status": "current",
+            "subject": subject,
+            "content": [{"attachment": {"contentType": "text/plain", "data": "bm90ZQ=="}}]}),
+        "Practitioner" => json!({"resourceType": "Practitioner", "name": [{"family": "Osler"}]}),
+        "Consent" => json!({"resourceType": "Consent", "status": "active",
+            "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope",
+                                  "code": "patient-privacy"}]},
+            "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+            "patient": subject,
+            "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+                                       "code": "OPTIN"}]}}),
+        other => json!({"resourceType": other}),
+    }
+}
+
+async fn as_role(
+    app: &TestApp,
+    token: &str,
+    method: Method,
+    path: &str,
+    body: Option<&Value>,
+) -> Resp {
+    let mut req = app.request(method, path);
+    if let Some(b) = body {
+        req = req.header("content-type", FHIR_JSON).body(b.to_string());
+    }
+    app.send_with(&bearer(token), req).await
+}
+
+/// Creates a resource with the service token; `None` for AuditEvent (never creatable).
+async fn fixture(app: &TestApp, ty: &str, patient: &str) -> Option<String> {
+    if ty == "AuditEvent" {
+        return None;
+    }
+    let created = app.create(&body(ty, patient)).await;
+    Some(created["id"].as_str().unwrap().to_owned())
+}
+
+/// Runs one interaction as a role and returns the status.
+async fn run(
+    app: &TestApp,
+    token: &str,
+    ty: &str,
+    id: &str,
+    patient: &str,
+    interaction: &str,
+) -> u16 {
+    let resp = match interaction {
+        "create" => as_role(app, token, Method::POST, ty, Some(&body(ty, patient))).await,
+        "read" => as_role(app, token, Method::GET, &format!("{ty}/{id}"), None).await,
+        "vread" => {
+            as_role(
+                app,
+                token,
+                Method::GET,
+                &format!("{ty}/{id}/_history/1"),
+                None,
+            )
+            .await
+        }
+        "update" => {
+            let mut b = body(ty, patient);
+            b["id"] = json!(id);
+            as_role(app, token, Method::PUT, &format!("{ty}/{id}"), Some(&b)).await
+        }
+        "delete" => as_role(app, token, Method::DELETE, &format!("{ty}/{id}"), None).await,
+        "search" => as_role(app, token, Method::GET, &format!("{ty}?_count=1"), None).await,
+        "history" => {
+            as_role(
+                app,
+                token,
+                Method::GET,
+                &format!("{ty}/{id}/_history"),
+                None,
+            )
+            .await
+        }
+        "everything" => {
+            as_role(
+                app,
+                token,
+                Method::GET,
+                &format!("{ty}/{id}/$everything"),
+                None,
+            )
+            .await
+        }
+        other => panic!("unknown interaction {other}"),
+    };
+    resp.status
+}
+
+fn matches(expected: &str, status: u16) -> bool {
+    match expected {
+        "ok" => (200..300).contains(&status),
+        n => n.parse::<u16>().is_ok_and(|e| e == status),
+    }
+}
+
+#[tokio::test]
+async fn the_role_matrix_holds() {
+    let (app, tokens) = server_with_roles().await;
+    let patient = app.create(&body("Patient", "")).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut failures = Vec::new();
+    let mut cells = 0;
+    for line in MATRIX
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(
+            cols.len(),
+            2 + INTERACTIONS.len(),
+            "malformed matrix row: {line}"
+        );
+        let (role, ty) = (cols[0], cols[1]);
+        let token = &tokens[role];
+        // A fresh resource per row; `delete` runs last so the others find it.
+        let id = fixture(&app, ty, &patient)
+            .await
+            .unwrap_or_else(|| "x1".into());
+        let mut order: Vec<usize> = (0..INTERACTIONS.len()).collect();
+        order.sort_by_key(|i| INTERACTIONS[*i] == "delete");
+        for i in order {
+            let expected = cols[2 + i];
+            if expected == "-" {
+                continue;
+            }
+            cells += 1;
+            let status = run(&app, token, ty, &id, &patient, INTERACTIONS[i]).await;
+            if !matches(expected, status) {
+                failures.push(format!(
+                    "{role} {} {ty}: expected {expected}, got {status}",
+                    INTERACTIONS[i]
+                ));
+            }
+        }
+    }
+    assert!(cells >= 399, "only {cells} cells ran");
+    assert!(
+        failures.is_empty(),
+        "{} of {cells} cells differ:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+/// The scopes of the token narrow what the role allows: a clinician whose app asked only for
+/// reading gets 403 on writes, and a role's refusal is not widened by a broad scope.
+#[tokio::test]
+async fn effective_permission_is_role_and_scope() {
+    let (app, tokens) = server_with_roles().await;
+    let read_only = password_flow(&app, "clinician-user", "openid user/*.rs", "").await;
+    let read_only = read_only["access_token"].as_str().unwrap();
+    let patient = app.create(&body("Patient", "")).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let read = as_role(
+        &app,
+        read_only,
+        Method::GET,
+        &format!("Patient/{patient}"),
+        None,
+    )
+    .await;
+    read.assert_status(200);
+    let write = as_role(
+        &app,
+        read_only,
+        Method::POST,
+        "Observation",
+        Some(&body("Observation", &patient)),
+    )
+    .await;
+    write.assert_status(403);
+    assert!(
+        write
+            .header("www-authenticate")
+            .is_some_and(|h| h.contains("insufficient_scope")),
+        "a scope refusal says so: {:?}",
+        write.header("www-authenticate")
+    );
+    // The registrar's token has user/*.cruds, but the role does not reach clinical data: a
+    // role refusal is 403 `forbidden`, not a scope problem.
+    let registrar = as_role(&app, &tokens["registrar"], Method::GET, "Observation", None).await;
+    registrar.assert_status(403);
+    assert!(registrar.header("www-authenticate").is_none());
+    assert!(
+        registrar.text().contains("registrar"),
+        "{}",
+        registrar.text()
+    );
+    // Inside a transaction, one entry beyond the role refuses the whole Bundle.
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": body("Patient", ""), "request": {"method": "POST", "url": "Patient"}},
+        {"resource": body("Observation", &patient), "request": {"method": "POST", "url": "Observation"}},
+    ]});
+    let tx = as_role(&app, &tokens["registrar"], Method::POST, "", Some(&bundle)).await;
+    tx.assert_status(403);
+    let patients = app.get("Patient?_summary=count").await.json();
+    assert_eq!(
+        patients["total"], 1,
+        "the refused transaction stored nothing"
+    );
+}
+
+/// The policy is data: `haven policy check` validates a file; a server started with another
+/// policy applies it and records the change in the audit trail.
+#[tokio::test]
+async fn the_policy_file_is_checked_applied_and_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "version = 1\n[roles.registrar]\nObservations = \"rs\"\n",
+    )
+    .unwrap();
+    let out = crate::helpers::haven()
+        .args(["policy", "check"])
+        .arg(&bad)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Observations"));
+    let out = crate::helpers::haven()
+        .args(["policy", "check"])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("registrar:"));
+
+    // A hospital lets registrars read (not write) observations.
+    let custom = haven_domain::policy::DEFAULT_POLICY.replace(
+        "\"@scheduling\" = \"cruds\"",
+        "\"@scheduling\" = \"cruds\"\nObservation = \"rs\"",
+    );
+    let file = dir.path().join("policy.toml");
+    std::fs::write(&file, custom).unwrap();
+    let config = format!(
+        "{NO_MFA}[authorization]\npolicy_file = \"{}\"\n",
+        file.display()
+    );
+    let app = spawn_configured(&config).await;
+    cli(
+        &app,
+        &[
+            "client",
+            "add",
+            APP,
+            "--public",
+            "--redirect-uri",
+            REDIRECT_URI,
+            "--scope",
+            "openid user/*.cruds",
+            "--refresh",
+        ],
+        None,
+    )
+    .await;
+    add_user(&app, "reggie", "registrar").await;
+    let token = password_flow(&app, "reggie", "openid user/*.cruds", "").await;
+    let token = token["access_token"].as_str().unwrap();
+    as_role(&app, token, Method::GET, "Observation", None)
+        .await
+        .assert_status(200);
+    let patient = app.create(&body("Patient", "")).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    as_role(
+        &app,
+        token,
+        Method::POST,
+        "Observation",
+        Some(&body("Observation", &patient)),
+    )
+    .await
+    .assert_status(403);
+    assert!(
+        app.wait_for_log(|l| l.contains("\"policy-change\""))
+            .await
+            .is_some(),
+        "the policy change is not in the audit trail"
+    );
+}
