@@ -8,11 +8,11 @@
 //! - a **scope** of the token must allow it too: `system/` scopes for a client acting for
 //!   itself, `user/` scopes for a person.
 //!
-//! Until patient compartments are enforced, a role confined to its compartment (`patient`),
-//! `patient/` scopes and granular scopes (`?category=...`) grant nothing, so no token can
-//! reach other patients' data through a check that does not exist yet. A type or action
-//! outside the caller's bounds is 403: it reveals nothing the caller did not already know
-//! (the resource types of FHIR are public).
+//! A role confined to its compartment (`patient`) and `patient/` scopes with a launch context
+//! confine the caller to one patient's compartment (`confine`). Granular scopes
+//! (`?category=...`) grant nothing until their filters are applied to results. A type or
+//! action outside the caller's bounds is 403: it reveals nothing the caller did not already
+//! know (the resource types of FHIR are public).
 
 use haven_domain::policy::Decision;
 use haven_domain::scope::{Action, Context, Grant};
@@ -79,15 +79,33 @@ fn contexts(p: &Principal) -> &'static [Context] {
     }
 }
 
-/// Refuses the interaction unless the caller's scopes allow it. Haven's own commands run
-/// without a principal and are not checked here.
+/// What a caller may reach once an interaction is allowed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Confinement {
+    /// Whatever the interaction names.
+    Unconfined,
+    /// Only the Patient compartment of this patient (R4 CompartmentDefinition `patient`).
+    Patient(String),
+}
+
+/// The patient a caller is (its `fhirUser`), for a role confined to its own record.
+fn own_patient(p: &Principal) -> Option<&str> {
+    p.fhir_user
+        .as_deref()
+        .and_then(|f| f.strip_prefix("Patient/"))
+}
+
+/// Refuses the interaction unless the caller's role policy and scopes both allow it, and says
+/// whether the caller is confined to a patient's compartment: by its role (`patient`:
+/// confined to the patient it is) or by its scopes (`patient/` scopes: confined to the patient
+/// of its launch context). Haven's own commands run without a principal and are not checked.
 pub(crate) fn check(
     policy: &haven_domain::policy::Policy,
     ctx: &RequestContext,
     route: &Route,
-) -> Result<(), ServiceError> {
+) -> Result<Confinement, ServiceError> {
     let Some(p) = ctx.principal.as_deref() else {
-        return Ok(());
+        return Ok(Confinement::Unconfined);
     };
     let needs = needs(route);
     if !needs.is_empty() && p.roles.is_empty() {
@@ -95,17 +113,12 @@ pub(crate) fn check(
             "this account has no role in Haven; ask an administrator to grant one".into(),
         ));
     }
+    let (mut by_role, mut by_scope) = (false, false);
     for (ty, action) in needs {
         let name = ty.unwrap_or("*");
         match policy.decide(&p.roles, name, action) {
             Decision::Allowed => {}
-            Decision::InCompartment => {
-                return Err(ServiceError::Forbidden(
-                    "this role may see only its own patient record, which this server cannot \
-                     confine requests to yet"
-                        .into(),
-                ));
-            }
+            Decision::InCompartment => by_role = true,
             Decision::Denied => {
                 return Err(ServiceError::Forbidden(format!(
                     "the role {} may not {} {name}",
@@ -115,17 +128,144 @@ pub(crate) fn check(
             }
         }
         // A granular scope (`?category=...`) grants only what matches its filter; until the
-        // filters are applied to results (issue 6) it grants nothing.
-        let ok = contexts(p)
+        // filters are applied to results it grants nothing.
+        let unconfined = contexts(p)
             .iter()
             .any(|c| p.scopes.grant(*c, name, action) == Grant::Unrestricted);
-        if !ok {
-            let prefix = contexts(p)[0].as_str();
-            return Err(ServiceError::InsufficientScope(format!(
-                "the access token's scopes do not allow this; it needs {prefix}/{name}.{}",
-                letter(action)
-            )));
+        if unconfined {
+            continue;
+        }
+        let in_patient_context = p.kind == PrincipalKind::User
+            && p.patient.is_some()
+            && p.scopes.grant(Context::Patient, name, action) == Grant::Unrestricted;
+        if in_patient_context {
+            by_scope = true;
+            continue;
+        }
+        let prefix = contexts(p)[0].as_str();
+        return Err(ServiceError::InsufficientScope(format!(
+            "the access token's scopes do not allow this; it needs {prefix}/{name}.{}",
+            letter(action)
+        )));
+    }
+    let role_patient = own_patient(p);
+    let scope_patient = p.patient.as_deref();
+    match (by_role, by_scope) {
+        (false, false) => Ok(Confinement::Unconfined),
+        (true, _) => match (role_patient, scope_patient) {
+            (Some(me), Some(ctx)) if me != ctx => Err(ServiceError::Forbidden(
+                "a patient's token may name only the patient's own record".into(),
+            )),
+            (Some(me), _) => Ok(Confinement::Patient(me.to_owned())),
+            (None, _) => Err(ServiceError::Forbidden(
+                "this account has the patient role but is linked to no Patient record (fhirUser); \
+                 ask an administrator to link it"
+                    .into(),
+            )),
+        },
+        (false, true) => Ok(Confinement::Patient(
+            scope_patient.unwrap_or_default().to_owned(),
+        )),
+    }
+}
+
+/// The resource types a search's parameters reach besides the searched type: `_include`
+/// targets, `_revinclude` sources, `_has` types and chained parameters' targets. `None` stands
+/// for "any type" (an `_include` or chain without a target type).
+fn reached_types(query: &[(String, String)]) -> Vec<Option<String>> {
+    let mut out = Vec::new();
+    for (k, v) in query {
+        let name = k.split(':').next().unwrap_or(k);
+        match name {
+            "_include" => {
+                // Source:param[:Target], or `*`.
+                out.push(v.split(':').nth(2).map(str::to_owned));
+            }
+            "_revinclude" => out.push(v.split(':').next().map(str::to_owned)),
+            _ if k.starts_with("_has:") => {
+                // _has:Type:ref:param (possibly nested: every Type).
+                let parts: Vec<&str> = k.split(':').collect();
+                let mut i = 1;
+                while i < parts.len() {
+                    out.push(Some(parts[i].to_owned()));
+                    i += 3;
+                }
+            }
+            _ if k.contains('.') => {
+                // subject:Patient.name reaches Patient; subject.name any target type.
+                let head = k.split('.').next().unwrap_or_default();
+                out.push(head.split_once(':').map(|(_, t)| t.to_owned()));
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Refuses a search whose `_include`, `_revinclude`, `_has` or chained parameters reach a
+/// type the caller may not read and search: a side door must not show what the front door
+/// refuses.
+pub(crate) fn check_reach(
+    policy: &haven_domain::policy::Policy,
+    ctx: &RequestContext,
+    query: &[(String, String)],
+) -> Result<(), ServiceError> {
+    let Some(p) = ctx.principal.as_deref() else {
+        return Ok(());
+    };
+    for ty in reached_types(query) {
+        let name = ty.as_deref().unwrap_or("*");
+        for action in [Action::Read, Action::Search] {
+            let role_ok = policy.decide(&p.roles, name, action) == Decision::Allowed;
+            let scope_ok = contexts(p)
+                .iter()
+                .any(|c| p.scopes.grant(*c, name, action) == Grant::Unrestricted);
+            if !(role_ok && scope_ok) {
+                return Err(ServiceError::Forbidden(format!(
+                    "this search reaches {} resources, which this caller may not {}; name the \
+                     target type where a parameter allows it (e.g. _include=Observation:subject:Patient)",
+                    if name == "*" { "any type of" } else { name },
+                    verb(action)
+                )));
+            }
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reached_types;
+
+    fn q(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn side_doors_name_the_types_they_reach() {
+        let t = |pairs: &[(&str, &str)]| reached_types(&q(pairs));
+        assert_eq!(
+            t(&[("_include", "Observation:subject:Patient")]),
+            vec![Some("Patient".into())]
+        );
+        assert_eq!(t(&[("_include", "Observation:subject")]), vec![None]);
+        assert_eq!(t(&[("_include:iterate", "*")]), vec![None]);
+        assert_eq!(
+            t(&[("_revinclude", "Observation:subject")]),
+            vec![Some("Observation".into())]
+        );
+        assert_eq!(
+            t(&[("_has:Observation:subject:_has:AuditEvent:entity:type", "x")]),
+            vec![Some("Observation".into()), Some("AuditEvent".into())]
+        );
+        assert_eq!(
+            t(&[("subject:Patient.name", "x")]),
+            vec![Some("Patient".into())]
+        );
+        assert_eq!(t(&[("subject.name", "x")]), vec![None]);
+        assert!(t(&[("code", "x"), ("_count", "5")]).is_empty());
+    }
 }

@@ -310,7 +310,15 @@ impl FhirService {
         let (segments, query) = split_url(relative)?;
         let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
         let route = route(method, &segs)?;
-        crate::access::check(&self.config.policy, ctx, &route)?;
+        crate::access::check_reach(&self.config.policy, ctx, &query)?;
+        if crate::access::check(&self.config.policy, ctx, &route)?
+            != crate::access::Confinement::Unconfined
+        {
+            return Err(ServiceError::Forbidden(
+                "a caller confined to one patient's record cannot use batches or transactions"
+                    .into(),
+            ));
+        }
         if matches!(
             route,
             Route::Bundle | Route::Capabilities | Route::Validate(..)

@@ -12,6 +12,7 @@ mod access;
 pub mod audit;
 mod bundle;
 mod capabilities;
+mod confine;
 mod error;
 mod history;
 mod interactions;
@@ -232,19 +233,30 @@ impl FhirService {
         ctx: &RequestContext,
         req: FhirRequest,
     ) -> Result<FhirResponse, ServiceError> {
-        if let Err(refused) = access::check(&self.config.policy, ctx, &req.route) {
-            // A refusal is an access attempt: recorded before it is answered.
-            return self
-                .audit_answer::<FhirResponse>(
-                    ctx,
-                    req.route.interaction().as_str(),
-                    Err(refused),
-                    |_| audit::Touched::default(),
-                    |r| r.status,
-                    Some("refused=scope".into()),
-                )
-                .await;
-        }
+        let action = req.route.interaction().as_str();
+        let decided = match access::check(&self.config.policy, ctx, &req.route) {
+            Ok(access::Confinement::Unconfined) => {
+                access::check_reach(&self.config.policy, ctx, &req.query).map(|()| req)
+            }
+            Ok(access::Confinement::Patient(patient)) => self.confine(&patient, req).await,
+            Err(refused) => Err(refused),
+        };
+        let req = match decided {
+            Ok(req) => req,
+            Err(refused) => {
+                // A refusal is an access attempt: recorded before it is answered.
+                return self
+                    .audit_answer::<FhirResponse>(
+                        ctx,
+                        action,
+                        Err(refused),
+                        |_| audit::Touched::default(),
+                        |r| r.status,
+                        Some("refused=access".into()),
+                    )
+                    .await;
+            }
+        };
         prepare::refuse_conditions(&req.conditions)?;
         match req.route {
             Route::Capabilities => Ok(FhirResponse::json(200, self.capabilities())),

@@ -30,22 +30,7 @@ const SCOPE_ALL: &str = "openid fhirUser user/*.cruds";
 /// A server with a SMART app allowed every user scope, and a token per role.
 async fn server_with_roles() -> (Server, BTreeMap<String, String>) {
     let app = spawn_configured(NO_MFA).await;
-    cli(
-        &app,
-        &[
-            "client",
-            "add",
-            APP,
-            "--public",
-            "--redirect-uri",
-            REDIRECT_URI,
-            "--scope",
-            "openid fhirUser user/*.cruds launch/patient offline_access",
-            "--refresh",
-        ],
-        None,
-    )
-    .await;
+    register_app(&app).await;
     let mut tokens = BTreeMap::new();
     for role in [
         "clinician",
@@ -56,7 +41,30 @@ async fn server_with_roles() -> (Server, BTreeMap<String, String>) {
         "admin",
     ] {
         let user = format!("{role}-user");
-        add_user(&app, &user, role).await;
+        if role == "patient" {
+            // A patient is linked to their own Patient record.
+            let own = app.create(&body("Patient", "")).await["id"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            let link = format!("Patient/{own}");
+            cli(
+                &app,
+                &[
+                    "user",
+                    "add",
+                    &user,
+                    "--role",
+                    "patient",
+                    "--fhir-user",
+                    &link,
+                ],
+                Some(crate::identity::PASSWORD),
+            )
+            .await;
+        } else {
+            add_user(&app, &user, role).await;
+        }
         let t = password_flow(&app, &user, SCOPE_ALL, "").await;
         tokens.insert(
             role.to_owned(),
@@ -126,7 +134,7 @@ async fn run(
     id: &str,
     patient: &str,
     interaction: &str,
-) -> u16 {
+) -> (u16, String) {
     let resp = match interaction {
         "create" => as_role(app, token, Method::POST, ty, Some(&body(ty, patient))).await,
         "read" => as_role(app, token, Method::GET, &format!("{ty}/{id}"), None).await,
@@ -169,7 +177,15 @@ async fn run(
         }
         other => panic!("unknown interaction {other}"),
     };
-    resp.status
+    let why = if resp.status >= 400 {
+        resp.json()["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    } else {
+        String::new()
+    };
+    (resp.status, why)
 }
 
 fn matches(expected: &str, status: u16) -> bool {
@@ -213,10 +229,10 @@ async fn the_role_matrix_holds() {
                 continue;
             }
             cells += 1;
-            let status = run(&app, token, ty, &id, &patient, INTERACTIONS[i]).await;
+            let (status, why) = run(&app, token, ty, &id, &patient, INTERACTIONS[i]).await;
             if !matches(expected, status) {
                 failures.push(format!(
-                    "{role} {} {ty}: expected {expected}, got {status}",
+                    "{role} {} {ty}: expected {expected}, got {status} ({why})",
                     INTERACTIONS[i]
                 ));
             }
@@ -286,10 +302,175 @@ async fn effective_permission_is_role_and_scope() {
     let tx = as_role(&app, &tokens["registrar"], Method::POST, "", Some(&bundle)).await;
     tx.assert_status(403);
     let patients = app.get("Patient?_summary=count").await.json();
+    // The patient user's own record, and the one created above.
     assert_eq!(
-        patients["total"], 1,
+        patients["total"], 2,
         "the refused transaction stored nothing"
     );
+}
+
+/// Two patients, each with an Observation; returns (x, y, x's observation, y's observation).
+async fn two_patients(app: &TestApp) -> (String, String, String, String) {
+    let id = |v: Value| v["id"].as_str().unwrap().to_owned();
+    let x = id(app.create(&body("Patient", "")).await);
+    let y = id(app.create(&body("Patient", "")).await);
+    let ox = id(app.create(&body("Observation", &x)).await);
+    let oy = id(app.create(&body("Observation", &y)).await);
+    (x, y, ox, oy)
+}
+
+/// Checks that `token` reaches patient `x`'s record and nothing of patient `y`'s, through
+/// every door: reads (404 outside, as if absent), searches (compartment only, totals
+/// included), history, `$everything`, and the parameters and interactions that could reach
+/// further (403).
+async fn assert_confined_to(app: &TestApp, token: &str, (x, y, ox, oy): (&str, &str, &str, &str)) {
+    let get = |p: String| async move { as_role(app, token, Method::GET, &p, None).await };
+    get(format!("Patient/{x}")).await.assert_status(200);
+    get(format!("Observation/{ox}")).await.assert_status(200);
+    get(format!("Observation/{ox}/_history/1"))
+        .await
+        .assert_status(200);
+    get(format!("Patient/{x}/$everything"))
+        .await
+        .assert_status(200);
+    for path in [
+        format!("Patient/{y}"),
+        format!("Observation/{oy}"),
+        format!("Observation/{oy}/_history/1"),
+        format!("Observation/{oy}/_history"),
+        format!("Patient/{y}/$everything"),
+        format!("Patient/{y}/Observation"),
+        "Observation/does-not-exist".to_owned(),
+    ] {
+        let r = get(path.clone()).await;
+        // The same answer as for an id that does not exist.
+        r.assert_status(404);
+    }
+    // Searches see the compartment only, and count only it.
+    let all = get("Observation?_total=accurate".into()).await.json();
+    assert_eq!(all["total"], 1, "{all}");
+    assert_eq!(all["entry"][0]["resource"]["id"], ox);
+    let by_subject = get(format!("Observation?subject=Patient/{y}&_total=accurate"))
+        .await
+        .json();
+    assert_eq!(by_subject["total"], 0, "{by_subject}");
+    let patients = get("Patient?_total=accurate".into()).await.json();
+    assert_eq!(patients["total"], 1);
+    assert_eq!(patients["entry"][0]["resource"]["id"], x);
+    for r in [
+        get("Observation?_include=Observation:subject".to_owned()).await,
+        get("Patient?_revinclude=Observation:subject".into()).await,
+        get("Patient?_has:Observation:subject:status=final".into()).await,
+        get("Observation?subject.gender=other".into()).await,
+        get("Practitioner".into()).await,
+        get("?_type=Observation".into()).await,
+        get("Observation/_history".into()).await,
+        get("_history".into()).await,
+    ] {
+        r.assert_status(403);
+    }
+    // Writes and Bundles are refused.
+    as_role(
+        app,
+        token,
+        Method::POST,
+        "Observation",
+        Some(&body("Observation", x)),
+    )
+    .await
+    .assert_status(403);
+    let bundle = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "GET", "url": format!("Observation/{oy}")}}]});
+    // A batch answers, but each entry is refused; nothing of the other patient comes back.
+    let batch = as_role(app, token, Method::POST, "", Some(&bundle)).await;
+    batch.assert_status(200);
+    assert_eq!(batch.json()["entry"][0]["response"]["status"], "403");
+    assert!(!batch.text().contains("\"Observation\",\"id\""));
+}
+
+/// A patient signed in sees their own record and nothing of anyone else's.
+#[tokio::test]
+async fn a_patient_reaches_only_their_own_compartment() {
+    let app = spawn_configured(NO_MFA).await;
+    register_app(&app).await;
+    let (x, y, ox, oy) = two_patients(&app).await;
+    cli(
+        &app,
+        &[
+            "user",
+            "add",
+            "pat",
+            "--role",
+            "patient",
+            "--fhir-user",
+            &format!("Patient/{x}"),
+        ],
+        Some(crate::identity::PASSWORD),
+    )
+    .await;
+    let token = password_flow(&app, "pat", SCOPE_ALL, "").await;
+    let token = token["access_token"].as_str().unwrap();
+    assert_confined_to(&app, token, (&x, &y, &ox, &oy)).await;
+    // A patient not linked to a record reaches nothing.
+    add_user(&app, "unlinked", "patient").await;
+    let t = password_flow(&app, "unlinked", SCOPE_ALL, "").await;
+    as_role(
+        &app,
+        t["access_token"].as_str().unwrap(),
+        Method::GET,
+        "Observation",
+        None,
+    )
+    .await
+    .assert_status(403);
+}
+
+/// A clinician launching an app for one patient (`launch/patient` + `patient/` scopes) is
+/// confined to that patient by the token, although the role could see everyone.
+#[tokio::test]
+async fn a_patient_launch_confines_a_clinicians_token_to_that_patient() {
+    let app = spawn_configured(NO_MFA).await;
+    register_app(&app).await;
+    let (x, y, ox, oy) = two_patients(&app).await;
+    add_user(&app, "doc", "clinician").await;
+    let t = password_flow(&app, "doc", "openid launch/patient patient/*.rs", &x).await;
+    assert_eq!(t["patient"], x.as_str());
+    assert_confined_to(
+        &app,
+        t["access_token"].as_str().unwrap(),
+        (&x, &y, &ox, &oy),
+    )
+    .await;
+    // The same clinician with user/ scopes is not confined.
+    let broad = password_flow(&app, "doc", SCOPE_ALL, "").await;
+    as_role(
+        &app,
+        broad["access_token"].as_str().unwrap(),
+        Method::GET,
+        &format!("Observation/{oy}"),
+        None,
+    )
+    .await
+    .assert_status(200);
+}
+
+async fn register_app(app: &TestApp) {
+    cli(
+        app,
+        &[
+            "client",
+            "add",
+            APP,
+            "--public",
+            "--redirect-uri",
+            REDIRECT_URI,
+            "--scope",
+            "openid fhirUser user/*.cruds patient/*.rs launch/patient offline_access",
+            "--refresh",
+        ],
+        None,
+    )
+    .await;
 }
 
 /// The policy is data: `haven policy check` validates a file; a server started with another
@@ -372,4 +553,62 @@ async fn the_policy_file_is_checked_applied_and_audited() {
             .is_some(),
         "the policy change is not in the audit trail"
     );
+}
+
+/// Side doors of roles that are not confined: a registrar may search Patients but not reach
+/// Observations through `_revinclude`, `_has`, `_include` without a target type, or a
+/// Bundle entry; the same search without the side door works.
+#[tokio::test]
+async fn side_doors_do_not_widen_a_role() {
+    let (app, tokens) = server_with_roles().await;
+    let patient = app.create(&body("Patient", "")).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app.create(&body("Observation", &patient)).await;
+    let reg = tokens["registrar"].clone();
+    let app_ref: &TestApp = &app;
+    let get = |p: &str| {
+        let p = p.to_owned();
+        let reg = reg.clone();
+        async move { as_role(app_ref, &reg, Method::GET, &p, None).await }
+    };
+    get("Patient").await.assert_status(200);
+    for path in [
+        "Patient?_revinclude=Observation:subject",
+        "Patient?_has:Observation:subject:status=final",
+        "Encounter?_include=Encounter:subject",
+        "Encounter?subject.gender=other",
+        "Patient?_has:AuditEvent:entity:type=rest",
+    ] {
+        let r = get(path).await;
+        r.assert_status(403);
+        assert!(
+            !r.text().contains("\"resourceType\":\"Observation\""),
+            "{path}"
+        );
+    }
+    // Naming a target type the role may read is fine.
+    get("Encounter?_include=Encounter:subject:Patient")
+        .await
+        .assert_status(200);
+    get("Encounter?subject:Patient.gender=other")
+        .await
+        .assert_status(200);
+    // The same side door inside a batch entry is refused there.
+    let bundle = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "GET", "url": "Patient?_revinclude=Observation:subject"}}]});
+    let batch = as_role(&app, &reg, Method::POST, "", Some(&bundle)).await;
+    batch.assert_status(200);
+    assert_eq!(batch.json()["entry"][0]["response"]["status"], "403");
+    // A clinician may.
+    as_role(
+        &app,
+        &tokens["clinician"],
+        Method::GET,
+        "Patient?_revinclude=Observation:subject",
+        None,
+    )
+    .await
+    .assert_status(200);
 }
