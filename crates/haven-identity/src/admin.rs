@@ -251,7 +251,73 @@ impl Identity {
         })
         .await?;
         self.caches.forget_user(&result.id);
+        // A changed credential or a disabled account ends what the old one opened: every
+        // browser session and refresh-token family of the user.
+        if matches!(action, "user-disable" | "mfa-reset" | "password-set") {
+            self.end_user_access(&result.id).await?;
+        }
         Ok(result)
+    }
+
+    /// Deletes the user's sessions and revokes their refresh-token families.
+    async fn end_user_access(&self, user_id: &str) -> Result<(), IdentityError> {
+        let mut sessions = Vec::new();
+        let mut families = Vec::new();
+        for (kind_name, out) in [
+            (kind::SESSION, &mut sessions),
+            (kind::REFRESH, &mut families),
+        ] {
+            let mut after: Option<String> = None;
+            loop {
+                let page = self
+                    .store
+                    .record_list(kind_name, after.as_deref(), 500)
+                    .await?;
+                let done = page.len() < 500;
+                for (key, r) in page {
+                    let owner = serde_json::from_slice::<serde_json::Value>(&r.body)
+                        .ok()
+                        .and_then(|v| v.get("user_id").and_then(|u| u.as_str()).map(str::to_owned));
+                    if owner.as_deref() == Some(user_id) {
+                        out.push(key.clone());
+                    }
+                    after = Some(key);
+                }
+                if done {
+                    break;
+                }
+            }
+        }
+        if sessions.is_empty() && families.is_empty() {
+            return Ok(());
+        }
+        run_write::<(), IdentityError, _>(self.store.as_ref(), move |tx| {
+            Box::pin(async move {
+                for key in sessions {
+                    tx.record_delete(kind::SESSION, &key).await?;
+                }
+                for key in families {
+                    if let Some(mut f) =
+                        tx_get::<crate::records::RefreshFamily>(tx, kind::REFRESH, &key).await?
+                        && !f.value.revoked
+                    {
+                        f.value.revoked = true;
+                        let exp = f.expires;
+                        tx_put(
+                            tx,
+                            kind::REFRESH,
+                            &key,
+                            &f.value,
+                            exp,
+                            Expect::Version(f.version),
+                        )
+                        .await?;
+                    }
+                }
+                Ok(())
+            })
+        })
+        .await
     }
 
     /// Disables an account: its logins fail, its refresh tokens stop working and its access
@@ -537,6 +603,16 @@ pub(crate) fn check_redirect_uri(uri: &str) -> Result<(), IdentityError> {
     let Some((scheme, rest)) = uri.split_once(':') else {
         return Err(bad("must be absolute"));
     };
+    // No user information: `http://127.0.0.1:80@evil.example/` names evil.example.
+    let authority = rest
+        .strip_prefix("//")
+        .map(|r| r.split(['/', '?']).next().unwrap_or(""))
+        .unwrap_or("");
+    if authority.contains('@') || authority.contains('\\') {
+        return Err(bad(
+            "must not carry user information ('@') in its host part",
+        ));
+    }
     match scheme {
         "https" => Ok(()),
         "http" => {
@@ -558,5 +634,34 @@ pub(crate) fn check_redirect_uri(uri: &str) -> Result<(), IdentityError> {
         _ => Err(bad(
             "use https, loopback http, or a reverse-domain private scheme",
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_redirect_uri;
+
+    #[test]
+    fn redirect_uris_are_checked() {
+        for ok in [
+            "https://app.example/cb",
+            "http://127.0.0.1:9/cb",
+            "http://localhost/cb",
+            "http://[::1]:8000/cb",
+            "com.example.app:/oauth",
+        ] {
+            assert!(check_redirect_uri(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "http://evil.example/cb",
+            "http://127.0.0.1:80@evil.example/cb",
+            "https://app.example@evil.example/cb",
+            "http://127.0.0.1\\@evil.example/",
+            "https://app.example/cb#frag",
+            "/relative",
+            "javascript:alert(1)",
+        ] {
+            assert!(check_redirect_uri(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -312,9 +312,8 @@ impl Identity {
             .await?;
             return Err(IdentityError::NoRole);
         }
-        if let Some(ip) = ctx.source_ip.as_deref() {
-            self.ip_throttle.record_success(ip);
-        }
+        // The throttles are reset only when every factor has passed (`start_session`): a right
+        // password must not buy fresh attempts at the second factor.
         // Parameters rose since this hash was made: store a stronger one now that we know
         // the password.
         let rehash = match &account.value.password_hash {
@@ -349,7 +348,6 @@ impl Identity {
         }
         pending.value.user_id = Some(account.value.id.clone());
         pending.value.amr = amr.clone();
-        let name2 = name.clone();
         let ctx2 = ctx.clone();
         let pend = pending.value.clone();
         let pv = pending.version;
@@ -361,7 +359,6 @@ impl Identity {
         let acc = account.clone();
         run_write::<(), IdentityError, _>(self.store.as_ref(), move |tx| {
             Box::pin(async move {
-                tx.record_delete(kind::THROTTLE, &name2).await?;
                 tx_put(tx, kind::LOGIN, &dg, &pend, pexp, Expect::Version(pv)).await?;
                 tx_put(
                     tx,
@@ -777,6 +774,10 @@ impl Identity {
         };
         let expires = expiry_in(self.settings.session_absolute);
         let login = login_digest.to_owned();
+        let username = account.username.clone();
+        if let Some(ip) = ctx.source_ip.as_deref() {
+            self.ip_throttle.record_success(ip);
+        }
         let actor = user_actor(&account.username, &account.roles, None);
         let ctx = ctx.clone();
         run_write::<(), IdentityError, _>(self.store.as_ref(), move |tx| {
@@ -785,6 +786,8 @@ impl Identity {
                     // The same login finished twice (double submit): only one session.
                     return Err(IdentityError::LoginExpired);
                 }
+                // Every factor passed: the failures before no longer count.
+                tx.record_delete(kind::THROTTLE, &username).await?;
                 tx_put(
                     tx,
                     kind::SESSION,

@@ -346,8 +346,15 @@ impl Identity {
                 .and_then(|f| f.strip_prefix("Patient/"))
                 .map(str::to_owned);
             match (own, patient.filter(|p| !p.is_empty())) {
-                // A patient's launch context is always themselves.
+                // A patient's launch context is always themselves; an unlinked patient has none.
                 (Some(own), _) if account.roles.contains(&Role::Patient) => Some(own),
+                (None, _) if account.roles.contains(&Role::Patient) => {
+                    return Err(IdentityError::Invalid(
+                        "this patient account is not linked to a patient record; ask an \
+                         administrator to link it"
+                            .into(),
+                    ));
+                }
                 (_, Some(p)) => {
                     let id = haven_domain::ResourceId::parse(&p).map_err(|_| {
                         IdentityError::Invalid("choose a patient by their FHIR id".into())

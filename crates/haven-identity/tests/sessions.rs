@@ -23,6 +23,12 @@ impl JsonFetcher for NoFetch {
 const PASSWORD: &str = "a long enough passphrase 7";
 
 async fn identity() -> (Arc<Identity>, Arc<dyn ResourceStore>, tempfile::TempDir) {
+    identity_with(vec![Role::Admin]).await
+}
+
+async fn identity_with(
+    mfa_roles: Vec<Role>,
+) -> (Arc<Identity>, Arc<dyn ResourceStore>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn ResourceStore> = Arc::new(
         SqliteStore::open(&dir.path().join("haven.db"), SqliteOptions::default())
@@ -30,8 +36,8 @@ async fn identity() -> (Arc<Identity>, Arc<dyn ResourceStore>, tempfile::TempDir
             .unwrap(),
     );
     let mut settings = IdentitySettings::new("http://127.0.0.1:1", "http://127.0.0.1:1/fhir");
-    // No second factor for this role, so a password alone makes a session.
-    settings.mfa_required_roles = vec![Role::Admin];
+    // By default no second factor for erin's role, so a password alone makes a session.
+    settings.mfa_required_roles = mfa_roles;
     let identity = Identity::open(store.clone(), settings, Arc::new(NoFetch))
         .await
         .unwrap();
@@ -144,4 +150,119 @@ async fn disabling_the_account_ends_its_sessions() {
     assert!(identity.session(&cookie).await.unwrap().is_none());
     // A cookie that never was a session is simply no session.
     assert!(identity.session("forged").await.unwrap().is_none());
+}
+
+/// A right password does not buy fresh attempts at the second factor: failures of the second
+/// factor accumulate across logins until the name is throttled, even though every password
+/// was right (the counters are reset only when every factor passed).
+#[tokio::test]
+async fn second_factor_guesses_are_throttled_across_logins() {
+    let (identity, _store, _dir) = identity_with(vec![Role::Clinician]).await;
+    // erin enrols her second factor at her first login.
+    let start = identity.begin_login(None).await.unwrap();
+    let secret = match identity
+        .login_password(
+            &start.cookie,
+            &start.csrf,
+            "erin",
+            PASSWORD,
+            &EventContext::cli(),
+        )
+        .await
+        .unwrap()
+    {
+        AfterPassword::Enrol { secret, .. } => secret,
+        other => panic!("expected enrolment, got {other:?}"),
+    };
+    let totp = haven_crypto::TotpSecret::from_base32(&secret).unwrap();
+    let now = Timestamp::now().micros() as u64 / 1_000_000;
+    identity
+        .login_enrol(
+            &start.cookie,
+            &start.csrf,
+            &haven_crypto::totp_code(&totp, now / 30),
+            &EventContext::cli(),
+        )
+        .await
+        .unwrap();
+    let mut throttled = false;
+    for attempt in 0..12 {
+        let start = identity.begin_login(None).await.unwrap();
+        match identity
+            .login_password(
+                &start.cookie,
+                &start.csrf,
+                "erin",
+                PASSWORD,
+                &EventContext::cli(),
+            )
+            .await
+        {
+            Ok(AfterPassword::Mfa) => {}
+            Ok(other) => panic!("attempt {attempt}: expected the second factor, got {other:?}"),
+            Err(haven_identity::IdentityError::Throttled(_)) => {
+                throttled = true;
+                break;
+            }
+            Err(e) => panic!("attempt {attempt}: {e}"),
+        }
+        match identity
+            .login_mfa(&start.cookie, &start.csrf, "000000", &EventContext::cli())
+            .await
+        {
+            Err(haven_identity::IdentityError::InvalidMfaCode) => {}
+            Err(haven_identity::IdentityError::Throttled(_)) => {
+                throttled = true;
+                break;
+            }
+            other => panic!("attempt {attempt}: a wrong code gave {other:?}"),
+        }
+    }
+    assert!(
+        throttled,
+        "12 wrong second factors after right passwords were never throttled"
+    );
+}
+
+/// A new password, a reset second factor or a disabled account ends the sessions the old
+/// credentials opened.
+#[tokio::test]
+async fn changing_credentials_ends_existing_sessions() {
+    let (identity, _store, _dir) = identity().await;
+    let cookie = sign_in(&identity).await;
+    identity
+        .set_password(
+            "erin",
+            "another long passphrase 8".into(),
+            "test",
+            &EventContext::cli(),
+        )
+        .await
+        .unwrap();
+    assert!(identity.session(&cookie).await.unwrap().is_none());
+    // Enabling a disabled account does not revive its sessions either.
+    let start = identity.begin_login(None).await.unwrap();
+    let cookie = match identity
+        .login_password(
+            &start.cookie,
+            &start.csrf,
+            "erin",
+            "another long passphrase 8",
+            &EventContext::cli(),
+        )
+        .await
+        .unwrap()
+    {
+        AfterPassword::Session(s) => s.cookie,
+        other => panic!("{other:?}"),
+    };
+    identity
+        .disable_user("erin", "test", &EventContext::cli())
+        .await
+        .unwrap();
+    identity
+        .enable_user("erin", "test", &EventContext::cli())
+        .await
+        .unwrap();
+    assert!(identity.session(&cookie).await.unwrap().is_none());
 }

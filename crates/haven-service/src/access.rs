@@ -26,7 +26,9 @@ fn needs(route: &Route) -> Vec<(Option<&'static str>, Action)> {
     let ty = |t: &haven_domain::ResourceType| Some(t.as_str());
     match route {
         // The capability statement and validation touch no data.
-        Route::Capabilities | Route::Validate(..) | Route::Bundle => Vec::new(),
+        Route::Capabilities | Route::Validate(_, None) | Route::Bundle => Vec::new(),
+        // `$validate` of a stored resource reads it.
+        Route::Validate(t, Some(_)) => vec![(ty(t), Action::Read)],
         Route::Read(t, _) | Route::Vread(t, _, _) | Route::HistoryInstance(t, _) => {
             vec![(ty(t), Action::Read)]
         }
@@ -171,32 +173,42 @@ pub(crate) fn check(
 
 /// The resource types a search's parameters reach besides the searched type: `_include`
 /// targets, `_revinclude` sources, `_has` types and chained parameters' targets. `None` stands
-/// for "any type" (an `_include` or chain without a target type).
+/// for "any type". Deliberately an over-approximation: anything that goes further than one
+/// typed hop (a chain of chains, a chain inside `_has`, `_has` inside a chain, an untyped
+/// chain) counts as reaching every type, so only a caller who may read everything may use it.
 fn reached_types(query: &[(String, String)]) -> Vec<Option<String>> {
     let mut out = Vec::new();
     for (k, v) in query {
-        let name = k.split(':').next().unwrap_or(k);
-        match name {
-            "_include" => {
-                // Source:param[:Target], or `*`.
-                out.push(v.split(':').nth(2).map(str::to_owned));
-            }
-            "_revinclude" => out.push(v.split(':').next().map(str::to_owned)),
-            _ if k.starts_with("_has:") => {
-                // _has:Type:ref:param (possibly nested: every Type).
-                let parts: Vec<&str> = k.split(':').collect();
-                let mut i = 1;
-                while i < parts.len() {
-                    out.push(Some(parts[i].to_owned()));
-                    i += 3;
+        let base = k.split(':').next().unwrap_or(k);
+        if base == "_include" {
+            // Source:param[:Target], or `*`.
+            out.push(v.split(':').nth(2).map(str::to_owned));
+            continue;
+        }
+        if base == "_revinclude" {
+            out.push(v.split(':').next().map(str::to_owned));
+            continue;
+        }
+        if let Some(rest) = k.strip_prefix("_has:") {
+            // _has:Type:ref:param — one level with a plain parameter names one type.
+            let parts: Vec<&str> = rest.splitn(3, ':').collect();
+            match parts.as_slice() {
+                [ty, _, param] if !param.contains('.') && !param.contains("_has") => {
+                    out.push(Some((*ty).to_owned()));
                 }
+                _ => out.push(None),
             }
-            _ if k.contains('.') => {
-                // subject:Patient.name reaches Patient; subject.name any target type.
-                let head = k.split('.').next().unwrap_or_default();
-                out.push(head.split_once(':').map(|(_, t)| t.to_owned()));
+            continue;
+        }
+        if k.contains('.') {
+            // param:Type.target-param reaches Type; anything longer, or untyped, reaches any.
+            let hops: Vec<&str> = k.split('.').collect();
+            let typed = hops[0].split_once(':').map(|(_, t)| t.to_owned());
+            if hops.len() == 2 && !hops[1].contains("_has") && !hops[1].contains(':') {
+                out.push(typed);
+            } else {
+                out.push(None);
             }
-            _ => {}
         }
     }
     out
@@ -233,6 +245,34 @@ pub(crate) fn check_reach(
     Ok(())
 }
 
+/// Search criteria that an interaction runs on the caller's behalf (a conditional create's
+/// `If-None-Exist`, a transaction's conditional reference): the caller must be allowed to
+/// search `ty` unconfined, and every side door of the criteria, since the outcome (created or
+/// not, resolved or 412) tells what matched.
+pub(crate) fn check_criteria(
+    policy: &haven_domain::policy::Policy,
+    ctx: &RequestContext,
+    ty: haven_domain::ResourceType,
+    query: &str,
+) -> Result<(), ServiceError> {
+    if ctx.principal.is_none() {
+        return Ok(());
+    }
+    match check(policy, ctx, &Route::Search(SearchScope::Type(ty)))? {
+        Confinement::Unconfined => {}
+        Confinement::Patient(_) => {
+            return Err(ServiceError::Forbidden(
+                "conditional interactions are not available to a caller confined to one \
+                 patient's record"
+                    .into(),
+            ));
+        }
+    }
+    let query = query.strip_prefix('?').unwrap_or(query);
+    let pairs = crate::split_url(&format!("?{query}"))?.1;
+    check_reach(policy, ctx, &pairs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::reached_types;
@@ -259,7 +299,31 @@ mod tests {
         );
         assert_eq!(
             t(&[("_has:Observation:subject:_has:AuditEvent:entity:type", "x")]),
-            vec![Some("Observation".into()), Some("AuditEvent".into())]
+            vec![None]
+        );
+        assert_eq!(
+            t(&[("_has:Encounter:subject:code", "x")]),
+            vec![Some("Encounter".into())]
+        );
+        // A chain inside _has, _has inside a chain, two hops: every type.
+        assert_eq!(
+            t(&[("_has:Encounter:subject:diagnosis.code", "x")]),
+            vec![None]
+        );
+        assert_eq!(
+            t(&[("subject:Patient._has:Condition:subject:code", "x")]),
+            vec![None]
+        );
+        assert_eq!(
+            t(&[("subject:Patient.general-practitioner.name", "x")]),
+            vec![None]
+        );
+        assert_eq!(
+            t(&[(
+                "subject:Patient.general-practitioner:Practitioner.name",
+                "x"
+            )]),
+            vec![None]
         );
         assert_eq!(
             t(&[("subject:Patient.name", "x")]),

@@ -311,6 +311,20 @@ impl FhirService {
         let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
         let route = route(method, &segs)?;
         crate::access::check_reach(&self.config.policy, ctx, &query)?;
+        // Criteria the entry runs (ifNoneExist, conditional references) are searches too.
+        if let (Some(c), Route::Create(ty)) = (&if_none_exist, &route) {
+            crate::access::check_criteria(&self.config.policy, ctx, *ty, c)?;
+        }
+        if let Some(Value::Object(resource)) = entry.get("resource") {
+            let mut refs = Vec::new();
+            collect_conditional_references(&Value::Object(resource.clone()), &mut refs);
+            for text in refs {
+                let (ty, q) = text.split_once('?').unwrap_or((&text, ""));
+                if let Some(ty) = ResourceType::parse(ty) {
+                    crate::access::check_criteria(&self.config.policy, ctx, ty, q)?;
+                }
+            }
+        }
         if crate::access::check(&self.config.policy, ctx, &route)?
             != crate::access::Confinement::Unconfined
         {

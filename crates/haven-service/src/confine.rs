@@ -7,8 +7,9 @@
 //! - a search of a type in the compartment runs as the compartment search
 //!   (`Patient/X/Observation?...`), so matches, `Bundle.total` and paging links only ever count
 //!   the patient's own resources; a search of `Patient` gets `_id=X`;
-//! - a read, vread or instance history answers 404 unless the resource's current version is in
-//!   the compartment (as if it did not exist: a patient learns nothing about other ids);
+//! - a read answers 404 unless the resource's current version is in the compartment, a vread
+//!   unless that version is, an instance history unless every version is (as if it did not
+//!   exist: a patient learns nothing about other ids);
 //! - `$everything` answers only for the patient themself (404 for others);
 //! - what could reach outside the compartment is refused with 403: system-wide search and
 //!   history, type history, searches of types outside the compartment, `_include`,
@@ -41,10 +42,80 @@ fn in_compartment_types(ty: ResourceType) -> bool {
 /// Parameters that could reach resources outside the compartment.
 fn reaches_outside(name: &str) -> bool {
     let base = name.split(':').next().unwrap_or(name);
-    base == "_include" || base == "_revinclude" || base.starts_with("_has") || base.contains('.')
+    base == "_include" || base == "_revinclude" || name.contains("_has") || name.contains('.')
+}
+
+/// Longest instance history a confined caller may read (each version is checked).
+const MAX_CHECKED_VERSIONS: u64 = 1000;
+
+/// Whether a stored body belongs to `patient`'s compartment.
+fn body_in_compartment(ty: ResourceType, body: &[u8], patient: &str) -> bool {
+    let Ok(Value::Object(resource)) = serde_json::from_slice::<Value>(body) else {
+        return false;
+    };
+    let mut patients = Vec::new();
+    crate::audit::patients_of(ty, &resource, &mut patients);
+    patients.iter().any(|p| p == patient)
 }
 
 impl FhirService {
+    /// Whether version `v` of `ty/id` is in `patient`'s compartment (a deletion marker is
+    /// judged by the version before it).
+    async fn version_in_compartment(
+        &self,
+        ty: ResourceType,
+        id: &ResourceId,
+        v: haven_domain::VersionId,
+        patient: &str,
+    ) -> Result<bool, ServiceError> {
+        if ty.as_str() == "Patient" {
+            return Ok(id.as_str() == patient);
+        }
+        let mut n = v.get();
+        while let Some(version) = haven_domain::VersionId::from_u64(n) {
+            let Some(stored) = self.store.read_version(ty, id, version).await? else {
+                return Ok(false);
+            };
+            if let Some(body) = &stored.body {
+                return Ok(body_in_compartment(ty, body, patient));
+            }
+            n -= 1;
+        }
+        Ok(false)
+    }
+
+    /// Whether every version of `ty/id` is in `patient`'s compartment (its history shows them
+    /// all: a resource moved from another patient keeps that patient's versions).
+    async fn history_in_compartment(
+        &self,
+        ty: ResourceType,
+        id: &ResourceId,
+        patient: &str,
+    ) -> Result<bool, ServiceError> {
+        if ty.as_str() == "Patient" {
+            return Ok(id.as_str() == patient);
+        }
+        let Some(current) = self.store.read_current(ty, id).await? else {
+            return Ok(false);
+        };
+        let last = current.version.get();
+        if last > MAX_CHECKED_VERSIONS {
+            return Ok(false);
+        }
+        for n in 1..=last {
+            let Some(v) = haven_domain::VersionId::from_u64(n) else {
+                continue;
+            };
+            if let Some(stored) = self.store.read_version(ty, id, v).await?
+                && let Some(body) = &stored.body
+                && !body_in_compartment(ty, body, patient)
+            {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
     /// Whether the current version of `ty/id` is in `patient`'s compartment.
     async fn in_compartment(
         &self,
@@ -90,13 +161,13 @@ impl FhirService {
                 Route::Read(ty, id)
             }
             Route::Vread(ty, id, v) => {
-                if !self.in_compartment(ty, &id, patient).await? {
+                if !self.version_in_compartment(ty, &id, v, patient).await? {
                     return Err(not_found(ty, &id));
                 }
                 Route::Vread(ty, id, v)
             }
             Route::HistoryInstance(ty, id) => {
-                if !self.in_compartment(ty, &id, patient).await? {
+                if !self.history_in_compartment(ty, &id, patient).await? {
                     return Err(not_found(ty, &id));
                 }
                 Route::HistoryInstance(ty, id)

@@ -236,7 +236,14 @@ impl FhirService {
         let action = req.route.interaction().as_str();
         let decided = match access::check(&self.config.policy, ctx, &req.route) {
             Ok(access::Confinement::Unconfined) => {
-                access::check_reach(&self.config.policy, ctx, &req.query).map(|()| req)
+                access::check_reach(&self.config.policy, ctx, &req.query)
+                    .and_then(|()| match (&req.route, &req.if_none_exist) {
+                        (Route::Create(ty), Some(c)) => {
+                            access::check_criteria(&self.config.policy, ctx, *ty, c)
+                        }
+                        _ => Ok(()),
+                    })
+                    .map(|()| req)
             }
             Ok(access::Confinement::Patient(patient)) => self.confine(&patient, req).await,
             Err(refused) => Err(refused),

@@ -411,6 +411,51 @@ async fn a_patient_reaches_only_their_own_compartment() {
     let token = password_flow(&app, "pat", SCOPE_ALL, "").await;
     let token = token["access_token"].as_str().unwrap();
     assert_confined_to(&app, token, (&x, &y, &ox, &oy)).await;
+    // A record moved to this patient from another keeps the other patient's versions out of
+    // reach: the current version reads, the old one and the history do not.
+    let moved = app.create(&body("Observation", &y)).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut now_x = body("Observation", &x);
+    now_x["id"] = json!(moved);
+    app.put(&now_x).await;
+    as_role(
+        &app,
+        token,
+        Method::GET,
+        &format!("Observation/{moved}"),
+        None,
+    )
+    .await
+    .assert_status(200);
+    as_role(
+        &app,
+        token,
+        Method::GET,
+        &format!("Observation/{moved}/_history/1"),
+        None,
+    )
+    .await
+    .assert_status(404);
+    as_role(
+        &app,
+        token,
+        Method::GET,
+        &format!("Observation/{moved}/_history/2"),
+        None,
+    )
+    .await
+    .assert_status(200);
+    as_role(
+        &app,
+        token,
+        Method::GET,
+        &format!("Observation/{moved}/_history"),
+        None,
+    )
+    .await
+    .assert_status(404);
     // A patient not linked to a record reaches nothing.
     add_user(&app, "unlinked", "patient").await;
     let t = password_flow(&app, "unlinked", SCOPE_ALL, "").await;
@@ -580,6 +625,10 @@ async fn side_doors_do_not_widen_a_role() {
         "Encounter?_include=Encounter:subject",
         "Encounter?subject.gender=other",
         "Patient?_has:AuditEvent:entity:type=rest",
+        // Deeper doors: a chain inside _has, _has inside a chain, two hops.
+        "Patient?_has:Encounter:subject:diagnosis.code=B20",
+        "Encounter?subject:Patient._has:Condition:subject:code=B20",
+        "Encounter?subject:Patient.general-practitioner.name=x",
     ] {
         let r = get(path).await;
         r.assert_status(403);
@@ -601,6 +650,37 @@ async fn side_doors_do_not_widen_a_role() {
     let batch = as_role(&app, &reg, Method::POST, "", Some(&bundle)).await;
     batch.assert_status(200);
     assert_eq!(batch.json()["entry"][0]["response"]["status"], "403");
+    // A conditional create runs its criteria as a search: the same doors apply.
+    let conditional = |criteria: &str| {
+        app_ref
+            .request(Method::POST, "Patient")
+            .header("content-type", FHIR_JSON)
+            .header("if-none-exist", criteria.to_owned())
+            .body(body("Patient", "").to_string())
+    };
+    app.send_with(
+        &bearer(&reg),
+        conditional("_has:Condition:subject:code=B20"),
+    )
+    .await
+    .assert_status(403);
+    app.send_with(&bearer(&reg), conditional("identifier=urn:mrn|77"))
+        .await
+        .assert_status(201);
+    // `$validate` of a stored resource reads it: not for a role that may not read the type.
+    let obs = app.create(&body("Observation", &patient)).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    as_role(
+        &app,
+        &reg,
+        Method::POST,
+        &format!("Observation/{obs}/$validate?mode=delete"),
+        None,
+    )
+    .await
+    .assert_status(403);
     // A clinician may.
     as_role(
         &app,
