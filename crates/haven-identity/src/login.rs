@@ -401,6 +401,35 @@ impl Identity {
         let name = Username::parse(&user.username)
             .map_err(|e| IdentityError::Invalid(format!("directory username: {e}")))?;
         let t = now();
+        // One directory person is one Haven account: a second spelling of the name (a mail
+        // address, a case-folded variant the directory matches) finds the account by its DN,
+        // with its second factor, instead of creating a fresh one without.
+        let dn_key = haven_crypto::token_digest(&user.dn.to_lowercase());
+        let existing = match existing {
+            Some(a) => {
+                if let AccountSource::Ldap { dn } = &a.value.source
+                    && !dn.is_empty()
+                    && !dn.eq_ignore_ascii_case(&user.dn)
+                {
+                    tracing::warn!(
+                        user = %a.value.username,
+                        "a directory login matched another directory entry than this account's; refused"
+                    );
+                    return Err(IdentityError::InvalidCredentials);
+                }
+                Some(a)
+            }
+            None => match self
+                .get::<UsernameIndex>(kind::DIRECTORY_DN, &dn_key)
+                .await?
+            {
+                Some(idx) => {
+                    self.get::<Account>(kind::ACCOUNT, &idx.value.user_id)
+                        .await?
+                }
+                None => None,
+            },
+        };
         let (account, expect, created) = match existing {
             Some(mut a) => {
                 a.value.roles = roles;
@@ -438,10 +467,20 @@ impl Identity {
         let ctx = ctx.clone();
         let version = run_write::<i64, IdentityError, _>(self.store.as_ref(), move |tx| {
             Box::pin(async move {
+                let idx = UsernameIndex {
+                    user_id: a.id.clone(),
+                };
+                // Link the DN to this account (once; a second account for it is refused).
+                match tx_get::<UsernameIndex>(tx, kind::DIRECTORY_DN, &dn_key).await? {
+                    Some(linked) if linked.value.user_id != a.id => {
+                        return Err(IdentityError::InvalidCredentials);
+                    }
+                    Some(_) => {}
+                    None => {
+                        tx_put(tx, kind::DIRECTORY_DN, &dn_key, &idx, None, Expect::Absent).await?;
+                    }
+                }
                 if created {
-                    let idx = UsernameIndex {
-                        user_id: a.id.clone(),
-                    };
                     tx_put(tx, kind::USERNAME, &a.username, &idx, None, Expect::Absent).await?;
                     tx.audit(security_entry(
                         &ctx,

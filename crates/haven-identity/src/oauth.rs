@@ -775,10 +775,18 @@ impl Identity {
         if fam.value.revoked || fam.value.expires <= now() {
             return Err(invalid());
         }
-        if !constant_time_eq(
-            token_digest(secret).as_bytes(),
-            fam.value.current.as_bytes(),
-        ) {
+        let presented = token_digest(secret);
+        if !constant_time_eq(presented.as_bytes(), fam.value.current.as_bytes()) {
+            // A secret this family never issued is just invalid: knowing a family id must not
+            // be enough to revoke someone's tokens.
+            let reused = fam
+                .value
+                .previous
+                .iter()
+                .any(|d| constant_time_eq(d.as_bytes(), presented.as_bytes()));
+            if !reused {
+                return Err(invalid());
+            }
             // An older token of this family: it was copied. Revoke the family (RFC 9700
             // §4.14.2): the thief and the client both lose it; the user signs in again.
             self.revoke_family(family, "refresh-reuse", ctx)
@@ -1012,7 +1020,11 @@ impl Identity {
             let (secret, digest) = new_secret();
             let (fid, family, expect) = match rotate {
                 Some((fid, version, mut fam)) => {
-                    fam.current = digest;
+                    fam.previous
+                        .push(std::mem::replace(&mut fam.current, digest));
+                    if fam.previous.len() > 32 {
+                        fam.previous.remove(0);
+                    }
                     fam.generation += 1;
                     (fid, fam, Expect::Version(version))
                 }
@@ -1039,6 +1051,7 @@ impl Identity {
                             auth_time: g.auth_time.unwrap_or(t),
                             amr: g.amr.clone(),
                             current: digest,
+                            previous: Vec::new(),
                             generation: 1,
                             revoked: false,
                             created: t,

@@ -14,6 +14,9 @@ pub mod kind {
     pub const ACCOUNT: &str = "account";
     /// [`super::UsernameIndex`] by normalized username.
     pub const USERNAME: &str = "username";
+    /// [`super::UsernameIndex`] by digest of a directory entry's DN (lower case): one Haven
+    /// account per directory person, whatever name they type.
+    pub const DIRECTORY_DN: &str = "directory-dn";
     /// [`super::Client`] by client id.
     pub const CLIENT: &str = "client";
     /// [`super::Session`] by digest of the session cookie.
@@ -203,6 +206,11 @@ pub struct RefreshFamily {
     pub amr: Vec<String>,
     /// Digest of the one valid secret.
     pub current: String,
+    /// Digests of the secrets it replaced (the newest 32): presenting one of these, and only
+    /// these, is reuse. A made-up secret is just invalid, so knowing a family id is not
+    /// enough to revoke someone's tokens.
+    #[serde(default)]
+    pub previous: Vec<String>,
     pub generation: u32,
     pub revoked: bool,
     pub created: i64,

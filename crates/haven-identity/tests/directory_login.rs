@@ -545,3 +545,26 @@ async fn a_directory_user_without_a_mapped_role_cannot_sign_in() {
     let refused = haven.events("login-refused").await;
     assert_eq!(refused.len(), 1, "{refused:?}");
 }
+
+/// One directory person is one Haven account, whatever spelling of the name the directory
+/// accepts: with a filter that matches the uid or the mail address, signing in by mail after
+/// enrolling by uid asks for the enrolled second factor instead of creating a second account
+/// without one.
+#[tokio::test]
+async fn another_spelling_of_a_directory_name_finds_the_same_account() {
+    let Some(slapd) = Slapd::start() else { return };
+    let mut c = config(&slapd);
+    c.user_filter = "(&(objectClass=inetOrgPerson)(|(uid={username})(mail={username})))".into();
+    let haven = haven(c).await;
+    haven.enrol("alice", "alice-pw").await;
+    let (_, outcome) = haven.password("alice@hospital.example", "alice-pw").await;
+    assert!(
+        matches!(outcome, Ok(AfterPassword::Mfa)),
+        "a second spelling must not start a fresh enrolment: {outcome:?}"
+    );
+    assert_eq!(
+        haven.events("user-create").await.len(),
+        1,
+        "one account only"
+    );
+}

@@ -230,6 +230,18 @@ async fn the_code_flow_enrols_a_second_factor_and_issues_tokens_that_work() {
     fhir_get(&app, rotated["access_token"].as_str().unwrap(), "Patient")
         .await
         .assert_status(200);
+    // A made-up secret for a known family id is just invalid: it revokes nothing.
+    let family = new.split('.').next().unwrap();
+    assert_oauth_error(
+        &refresh(&app, &format!("{family}.made-up-secret")).await,
+        400,
+        "invalid_grant",
+        "a forged secret",
+    );
+    let resp = refresh(&app, new).await;
+    resp.assert_status(200);
+    let new = resp.json()["refresh_token"].as_str().unwrap().to_owned();
+    let new = new.as_str();
     assert_oauth_error(
         &refresh(&app, old).await,
         400,
