@@ -35,6 +35,20 @@ fn ctx_of(req: &Request) -> EventContext {
     }
 }
 
+/// 429 for an address over its budget of unauthenticated identity requests.
+fn too_many() -> Response {
+    let mut resp = html(
+        StatusCode::TOO_MANY_REQUESTS,
+        pages::message(
+            "Too many requests",
+            "Too many sign-in requests from this address; wait a minute.",
+        ),
+    );
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+    resp
+}
+
 fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(header::COOKIE)
@@ -241,6 +255,12 @@ pub(crate) async fn jwks(State(state): State<AppState>) -> Response {
 /// `GET /oauth/authorize`: checks the request, then shows the login page (or, with a live
 /// session, the consent page).
 pub(crate) async fn authorize(State(state): State<AppState>, req: Request) -> Response {
+    if !state
+        .identity
+        .allow_unauthenticated(ctx_of(&req).source_ip.as_deref())
+    {
+        return too_many();
+    }
     let query = req.uri().query().unwrap_or("");
     let Ok(params) = serde_urlencoded::from_str::<AuthorizeParams>(query) else {
         return html(
@@ -288,7 +308,13 @@ async fn start_login(state: &AppState, auth_request: Option<String>) -> Response
 }
 
 /// `GET /oauth/login`: a login without an application (to manage one's own account later).
-pub(crate) async fn login_page(State(state): State<AppState>) -> Response {
+pub(crate) async fn login_page(State(state): State<AppState>, req: Request) -> Response {
+    if !state
+        .identity
+        .allow_unauthenticated(ctx_of(&req).source_ip.as_deref())
+    {
+        return too_many();
+    }
     start_login(&state, None).await
 }
 
@@ -554,6 +580,18 @@ pub(crate) async fn consent_submit(State(state): State<AppState>, req: Request) 
 
 pub(crate) async fn token(State(state): State<AppState>, req: Request) -> Response {
     let ctx = ctx_of(&req);
+    if !state
+        .identity
+        .allow_unauthenticated(ctx.source_ip.as_deref())
+    {
+        let mut resp = oauth_error(&OAuthError::new(
+            "slow_down",
+            "too many requests from this address; wait a minute",
+        ));
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+        return resp;
+    }
     let p: TokenParams = match form(req.into_body()).await {
         Ok(p) => p,
         Err(r) => return r,

@@ -27,6 +27,9 @@ pub struct Identity {
     pub(crate) ldap: Option<LdapDirectory>,
     pub(crate) caches: Caches,
     pub(crate) external: crate::external::ExternalIssuers,
+    /// Unauthenticated work per client address (login starts, authorization requests, failed
+    /// client authentications).
+    pub(crate) unauthenticated: crate::ratelimit::RateLimit,
 }
 
 impl std::fmt::Debug for Identity {
@@ -98,6 +101,7 @@ impl Identity {
         let external = crate::external::ExternalIssuers::new(&settings, fetcher);
         Ok(Arc::new(Self {
             ip_throttle: IpThrottle::new(settings.ip_throttle, 100_000),
+            unauthenticated: crate::ratelimit::RateLimit::new(600, 100_000),
             caches: Caches::new(settings.revocation_cache),
             store,
             hasher,
@@ -111,6 +115,18 @@ impl Identity {
     #[must_use]
     pub fn settings(&self) -> &IdentitySettings {
         &self.settings
+    }
+
+    /// Whether one more unauthenticated request (a login start, an authorization request, a
+    /// client authentication) from this address fits its per-minute budget (600: a hospital's
+    /// staff may share one address at shift change).
+    #[must_use]
+    pub fn allow_unauthenticated(&self, address: Option<&str>) -> bool {
+        let ok = self.unauthenticated.allow(address);
+        if !ok {
+            metrics::counter!("haven_login_throttled_total", "by" => "address").increment(1);
+        }
+        ok
     }
 
     #[must_use]

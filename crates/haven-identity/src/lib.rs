@@ -21,6 +21,7 @@ pub mod login;
 pub mod oauth;
 pub mod password_policy;
 pub mod qr;
+pub mod ratelimit;
 pub mod records;
 pub mod resource;
 pub mod settings;

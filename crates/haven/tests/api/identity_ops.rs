@@ -526,3 +526,32 @@ async fn reset_mfa_makes_the_next_login_enrol_again() {
         "the reset is not in the audit trail"
     );
 }
+
+/// Unauthenticated identity work is bounded per client address: past 600 login starts in a
+/// minute an address gets 429 with `Retry-After`, while another address is still served.
+#[tokio::test]
+async fn unauthenticated_identity_requests_are_limited_per_address() {
+    let app = spawn_app_with(&[("HAVEN_TRUSTED_PROXIES", "127.0.0.1")]).await;
+    let start = |from: &'static str| {
+        browser()
+            .get(format!("{}/oauth/login", app.root))
+            .header("x-forwarded-for", from)
+            .send()
+    };
+    let mut limited_at = None;
+    for i in 0..700 {
+        let r = start("10.7.7.7").await.unwrap();
+        if r.status() == 429 {
+            assert!(r.headers().contains_key(header::RETRY_AFTER));
+            limited_at = Some(i);
+            break;
+        }
+        assert_eq!(r.status(), 200);
+    }
+    assert_eq!(
+        limited_at,
+        Some(600),
+        "the 601st start in a minute is refused"
+    );
+    assert_eq!(start("10.7.7.8").await.unwrap().status(), 200);
+}
