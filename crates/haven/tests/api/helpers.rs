@@ -160,10 +160,37 @@ pub fn suite_key_path(data_dir: &Path) -> PathBuf {
     data_dir.with_file_name(name)
 }
 
+/// The suite client's key per PostgreSQL database (by name): a second server on the same
+/// database (another replica, or the same data as another role) reuses the registered client.
+static SUITE_KEYS: Mutex<Vec<(String, PathBuf)>> = Mutex::new(Vec::new());
+
+fn database_name(url: &str) -> String {
+    url.rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .split('?')
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
 async fn register_suite_client(data_dir: &Path, db_url: Option<&str>, env: &[(&str, &str)]) {
     let key = suite_key_path(data_dir);
     if key.exists() {
         return;
+    }
+    if let Some(url) = db_url {
+        let name = database_name(url);
+        let known = SUITE_KEYS
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(n, p)| *n == name && p.exists())
+            .map(|(_, p)| p.clone());
+        if let Some(existing) = known {
+            std::fs::copy(&existing, &key).expect("copy the suite client's key");
+            return;
+        }
     }
     let mut cmd = haven();
     if let Some(url) = db_url {
@@ -192,6 +219,11 @@ async fn register_suite_client(data_dir: &Path, db_url: Option<&str>, env: &[(&s
     // server's own refusal.
     if !out.status.success() {
         let _ = std::fs::remove_file(&key);
+    } else if let Some(url) = db_url {
+        SUITE_KEYS
+            .lock()
+            .unwrap()
+            .push((database_name(url), key.clone()));
     }
 }
 
