@@ -425,7 +425,12 @@ pub async fn token(
         .get(format!("{root}/.well-known/openid-configuration"))
         .send()
         .await
-        .with_context(|| format!("cannot reach {root} (is the server running? use --url)"))?
+        .with_context(|| {
+            format!(
+                "cannot reach {root} (is the server running? use --url with Haven's own http:// \
+                 address, e.g. http://127.0.0.1:8080)"
+            )
+        })?
         .error_for_status()?
         .json()
         .await?;
@@ -453,8 +458,11 @@ pub async fn token(
     if let Some(s) = scope {
         form.push(("scope", s.to_owned()));
     }
+    // The assertion names the token endpoint the server announces (its public address, which
+    // may be a gateway's); the request goes to the address given, e.g. loopback beside it.
+    let post_to = format!("{root}/oauth/token");
     let resp = http
-        .post(token_endpoint)
+        .post(&post_to)
         .header("content-type", "application/x-www-form-urlencoded")
         .body(serde_urlencoded::to_string(&form)?)
         .send()

@@ -12,5 +12,6 @@ mod helpers;
 mod fixture;
 mod forwarded;
 mod http;
+mod local_stack;
 mod smuggling;
 mod tls;
