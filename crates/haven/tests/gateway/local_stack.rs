@@ -60,7 +60,8 @@ async fn the_local_stack_serves_fhir_through_the_gateway_and_is_scraped() {
         assert!(stdout.contains("Haven is up."), "{stdout}");
         // The three commands the script prints, as a newcomer would run them.
         let key = state.join("demo-key.pem");
-        let add = Command::new(env!("CARGO_BIN_EXE_haven"))
+        // `helpers::haven()` drops the HAVEN_* variables of the test environment.
+        let add = crate::helpers::haven()
             .args([
                 "client",
                 "add",
@@ -81,7 +82,7 @@ async fn the_local_stack_serves_fhir_through_the_gateway_and_is_scraped() {
             "{}",
             String::from_utf8_lossy(&add.stderr)
         );
-        let token = Command::new(env!("CARGO_BIN_EXE_haven"))
+        let token = crate::helpers::haven()
             .args(["token", "--client", "demo", "--key"])
             .arg(&key)
             .args(["--url", &format!("http://127.0.0.1:{haven}")])
