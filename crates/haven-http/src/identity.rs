@@ -177,6 +177,14 @@ async fn form<T: serde::de::DeserializeOwned + Default>(body: Body) -> Result<T,
     })
 }
 
+/// The answer to a form posted from another site.
+fn refused_origin() -> Response {
+    html(
+        StatusCode::FORBIDDEN,
+        pages::message("Refused", "This form was sent from another site."),
+    )
+}
+
 /// A form post must come from our own pages: no `Origin`, or our issuer's origin.
 fn same_origin(state: &AppState, headers: &HeaderMap) -> bool {
     match headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
@@ -393,10 +401,7 @@ async fn after_session(
 
 pub(crate) async fn login_submit(State(state): State<AppState>, req: Request) -> Response {
     if !same_origin(&state, req.headers()) {
-        return html(
-            StatusCode::FORBIDDEN,
-            pages::message("Refused", "This form was sent from another site."),
-        );
+        return refused_origin();
     }
     let ctx = ctx_of(&req);
     let login = cookie(req.headers(), LOGIN_COOKIE).unwrap_or("").to_owned();
@@ -436,10 +441,7 @@ pub(crate) async fn login_submit(State(state): State<AppState>, req: Request) ->
 
 pub(crate) async fn mfa_submit(State(state): State<AppState>, req: Request) -> Response {
     if !same_origin(&state, req.headers()) {
-        return html(
-            StatusCode::FORBIDDEN,
-            pages::message("Refused", "This form was sent from another site."),
-        );
+        return refused_origin();
     }
     let ctx = ctx_of(&req);
     let login = cookie(req.headers(), LOGIN_COOKIE).unwrap_or("").to_owned();
@@ -463,10 +465,7 @@ pub(crate) async fn mfa_submit(State(state): State<AppState>, req: Request) -> R
 
 pub(crate) async fn enrol_submit(State(state): State<AppState>, req: Request) -> Response {
     if !same_origin(&state, req.headers()) {
-        return html(
-            StatusCode::FORBIDDEN,
-            pages::message("Refused", "This form was sent from another site."),
-        );
+        return refused_origin();
     }
     let ctx = ctx_of(&req);
     let login = cookie(req.headers(), LOGIN_COOKIE).unwrap_or("").to_owned();
@@ -540,10 +539,7 @@ pub(crate) async fn consent_get(State(state): State<AppState>, req: Request) -> 
 
 pub(crate) async fn consent_submit(State(state): State<AppState>, req: Request) -> Response {
     if !same_origin(&state, req.headers()) {
-        return html(
-            StatusCode::FORBIDDEN,
-            pages::message("Refused", "This form was sent from another site."),
-        );
+        return refused_origin();
     }
     let ctx = ctx_of(&req);
     let session = cookie(req.headers(), SESSION_COOKIE)
