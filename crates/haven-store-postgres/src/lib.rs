@@ -13,6 +13,7 @@
 //!   turns into a fast 503, never a hung request.
 
 mod audit;
+mod backup;
 mod reads;
 mod records;
 #[cfg(feature = "testing")]
@@ -318,6 +319,13 @@ impl ResourceStore for PgStore {
     ) -> Result<Vec<(String, StoredRecord)>, StoreError> {
         let mut conn = self.pool.acquire().await.map_err(map_err)?;
         records::list(&mut conn, kind, after, limit).await
+    }
+
+    async fn backup(
+        &self,
+        sink: &mut dyn haven_store::backup::BackupSink,
+    ) -> Result<(), StoreError> {
+        self.export(sink).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

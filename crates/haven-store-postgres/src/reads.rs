@@ -227,6 +227,7 @@ pub(crate) fn bind(mut query: PgQuery, args: Vec<SqlArg>) -> PgQuery {
             SqlArg::OptInt(i) => query.bind(i),
             SqlArg::Float(f) => query.bind(f),
             SqlArg::Blob(b) => query.bind(b),
+            SqlArg::OptBlob(b) => query.bind(b),
         };
     }
     query

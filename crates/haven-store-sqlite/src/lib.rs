@@ -12,6 +12,7 @@
 //!   commit; a unit that fails rolls back to its savepoint without touching its neighbours.
 
 mod audit;
+pub mod backup;
 mod reads;
 mod records;
 mod writer;
@@ -23,6 +24,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use haven_domain::{ResourceId, ResourceType, Timestamp, VersionId};
+use haven_store::backup::BackupSink;
 use haven_store::{
     ErasedOutcome, ErasedWriteFn, Found, HistoryPage, HistoryQuery, LinkedRecord, PatientEvent,
     Related, ResourceStore, SearchPage, SearchQuery, StoreError, StoredCheckpoint, StoredRecord,
@@ -270,6 +272,16 @@ impl ResourceStore for SqliteStore {
     ) -> Result<Vec<(String, StoredRecord)>, StoreError> {
         let mut conn = reads::acquire_timed(&self.readers, self.statement_timeout).await?;
         records::list(&mut conn, kind, after, limit).await
+    }
+
+    async fn backup(&self, sink: &mut dyn BackupSink) -> Result<(), StoreError> {
+        // Not timed: a backup reads everything. One transaction on a read-only connection
+        // is one WAL snapshot; the writer keeps committing meanwhile.
+        let mut conn = reads::acquire(&self.readers).await?;
+        let mut tx = conn.begin().await.map_err(reads::map_err)?;
+        let r = haven_store::backup::export(&mut backup::Export(&mut tx), sink).await;
+        let _ = tx.rollback().await;
+        r
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -210,6 +210,7 @@ pub(crate) fn bind(mut query: SqliteQuery, args: Vec<SqlArg>) -> SqliteQuery {
             SqlArg::OptInt(i) => query.bind(i),
             SqlArg::Float(f) => query.bind(f),
             SqlArg::Blob(b) => query.bind(b),
+            SqlArg::OptBlob(b) => query.bind(b),
         };
     }
     query

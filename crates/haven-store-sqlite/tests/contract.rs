@@ -14,3 +14,34 @@ async fn fresh() -> (Arc<dyn ResourceStore>, tempfile::TempDir) {
 }
 
 haven_store_tests::store_contract_tests!(fresh());
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_round_trip() {
+    let (source, _dir) = fresh().await;
+    haven_store_tests::fill_for_backup(source.as_ref()).await;
+    let before = haven_store_tests::export(source.as_ref()).await;
+    source.close().await;
+
+    let target = tempfile::tempdir().unwrap();
+    let path = target.path().join("haven.db");
+    let mut rows = before.clone();
+    haven_store_sqlite::backup::restore(&path, &mut rows)
+        .await
+        .expect("restore");
+    assert!(
+        !target.path().join("haven.db.restoring").exists(),
+        "the partial file is renamed into place"
+    );
+    let restored = SqliteStore::open(&path, SqliteOptions::default())
+        .await
+        .unwrap();
+    haven_store_tests::backup_round_trip(&before, &restored).await;
+    restored.close().await;
+
+    // Not over data: the file stays as it was.
+    let mut again = before.clone();
+    let err = haven_store_sqlite::backup::restore(&path, &mut again)
+        .await
+        .expect_err("a restore over data is refused");
+    assert!(err.to_string().contains("already holds data"), "{err}");
+}

@@ -6,10 +6,12 @@
 //! one backend has is a bug in the other.
 
 mod audit;
+mod backup;
 mod records;
 mod search;
 
 pub use audit::*;
+pub use backup::*;
 pub use records::*;
 pub use search::*;
 

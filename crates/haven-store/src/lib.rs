@@ -12,6 +12,7 @@
 //! express: a unit either commits whole or leaves no trace.
 
 pub mod audit;
+pub mod backup;
 mod error;
 mod history;
 pub mod records;
@@ -197,6 +198,10 @@ pub trait ResourceStore: Send + Sync + 'static {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<(String, StoredRecord)>, StoreError>;
+
+    /// Reads every table a backup holds in one consistent snapshot, taken while the store keeps
+    /// serving (see [`backup`]), and hands the rows to `sink`.
+    async fn backup(&self, sink: &mut dyn backup::BackupSink) -> Result<(), StoreError>;
 
     /// Cheap liveness check of the database, for `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;

@@ -1,6 +1,7 @@
 //! `haven`: the one binary. Composition root (configuration, wiring) and the command line.
 
 mod audit_cmd;
+mod backup_cmd;
 mod config;
 mod healthcheck;
 mod identity_cmd;
@@ -45,6 +46,28 @@ enum Command {
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+    /// Back up everything (resources with their history, the audit trail, accounts and
+    /// clients) while the server runs: `haven backup --out DIR`; `haven backup verify DIR`
+    /// checks a backup's signature, hashes and audit chain. Safe to re-run after an
+    /// interruption.
+    #[command(args_conflicts_with_subcommands = true)]
+    Backup {
+        #[command(subcommand)]
+        command: Option<BackupCommand>,
+        /// The directory to create (must not exist).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
+    /// Restore a backup into a fresh instance (an empty data directory or database); the
+    /// backup is verified as it is read and nothing is written unless all of it checks out.
+    Restore {
+        /// The backup directory (from `haven backup --out`).
+        dir: PathBuf,
+        /// Public keys (base64 Ed25519) trusted to have signed the backup, besides the
+        /// configured audit keys.
+        #[arg(long = "public-key", value_name = "FILE")]
+        public_keys: Vec<PathBuf>,
     },
     /// Inspect the configuration.
     Config {
@@ -211,6 +234,19 @@ enum DbCommand {
         /// The application role (it must exist: CREATE ROLE haven_app LOGIN ...).
         #[arg(long, value_name = "ROLE")]
         app_role: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum BackupCommand {
+    /// Check a backup: its manifest's signature, every file's hash and row count, every row,
+    /// and the audit chain it holds. Exit status 1 if it does not verify.
+    Verify {
+        dir: PathBuf,
+        /// Public keys (base64 Ed25519) trusted to have signed the backup, besides the
+        /// configured audit keys.
+        #[arg(long = "public-key", value_name = "FILE")]
+        public_keys: Vec<PathBuf>,
     },
 }
 
@@ -425,6 +461,29 @@ fn main() -> ExitCode {
             role,
             benchmark_without_audit,
         } => run_async(async move { serve::run(config, role, !benchmark_without_audit).await }),
+        Command::Backup {
+            command: Some(BackupCommand::Verify { dir, public_keys }),
+            ..
+        } => match backup_cmd::verify(&config, &dir, &public_keys) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::from(1),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Backup { command: None, out } => match out {
+            Some(out) => run_async(async move { backup_cmd::create(&config, &out).await }),
+            None => {
+                eprintln!(
+                    "error: give the directory to write the backup to: haven backup --out DIR"
+                );
+                ExitCode::from(2)
+            }
+        },
+        Command::Restore { dir, public_keys } => {
+            run_async(async move { backup_cmd::restore(&config, &dir, &public_keys).await })
+        }
         Command::Audit {
             command:
                 AuditCommand::Verify {

@@ -220,6 +220,7 @@ pub async fn run(config: Config, role: Role, audit_writes: bool) -> anyhow::Resu
     }
     // Connect info gives the middleware each request's TCP peer (see `trusted_proxies`).
     tokio::spawn(watch_readiness(service.clone()));
+    tokio::spawn(watch_backups(store.clone()));
     let app =
         haven_http::app(state, modules(role)).into_make_service_with_connect_info::<SocketAddr>();
     let backend = if config.database_url.is_some() {
@@ -324,6 +325,29 @@ async fn watch_readiness(service: Arc<FhirService>) {
             .await
             .is_ok_and(|r| r.is_ok());
         metrics::gauge!("haven_ready").set(if ready { 1.0 } else { 0.0 });
+    }
+}
+
+/// Keeps `haven_backup_last_success_timestamp_seconds` current (0: no backup yet) from what
+/// `haven backup` records in the database, so the backup-age alert sees backups made by any
+/// host (a CronJob, an operator's shell).
+async fn watch_backups(store: Arc<dyn ResourceStore>) {
+    metrics::describe_gauge!(
+        "haven_backup_last_success_timestamp_seconds",
+        metrics::Unit::Seconds,
+        "When the last verified backup (haven backup) finished, Unix time; 0 if never."
+    );
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    loop {
+        tick.tick().await;
+        match store.meta(crate::backup_cmd::LAST_BACKUP_META).await {
+            Ok(v) => {
+                let micros = v.and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+                metrics::gauge!("haven_backup_last_success_timestamp_seconds")
+                    .set(micros as f64 / 1e6);
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot read the last backup time"),
+        }
     }
 }
 

@@ -27,6 +27,8 @@ pub enum SqlArg {
     OptInt(Option<i64>),
     Float(f64),
     Blob(Vec<u8>),
+    /// Bytes or NULL.
+    OptBlob(Option<Vec<u8>>),
 }
 
 /// How a backend writes placeholders.

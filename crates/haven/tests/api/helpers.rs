@@ -61,7 +61,7 @@ pub fn postgres_backend() -> bool {
 }
 
 /// The database behind a data directory, so a restart on the same directory finds its data.
-async fn database_for(data_dir: &Path) -> Arc<TempDatabase> {
+pub async fn database_for(data_dir: &Path) -> Arc<TempDatabase> {
     static DATABASES: Mutex<Vec<(PathBuf, Weak<TempDatabase>)>> = Mutex::new(Vec::new());
     if let Some(db) = DATABASES
         .lock()

@@ -5,6 +5,7 @@
 
 mod audit;
 mod authorization;
+mod backup;
 mod binary;
 mod bundle;
 mod compartment;
