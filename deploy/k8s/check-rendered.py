@@ -19,9 +19,12 @@ For every overlay:
     Secrets or pods/exec;
   - references resolve: Ingress -> Service and port, Service -> pods, HPA -> workload,
     PodDisruptionBudget and NetworkPolicy -> pods, envFrom -> ConfigMap, serviceAccountName ->
-    ServiceAccount, storage classes -> an encrypting StorageClass, certificate issuers;
-  - what each overlay promises: one SQLite replica on single-node; fhir and identity
-    Deployments with autoscaler and disruption budget, the migration Job, and a three-instance
+    ServiceAccount, storage classes (claim templates, PersistentVolumeClaims, database volumes)
+    -> an encrypting StorageClass, a pod's claims -> PersistentVolumeClaims, certificate issuers;
+  - what each overlay promises: one SQLite replica on single-node, and no CronJob (the data is
+    on the StatefulSet's ReadWriteOnce volume: backups run in its pod); fhir and identity
+    Deployments with autoscaler and disruption budget, the migration Job, the nightly backup
+    CronJob (never two at once, bounded in time, on an encrypted claim), and a three-instance
     CloudNativePG Cluster with TLS and WAL archiving in production; STRICT mTLS and an
     AuthorizationPolicy per meshed workload with Istio.
 
@@ -321,6 +324,12 @@ def check_overlay(ck, overlay, docs):
               for t in d["spec"].get("volumeClaimTemplates") or []]
     wanted += [(ident(c), (c["spec"].get(k) or {}).get("storageClass")) for c in of("Cluster")
                for k in ("storage", "walStorage")]
+    wanted += [(ident(c), c["spec"].get("storageClassName")) for c in of("PersistentVolumeClaim")]
+    for d, _, spec in workloads:
+        for vol in spec.get("volumes") or []:
+            claim = (vol.get("persistentVolumeClaim") or {}).get("claimName")
+            if claim and not named("PersistentVolumeClaim", claim, d["metadata"].get("namespace")):
+                problems.append(f"{ident(d)}: PersistentVolumeClaim {claim} does not exist")
     for who, name in wanted:
         params = (storage_classes.get(name) or {}).get("parameters") or {}
         if params.get("encrypted") != "true" and not ENCRYPTION_PARAMETERS & set(params):
@@ -330,7 +339,7 @@ def check_overlay(ck, overlay, docs):
         ref = cert["spec"]["issuerRef"]
         if ref.get("kind", "Issuer") == "Issuer" and (cert["metadata"].get("namespace"), ref["name"]) not in issuers:
             problems.append(f"{ident(cert)}: Issuer {ref['name']} is not defined in its namespace")
-    ck.check(f"{p} references resolve (Ingress, Services, HPA, PDB, ConfigMaps, StorageClasses, issuers)", problems)
+    ck.check(f"{p} references resolve (Ingress, Services, HPA, PDB, ConfigMaps, claims, StorageClasses, issuers)", problems)
 
     # What each overlay promises.
     def args(d):
@@ -350,6 +359,9 @@ def check_overlay(ck, overlay, docs):
                 problems.append("no volumeClaimTemplates for the SQLite data")
         if of("Deployment") or of("HorizontalPodAutoscaler") or of("Cluster"):
             problems.append("single-node must not run Deployments, autoscalers or PostgreSQL")
+        if of("CronJob"):
+            problems.append("single-node must not run CronJobs: the SQLite data is on the StatefulSet's "
+                            "ReadWriteOnce volume (back up with kubectl exec, README.md)")
         ck.check(f"{p} one StatefulSet, one replica, every module, SQLite on a claimed volume", problems)
     if overlay in ("production", "istio"):
         problems = []
@@ -371,6 +383,29 @@ def check_overlay(ck, overlay, docs):
         if steps[:2] != [["migrate"], ["db", "grant", "--app-role", "haven_app"]]:
             problems.append(f"migration Job steps {steps}")
         ck.check(f"{p} haven-fhir and haven-identity Deployments with HPA and PDB; migrate, then grant", problems)
+
+        problems = []
+        cron = named("CronJob", "haven-backup")
+        if not cron:
+            problems.append("no CronJob haven-backup")
+        else:
+            s = cron["spec"]
+            if args(cron)[:2] != ["backup", "--into"]:
+                problems.append(f"args {args(cron)}: not `backup --into DIR`")
+            if s.get("concurrencyPolicy") != "Forbid":
+                problems.append(f"concurrencyPolicy {s.get('concurrencyPolicy')!r}: two backups could run at once")
+            if not s.get("startingDeadlineSeconds"):
+                problems.append("no startingDeadlineSeconds")
+            job = s["jobTemplate"]["spec"]
+            if not job.get("activeDeadlineSeconds") or job.get("backoffLimit", 6) > 3:
+                problems.append("the Job needs activeDeadlineSeconds and a backoffLimit of at most 3")
+            spec = pod_template(cron)[1]
+            mounts = {m["mountPath"]: m["name"] for _, c in containers(spec) for m in c.get("volumeMounts") or []}
+            target = args(cron)[2] if len(args(cron)) > 2 else None
+            claims = [v for v in spec.get("volumes") or [] if v["name"] == mounts.get(target) and "persistentVolumeClaim" in v]
+            if not claims:
+                problems.append(f"the backup directory {target} is not a PersistentVolumeClaim")
+        ck.check(f"{p} a nightly backup CronJob: never two at once, bounded, onto a claimed volume", problems)
 
         problems = []
         cluster = named("Cluster", "haven-db")

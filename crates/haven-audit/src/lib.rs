@@ -50,4 +50,5 @@ pub use record::{
     Actor, AuditError, AuditRecord, Category, Entity, MAX_ACTION_LEN, MAX_DETAIL_CHARS,
     MAX_ENTITIES, Outcome,
 };
+pub mod fhir;
 pub use verify::{Break, BreakReason, ChainVerifier, Report};

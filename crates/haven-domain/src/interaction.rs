@@ -25,11 +25,13 @@ pub enum Interaction {
     SearchSystem,
     /// `Patient/[id]/$everything`.
     Everything,
+    /// `Patient/[id]/$disclosures`: the accounting of disclosures (HIPAA 164.528).
+    Disclosures,
 }
 
 impl Interaction {
     /// Every interaction, in the order the CapabilityStatement lists them.
-    pub const ALL: [Interaction; 16] = [
+    pub const ALL: [Interaction; 17] = [
         Interaction::Capabilities,
         Interaction::Create,
         Interaction::Read,
@@ -46,6 +48,7 @@ impl Interaction {
         Interaction::SearchType,
         Interaction::SearchSystem,
         Interaction::Everything,
+        Interaction::Disclosures,
     ];
 
     /// The R4 interaction code (CapabilityStatement `interaction.code`) or operation name.
@@ -68,6 +71,7 @@ impl Interaction {
             Interaction::SearchType => "search-type",
             Interaction::SearchSystem => "search-system",
             Interaction::Everything => "everything",
+            Interaction::Disclosures => "disclosures",
         }
     }
 

@@ -40,6 +40,7 @@ fn needs(route: &Route) -> Vec<(Option<&'static str>, Action)> {
             vec![(ty(t), Action::Search)]
         }
         Route::Everything(_) => vec![(Some("Patient"), Action::Read), (None, Action::Search)],
+        Route::Disclosures(_) => vec![(Some("AuditEvent"), Action::Search)],
         Route::Create(t) => vec![(ty(t), Action::Create)],
         Route::Update(t, _) | Route::Patch(t, _) => vec![(ty(t), Action::Update)],
         // A conditional update may create.
@@ -110,6 +111,12 @@ pub(crate) fn check(
         return Ok(Confinement::Unconfined);
     };
     let needs = needs(route);
+    if route
+        .resource_type()
+        .is_some_and(|t| t.as_str() == "AuditEvent")
+    {
+        return audit_view_access(p, &needs);
+    }
     if !needs.is_empty() && p.roles.is_empty() {
         return Err(ServiceError::Forbidden(
             "this account has no role in Haven; ask an administrator to grant one".into(),
@@ -169,6 +176,30 @@ pub(crate) fn check(
             scope_patient.unwrap_or_default().to_owned(),
         )),
     }
+}
+
+/// The audit trail's own rule, outside the role policy (which never grants `AuditEvent`): a
+/// person with the auditor role, whose token's scopes allow reading `AuditEvent`
+/// (`user/AuditEvent.rs`). Backend clients and every other role are refused, even with `*`
+/// scopes.
+fn audit_view_access(
+    p: &Principal,
+    needs: &[(Option<&'static str>, Action)],
+) -> Result<Confinement, ServiceError> {
+    if p.kind != PrincipalKind::User || !p.roles.contains(&haven_domain::Role::Auditor) {
+        return Err(ServiceError::Forbidden(
+            "only the auditor role reads the audit trail".into(),
+        ));
+    }
+    for (_, action) in needs {
+        if p.scopes.grant(Context::User, "AuditEvent", *action) != Grant::Unrestricted {
+            return Err(ServiceError::InsufficientScope(format!(
+                "the access token's scopes do not allow this; it needs user/AuditEvent.{}",
+                letter(*action)
+            )));
+        }
+    }
+    Ok(Confinement::Unconfined)
 }
 
 /// The resource types a search's parameters reach besides the searched type: `_include`

@@ -341,6 +341,15 @@ impl FhirService {
                 "only create, read, vread, update, patch, delete and history may appear in a Bundle".into(),
             ));
         }
+        if route
+            .resource_type()
+            .is_some_and(|t| t.as_str() == "AuditEvent")
+        {
+            return Err(ServiceError::Forbidden(
+                "the audit trail is not read or written in a Bundle; call GET AuditEvent directly"
+                    .into(),
+            ));
+        }
         if matches!(route, Route::Everything(_)) {
             return Err(ServiceError::BadRequest(
                 "$everything cannot run inside a Bundle; call it directly".into(),

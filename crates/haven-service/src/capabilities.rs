@@ -56,9 +56,10 @@ impl FhirService {
         let resources: Vec<Value> = defs
             .resource_types()
             .iter()
-            // AuditEvent is Haven's own trail, not offered through the API (see `route`).
-            .filter(|t| t.as_str() != "AuditEvent")
             .map(|t| {
+                if t.as_str() == "AuditEvent" {
+                    return audit_event_capability();
+                }
                 let params: Vec<&haven_fhir::search::SearchParam> = defs
                     .search_params(*t)
                     .filter(|p| p.is_supported())
@@ -86,6 +87,13 @@ impl FhirService {
                     operation.push(json!({
                         "name": "everything",
                         "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"
+                    }));
+                    operation.push(json!({
+                        "name": "disclosures",
+                        "definition": "urn:haven:OperationDefinition/Patient-disclosures",
+                        "documentation": "The accounting of disclosures (HIPAA 164.528): every \
+                            access to the patient's data in a period of up to six years \
+                            (parameters since, until), as AuditEvents; auditor role only."
                     }));
                 }
                 json!({
@@ -132,6 +140,46 @@ impl FhirService {
         });
         Bytes::from(serde_json::to_vec(&cs).unwrap_or_default())
     }
+}
+
+/// `AuditEvent` as the audit trail's view serves it (`audit_view`): read and search only, by
+/// the auditor role; never written.
+fn audit_event_capability() -> Value {
+    let param = |name: &str, ty: &str| {
+        json!({
+            "name": name,
+            "definition": format!("http://hl7.org/fhir/SearchParameter/AuditEvent-{name}"),
+            "type": ty,
+        })
+    };
+    json!({
+        "type": "AuditEvent",
+        "profile": "http://hl7.org/fhir/StructureDefinition/AuditEvent",
+        "documentation": "Haven's tamper-evident audit trail, read-only, for the auditor role \
+            (scope user/AuditEvent.rs). Records are never created, changed or deleted through \
+            the API.",
+        "interaction": [
+            { "code": "read" },
+            { "code": "vread" },
+            { "code": "search-type" }
+        ],
+        "versioning": "no-version",
+        "readHistory": false,
+        "updateCreate": false,
+        "conditionalCreate": false,
+        "conditionalRead": "not-supported",
+        "conditionalUpdate": false,
+        "conditionalDelete": "not-supported",
+        "searchParam": [
+            param("patient", "reference"),
+            param("date", "date"),
+            param("agent", "reference"),
+            param("action", "token"),
+            param("outcome", "token"),
+            param("entity", "reference"),
+            param("subtype", "token"),
+        ],
+    })
 }
 
 #[cfg(test)]

@@ -206,6 +206,8 @@ impl FhirService {
                 return Err(outside("history beyond one resource"));
             }
             Route::Bundle => return Err(outside("a batch or transaction")),
+            // Never reached: the audit trail's view is the auditor's, never confined.
+            Route::Disclosures(_) => return Err(outside("the audit trail")),
             Route::Validate(_, Some(_))
             | Route::Create(_)
             | Route::Update(..)

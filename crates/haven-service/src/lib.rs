@@ -10,6 +10,7 @@
 
 mod access;
 pub mod audit;
+mod audit_view;
 mod bundle;
 mod capabilities;
 mod confine;
@@ -265,6 +266,9 @@ impl FhirService {
             }
         };
         prepare::refuse_conditions(&req.conditions)?;
+        if let Some(r) = self.audit_view(ctx, &req).await {
+            return r;
+        }
         match req.route {
             Route::Capabilities => Ok(FhirResponse::json(200, self.capabilities())),
             Route::Bundle => match req.body {
@@ -322,6 +326,45 @@ impl FhirService {
 }
 
 impl FhirService {
+    /// The audit trail's own view (`audit_view`), with its audit record: reading the trail is
+    /// itself recorded. `None`: the request is not for it.
+    async fn audit_view(
+        &self,
+        ctx: &RequestContext,
+        req: &FhirRequest,
+    ) -> Option<Result<FhirResponse, ServiceError>> {
+        let audit_event = |t: &ResourceType| t.as_str() == "AuditEvent";
+        let (action, r, detail) = match &req.route {
+            Route::Read(t, id) if audit_event(t) => {
+                ("read", self.audit_view_read(id, None).await, None)
+            }
+            Route::Vread(t, id, v) if audit_event(t) => {
+                ("vread", self.audit_view_read(id, Some(*v)).await, None)
+            }
+            Route::Search(search::SearchScope::Type(t)) if audit_event(t) => (
+                "search-type",
+                self.audit_view_search(&req.query).await,
+                audit::parameter_names("type=AuditEvent params=", &req.query),
+            ),
+            Route::Disclosures(patient) => {
+                let r = self.disclosures(patient, &req.query).await;
+                let ty = ResourceType::parse("Patient")?;
+                return Some(
+                    self.audit_bundle(
+                        ctx,
+                        "disclosures",
+                        r,
+                        Some("$disclosures".into()),
+                        Some((ty, patient.as_str())),
+                    )
+                    .await,
+                );
+            }
+            _ => return None,
+        };
+        Some(self.audit_bundle(ctx, action, r, detail, None).await)
+    }
+
     /// A search with its audit record.
     pub(crate) async fn audited_search(
         &self,

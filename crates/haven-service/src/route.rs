@@ -66,6 +66,9 @@ pub enum Route {
     Search(SearchScope),
     /// `GET [base]/Patient/[id]/$everything`.
     Everything(ResourceId),
+    /// `GET [base]/Patient/[id]/$disclosures`: the patient's accounting of disclosures, as
+    /// AuditEvents (auditor role).
+    Disclosures(ResourceId),
     /// `PUT [base]/[type]?criteria`: conditional update.
     ConditionalUpdate(ResourceType),
     /// `DELETE [base]/[type]?criteria`: conditional delete.
@@ -91,6 +94,7 @@ impl Route {
             Route::Search(SearchScope::System) => Interaction::SearchSystem,
             Route::Search(_) => Interaction::SearchType,
             Route::Everything(_) => Interaction::Everything,
+            Route::Disclosures(_) => Interaction::Disclosures,
             Route::ConditionalUpdate(_) => Interaction::Update,
             Route::ConditionalDelete(_) => Interaction::Delete,
         }
@@ -107,6 +111,7 @@ impl Route {
                 Some(*t)
             }
             Route::Everything(_) => ResourceType::parse("Patient"),
+            Route::Disclosures(_) => ResourceType::parse("AuditEvent"),
             Route::Create(t)
             | Route::HistoryType(t)
             | Route::Validate(t, _)
@@ -161,14 +166,19 @@ pub fn route(method: Method, segments: &[&str]) -> Result<Route, ServiceError> {
 }
 
 /// `AuditEvent` is Haven's own trail: never written through the API (HIPAA 164.312(b): the
-/// records must not be alterable by those they record), and readable only by the auditor
-/// role; until that view exists (issue 7), no caller reads it through the API.
+/// records must not be alterable by those they record). It is read through its own view
+/// (`audit_view`: read, vread, search, `$disclosures`), which the access check opens to the
+/// auditor role only.
 fn guard_audit_events(r: &Route) -> Result<(), ServiceError> {
     if r.resource_type().is_none_or(|t| t.as_str() != "AuditEvent") {
         return Ok(());
     }
     match r {
-        Route::Validate(_, None) => Ok(()),
+        Route::Validate(_, None)
+        | Route::Read(..)
+        | Route::Vread(..)
+        | Route::Search(SearchScope::Type(_))
+        | Route::Disclosures(_) => Ok(()),
         Route::Create(_)
         | Route::Update(..)
         | Route::ConditionalUpdate(_)
@@ -180,8 +190,8 @@ fn guard_audit_events(r: &Route) -> Result<(), ServiceError> {
                 .into(),
         )),
         _ => Err(ServiceError::Forbidden(
-            "AuditEvent is not served through the FHIR API: the audit trail is read on the \
-             server with `haven audit report` and `haven audit verify`"
+            "AuditEvent supports read, vread and search (GET AuditEvent?...), and \
+             Patient/[id]/$disclosures; audit records have no history: they never change"
                 .into(),
         )),
     }
@@ -276,6 +286,13 @@ fn route_of(method: Method, segments: &[&str]) -> Result<Route, ServiceError> {
             match method {
                 Post => Ok(Route::Validate(t, Some(id))),
                 _ => Err(not_allowed(method, &format!("/{t}/[id]/$validate"), "POST")),
+            }
+        }
+        ["Patient", id, "$disclosures"] => {
+            let id = parse_id(id)?;
+            match get {
+                true => Ok(Route::Disclosures(id)),
+                false => Err(not_allowed(method, "/Patient/[id]/$disclosures", "GET")),
             }
         }
         ["Patient", id, "$everything"] => {

@@ -306,6 +306,22 @@ impl ResourceStore for PgStore {
         audit::for_patient(&mut conn, patient, since, until, after_id, limit).await
     }
 
+    async fn audit_event(&self, id: i64) -> Result<Option<PatientEvent>, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(map_err)?;
+        audit::event(&mut conn, id).await
+    }
+
+    async fn audit_events(
+        &self,
+        since: Timestamp,
+        until: Timestamp,
+        after_id: i64,
+        limit: u32,
+    ) -> Result<Vec<PatientEvent>, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(map_err)?;
+        audit::events(&mut conn, since, until, after_id, limit).await
+    }
+
     async fn record_get(&self, kind: &str, key: &str) -> Result<Option<StoredRecord>, StoreError> {
         let mut conn = self.pool.acquire().await.map_err(map_err)?;
         records::get(&mut conn, kind, key, false).await

@@ -220,3 +220,41 @@ pub(crate) async fn for_patient(
         })
         .collect()
 }
+
+fn event_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<PatientEvent, StoreError> {
+    Ok(PatientEvent {
+        id: r.try_get(0).map_err(map_err)?,
+        time: Timestamp::from_micros(r.try_get(1).map_err(map_err)?),
+        record: r.try_get(2).map_err(map_err)?,
+    })
+}
+
+pub(crate) async fn event(
+    conn: &mut SqliteConnection,
+    id: i64,
+) -> Result<Option<PatientEvent>, StoreError> {
+    let row = sqlx::query(q::EVENT)
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(map_err)?;
+    row.as_ref().map(event_from_row).transpose()
+}
+
+pub(crate) async fn events(
+    conn: &mut SqliteConnection,
+    since: Timestamp,
+    until: Timestamp,
+    after_id: i64,
+    limit: u32,
+) -> Result<Vec<PatientEvent>, StoreError> {
+    let rows = sqlx::query(q::EVENTS)
+        .bind(since.micros())
+        .bind(until.micros())
+        .bind(after_id)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(map_err)?;
+    rows.iter().map(event_from_row).collect()
+}

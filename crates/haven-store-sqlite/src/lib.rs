@@ -259,6 +259,22 @@ impl ResourceStore for SqliteStore {
         audit::for_patient(&mut conn, patient, since, until, after_id, limit).await
     }
 
+    async fn audit_event(&self, id: i64) -> Result<Option<PatientEvent>, StoreError> {
+        let mut conn = reads::acquire(&self.readers).await?;
+        audit::event(&mut conn, id).await
+    }
+
+    async fn audit_events(
+        &self,
+        since: Timestamp,
+        until: Timestamp,
+        after_id: i64,
+        limit: u32,
+    ) -> Result<Vec<PatientEvent>, StoreError> {
+        let mut conn = reads::acquire_timed(&self.readers, self.statement_timeout).await?;
+        audit::events(&mut conn, since, until, after_id, limit).await
+    }
+
     async fn record_get(&self, kind: &str, key: &str) -> Result<Option<StoredRecord>, StoreError> {
         let mut conn = reads::acquire(&self.readers).await?;
         records::get(&mut conn, kind, key).await

@@ -368,3 +368,47 @@ pub async fn audit_many_keeps_each_record_with_its_patients(store: &dyn Resource
         }
     }
 }
+
+pub async fn audit_events_read_by_id_and_by_time(store: &dyn ResourceStore) {
+    for (label, at) in [("a", 100), ("b", 200), ("c", 300), ("d", 400)] {
+        record(store, entry(label, at, &[])).await;
+    }
+    let all = store
+        .audit_events(
+            Timestamp::from_micros(0),
+            Timestamp::from_micros(1_000),
+            0,
+            10,
+        )
+        .await
+        .unwrap();
+    let labels: Vec<&[u8]> = all.iter().map(|e| e.record.as_slice()).collect();
+    assert_eq!(labels, [b"a", b"b", b"c", b"d"]);
+    // A time window, [since, until), and paging after an id.
+    let window = store
+        .audit_events(
+            Timestamp::from_micros(200),
+            Timestamp::from_micros(400),
+            0,
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(window.len(), 2);
+    assert_eq!(window[0].record, b"b");
+    let after = store
+        .audit_events(
+            Timestamp::from_micros(0),
+            Timestamp::from_micros(1_000),
+            all[1].id,
+            1,
+        )
+        .await
+        .unwrap();
+    assert_eq!(after.len(), 1);
+    assert_eq!(after[0].record, b"c");
+    let one = store.audit_event(all[3].id).await.unwrap().unwrap();
+    assert_eq!(one.record, b"d");
+    assert_eq!(one.time.micros(), 400);
+    assert!(store.audit_event(all[3].id + 100).await.unwrap().is_none());
+}

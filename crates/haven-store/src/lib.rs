@@ -188,6 +188,19 @@ pub trait ResourceStore: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<PatientEvent>, StoreError>;
 
+    /// One audit event by id (the AuditEvent view).
+    async fn audit_event(&self, id: i64) -> Result<Option<PatientEvent>, StoreError>;
+
+    /// Events recorded in `[since, until)` after event id `after_id`, in id order, at most
+    /// `limit` (the AuditEvent view's search).
+    async fn audit_events(
+        &self,
+        since: Timestamp,
+        until: Timestamp,
+        after_id: i64,
+        limit: u32,
+    ) -> Result<Vec<PatientEvent>, StoreError>;
+
     /// A record (see [`records`]), without locking it.
     async fn record_get(&self, kind: &str, key: &str) -> Result<Option<StoredRecord>, StoreError>;
 

@@ -423,6 +423,64 @@ fn sync_dir(dir: &Path) {
     }
 }
 
+/// `haven-backup-20261129T093000Z`: a backup's directory name for `--into`, sorting by time.
+pub fn timestamped_name() -> String {
+    let t = Timestamp::now().to_datetime();
+    format!(
+        "haven-backup-{:04}{:02}{:02}T{:02}{:02}{:02}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
+}
+
+/// Whether `name` is what [`timestamped_name`] makes (optionally with `.partial`).
+fn is_timestamped(name: &str) -> bool {
+    let base = name.strip_suffix(".partial").unwrap_or(name);
+    let Some(stamp) = base.strip_prefix("haven-backup-") else {
+        return false;
+    };
+    let b = stamp.as_bytes();
+    b.len() == 16
+        && b[8] == b'T'
+        && b[15] == b'Z'
+        && b[..8].iter().chain(&b[9..15]).all(u8::is_ascii_digit)
+}
+
+/// `--keep N`: removes all but the `keep` newest timestamped backups in `dir`, and the
+/// `.partial` directories failed runs left there. `just_made` is never removed. Directories
+/// with other names are not touched.
+pub fn prune(dir: &Path, just_made: &Path, keep: usize) -> anyhow::Result<()> {
+    let mut complete = Vec::new();
+    let mut partial = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !is_timestamped(&name) || !entry.file_type()?.is_dir() {
+            continue;
+        }
+        if name.ends_with(".partial") {
+            partial.push(entry.path());
+        } else {
+            complete.push(entry.path());
+        }
+    }
+    complete.sort();
+    let excess = complete.len().saturating_sub(keep);
+    for path in complete.into_iter().take(excess).chain(partial) {
+        if path == just_made {
+            continue;
+        }
+        std::fs::remove_dir_all(&path)
+            .with_context(|| format!("cannot remove the old backup {}", path.display()))?;
+        eprintln!("backup: removed {}", path.display());
+    }
+    Ok(())
+}
+
 /// `haven backup --out DIR`.
 pub async fn create(config: &Config, out: &Path) -> anyhow::Result<()> {
     if out.exists() {
@@ -992,6 +1050,39 @@ pub async fn restore(config: &Config, dir: &Path, public_keys: &[PathBuf]) -> an
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_timestamped_backups_are_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = [
+            "haven-backup-20260101T000000Z",
+            "haven-backup-20260102T000000Z",
+            "haven-backup-20260103T000000Z",
+            "haven-backup-20260102T120000Z.partial",
+            "haven-backup-keepme",
+            "other",
+        ];
+        for n in names {
+            std::fs::create_dir(dir.path().join(n)).unwrap();
+        }
+        let newest = dir.path().join("haven-backup-20260103T000000Z");
+        prune(dir.path(), &newest, 2).unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                "haven-backup-20260102T000000Z",
+                "haven-backup-20260103T000000Z",
+                "haven-backup-keepme",
+                "other"
+            ]
+        );
+        assert!(is_timestamped(&timestamped_name()));
+    }
 
     #[test]
     fn rows_round_trip_through_their_json_form() {

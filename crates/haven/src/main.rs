@@ -56,8 +56,16 @@ enum Command {
         #[command(subcommand)]
         command: Option<BackupCommand>,
         /// The directory to create (must not exist).
-        #[arg(long, value_name = "DIR")]
+        #[arg(long, value_name = "DIR", conflicts_with = "into")]
         out: Option<PathBuf>,
+        /// Create the backup in this directory under a name with the time,
+        /// `haven-backup-YYYYMMDDTHHMMSSZ` (for scheduled backups).
+        #[arg(long, value_name = "DIR")]
+        into: Option<PathBuf>,
+        /// With --into: after a verified backup, keep only the N newest backups there (and
+        /// remove what failed runs left), so scheduled backups do not fill the volume.
+        #[arg(long, value_name = "N", requires = "into", value_parser = clap::value_parser!(u32).range(1..))]
+        keep: Option<u32>,
     },
     /// Restore a backup into a fresh instance (an empty data directory or database); the
     /// backup is verified as it is read and nothing is written unless all of it checks out.
@@ -472,11 +480,26 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Backup { command: None, out } => match out {
-            Some(out) => run_async(async move { backup_cmd::create(&config, &out).await }),
+        Command::Backup {
+            command: None,
+            out,
+            into,
+            keep,
+        } => match out.or_else(|| {
+            into.as_ref()
+                .map(|d| d.join(backup_cmd::timestamped_name()))
+        }) {
+            Some(out) => run_async(async move {
+                backup_cmd::create(&config, &out).await?;
+                if let (Some(dir), Some(n)) = (into, keep) {
+                    backup_cmd::prune(&dir, &out, n as usize)?;
+                }
+                Ok(())
+            }),
             None => {
                 eprintln!(
-                    "error: give the directory to write the backup to: haven backup --out DIR"
+                    "error: give the directory to write the backup to: haven backup --out DIR \
+                     (or --into PARENT for a name with the time)"
                 );
                 ExitCode::from(2)
             }

@@ -131,6 +131,12 @@ pub const FOR_PATIENT: &str = "SELECT e.id, e.time, e.record FROM audit_patient 
      JOIN audit_event e ON e.id = p.event_id WHERE p.patient = ? AND p.time >= ? \
      AND p.time < ? AND p.event_id > ? ORDER BY p.event_id LIMIT ?";
 
+pub const EVENT: &str = "SELECT id, time, record FROM audit_event WHERE id = ?";
+
+/// Events in a time range in id order (the AuditEvent view's scan).
+pub const EVENTS: &str = "SELECT id, time, record FROM audit_event WHERE time >= ? AND time < ? \
+     AND id > ? ORDER BY id LIMIT ?";
+
 /// `sql` with `$n` placeholders where the backend needs them.
 #[must_use]
 pub fn placeholders(sql: &str, ph: Placeholders) -> String {

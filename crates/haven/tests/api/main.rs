@@ -4,6 +4,7 @@
 //! plus the operational surface.
 
 mod audit;
+mod audit_view;
 mod authorization;
 mod backup;
 mod binary;

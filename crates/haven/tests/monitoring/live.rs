@@ -10,10 +10,10 @@ use crate::helpers::{patient, spawn_app};
 use crate::promql::metric_names;
 
 /// Metrics that come from elsewhere: Prometheus's `up` and the standard exporters the rules use
-/// (node_exporter, kubelet, kube-state-metrics).
+/// (node_exporter, kubelet, kube-state-metrics, cert-manager, the blackbox exporter's probes).
 fn external(name: &str) -> bool {
     name == "up"
-        || ["node_", "kubelet_", "kube_"]
+        || ["node_", "kubelet_", "kube_", "certmanager_", "probe_"]
             .iter()
             .any(|p| name.starts_with(p))
 }
