@@ -101,9 +101,26 @@ pub struct Principal {
     pub token_id: String,
     /// Who issued the token (Haven itself or a trusted external issuer).
     pub issuer: String,
+    /// Emergency accesses (break-glass) this person has open.
+    pub emergency: Vec<EmergencyAccess>,
+}
+
+/// Emergency access (break-glass) to one patient's records, until a time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EmergencyAccess {
+    pub patient: String,
+    pub until: crate::Timestamp,
 }
 
 impl Principal {
+    /// Whether this person has emergency access to `patient` open at `now`.
+    #[must_use]
+    pub fn in_emergency(&self, patient: &str, now: crate::Timestamp) -> bool {
+        self.emergency
+            .iter()
+            .any(|e| e.patient == patient && e.until > now)
+    }
+
     /// The roles as one comma-separated string (audit `actor.role`).
     #[must_use]
     pub fn role_names(&self) -> String {

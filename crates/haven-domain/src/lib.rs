@@ -12,7 +12,7 @@ pub mod policy;
 pub mod scope;
 mod time;
 
-pub use access::{Principal, PrincipalKind, Role};
+pub use access::{EmergencyAccess, Principal, PrincipalKind, Role};
 pub use haven_fhir::ResourceType;
 pub use ids::{IdError, ResourceId, VersionId};
 pub use interaction::Interaction;

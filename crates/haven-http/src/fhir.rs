@@ -58,6 +58,33 @@ pub(crate) async fn handle(State(state): State<AppState>, req: Request) -> Respo
             }
         }
     };
+    // Break-glass is the identity module's (a fresh second factor), at a FHIR operation's URL.
+    if let Some(p) = &principal
+        && let Some(patient) = path
+            .trim_start_matches('/')
+            .strip_prefix("Patient/")
+            .and_then(|rest| rest.strip_suffix("/$break-glass"))
+            .filter(|id| !id.contains('/'))
+    {
+        let ctx = haven_identity::EventContext {
+            request_id: Some(request_id.clone()),
+            source_ip: client_address.clone(),
+        };
+        let mut resp = crate::emergency::break_glass(
+            &state,
+            p,
+            patient,
+            parts.method == HttpMethod::POST,
+            body,
+            ctx,
+        )
+        .await;
+        resp.extensions_mut().insert(RequestLabels {
+            interaction: "break-glass",
+            resource_type: "Patient",
+        });
+        return resp;
+    }
     let resp = match serve(
         &state.service,
         principal,
@@ -215,12 +242,32 @@ async fn serve(
         labels.interaction = Some(Interaction::Transaction);
     }
     let prefer = header_str(headers, header::HeaderName::from_static("prefer"));
+    let purpose_of_use =
+        match header_str(headers, header::HeaderName::from_static("x-purpose-of-use")) {
+            None => None,
+            // A v3 PurposeOfUse code (TREAT, ETREAT, HPAYMT, HMARKT, HRESCH, PUBHLTH, ...).
+            Some(p)
+                if (2..=20).contains(&p.len())
+                    && p.chars()
+                        .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit()) =>
+            {
+                Some(p.to_owned())
+            }
+            Some(_) => {
+                return Err(ServiceError::BadRequest(
+                    "X-Purpose-Of-Use must be a PurposeOfUse code such as TREAT, HPAYMT or \
+                 HRESCH (v3-ActReason)"
+                        .into(),
+                ));
+            }
+        };
     let ctx = RequestContext {
         principal,
         request_id: request_id.to_owned(),
         client_address,
         prefer: negotiate::return_preference(prefer),
         strict_handling: negotiate::strict_handling(prefer),
+        purpose_of_use,
     };
     let resp = service
         .handle(

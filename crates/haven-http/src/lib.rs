@@ -5,6 +5,7 @@
 //! headers, request ids, client addresses, metrics and the health endpoints. It never touches
 //! storage: every FHIR request goes through [`haven_service::FhirService`].
 
+mod emergency;
 mod fhir;
 mod identity;
 mod middleware;

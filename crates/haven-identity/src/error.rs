@@ -67,6 +67,9 @@ pub enum IdentityError {
     OAuth(#[from] OAuthError),
     #[error("{0}")]
     Invalid(String),
+    /// The caller may not do this (403).
+    #[error("{0}")]
+    NotAllowed(String),
     #[error("{0} already exists")]
     Exists(String),
     #[error("{0} was not found")]
@@ -97,7 +100,7 @@ impl IdentityError {
         match self {
             IdentityError::InvalidCredentials | IdentityError::InvalidMfaCode => 401,
             IdentityError::Throttled(_) => 429,
-            IdentityError::Disabled | IdentityError::NoRole => 403,
+            IdentityError::Disabled | IdentityError::NoRole | IdentityError::NotAllowed(_) => 403,
             // Two requests changed the same record at once (a double submit): retry.
             IdentityError::Store(StoreError::VersionConflict(_)) => 409,
             IdentityError::LoginExpired | IdentityError::Invalid(_) => 400,

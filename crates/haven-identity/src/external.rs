@@ -198,6 +198,8 @@ impl External {
             fhir_user: s("fhirUser"),
             token_id: s("jti").unwrap_or_default(),
             issuer: self.config.issuer.clone(),
+            // Break-glass needs Haven's own second factor; people from another issuer have none.
+            emergency: Vec::new(),
         };
         Ok((principal, claims))
     }

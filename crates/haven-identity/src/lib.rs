@@ -11,6 +11,7 @@
 
 pub mod admin;
 mod core;
+pub mod emergency;
 pub mod error;
 pub mod events;
 pub mod external;

@@ -127,7 +127,11 @@ impl Identity {
     }
 
     /// Fails when the client address or the username is throttled.
-    async fn check_throttles(&self, name: &str, ip: Option<&str>) -> Result<(), IdentityError> {
+    pub(crate) async fn check_throttles(
+        &self,
+        name: &str,
+        ip: Option<&str>,
+    ) -> Result<(), IdentityError> {
         let t = u64::try_from(now()).unwrap_or(0);
         if let Some(ip) = ip
             && let Err(wait) = self.ip_throttle.check(ip, t)
@@ -146,7 +150,7 @@ impl Identity {
 
     /// Counts a failed attempt (password or second factor) and records it; a lock that
     /// starts now is recorded as its own event.
-    async fn fail_attempt(
+    pub(crate) async fn fail_attempt(
         &self,
         name: &str,
         action: &'static str,

@@ -34,6 +34,9 @@ pub mod kind {
     pub const REFRESH: &str = "refresh";
     /// [`super::SigningKeyRecord`] by key id.
     pub const SIGNING_KEY: &str = "signing-key";
+    /// An open emergency access ([`crate::emergency::Grant`]) by `<user id>/<patient id>`,
+    /// expiring when it ends.
+    pub const BREAK_GLASS: &str = "break-glass";
     /// A revoked access token, by `jti` (expires with the token).
     pub const REVOKED: &str = "revoked";
     /// A client assertion's `jti`, kept until the assertion expires (replay protection).

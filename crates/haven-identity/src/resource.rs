@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use haven_crypto::{JwtError, JwtRules, verify_jwt};
-use haven_domain::{Principal, PrincipalKind, Role};
+use haven_domain::{EmergencyAccess, Principal, PrincipalKind, Role};
 use serde_json::{Map, Value};
 
 use crate::core::{Identity, now};
@@ -32,18 +32,24 @@ pub(crate) struct Caches {
     users: Mutex<HashMap<String, (bool, Instant)>>,
     clients: Mutex<HashMap<String, (bool, Instant)>>,
     tokens: Mutex<HashMap<String, (bool, Instant)>>,
+    /// Open emergency accesses per user id.
+    grants: Mutex<HashMap<String, (Vec<EmergencyAccess>, Instant)>>,
 }
 
-fn cached(map: &Mutex<HashMap<String, (bool, Instant)>>, key: &str, ttl: Duration) -> Option<bool> {
+fn cached<T: Clone>(
+    map: &Mutex<HashMap<String, (T, Instant)>>,
+    key: &str,
+    ttl: Duration,
+) -> Option<T> {
     let m = map
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     m.get(key)
         .filter(|(_, at)| at.elapsed() < ttl)
-        .map(|(ok, _)| *ok)
+        .map(|(ok, _)| ok.clone())
 }
 
-fn remember(map: &Mutex<HashMap<String, (bool, Instant)>>, key: &str, ok: bool) {
+fn remember<T>(map: &Mutex<HashMap<String, (T, Instant)>>, key: &str, ok: T) {
     let mut m = map
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -60,7 +66,20 @@ impl Caches {
             users: Mutex::default(),
             clients: Mutex::default(),
             tokens: Mutex::default(),
+            grants: Mutex::default(),
         }
+    }
+    pub(crate) fn grants(&self, user: &str) -> Option<Vec<EmergencyAccess>> {
+        cached(&self.grants, user, self.ttl)
+    }
+    pub(crate) fn remember_grants(&self, user: &str, grants: Vec<EmergencyAccess>) {
+        remember(&self.grants, user, grants);
+    }
+    pub(crate) fn forget_grants(&self, user: &str) {
+        self.grants
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(user);
     }
     pub(crate) fn forget_user(&self, id: &str) {
         self.users
@@ -189,8 +208,16 @@ impl Identity {
             f.strip_prefix(&format!("{}/", self.settings.fhir_base))
                 .map_or(f.clone(), str::to_owned)
         });
+        let emergency = if kind == PrincipalKind::User {
+            self.emergency_grants(&sub)
+                .await
+                .map_err(|_| OAuthError::new("temporarily_unavailable", "try again shortly"))?
+        } else {
+            Vec::new()
+        };
         let principal = Principal {
             kind,
+            emergency,
             subject: sub,
             username: str_claim(&claims, "preferred_username"),
             roles,

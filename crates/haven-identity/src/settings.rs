@@ -63,6 +63,10 @@ pub struct IdentitySettings {
     pub clock_leeway: Duration,
     pub trusted_issuers: Vec<TrustedIssuer>,
     pub ldap: Option<crate::ldap::LdapConfig>,
+    /// Roles that may open emergency access (break-glass); default: clinician.
+    pub break_glass_roles: Vec<Role>,
+    /// How long an emergency access lasts (default 60 min).
+    pub break_glass_duration: Duration,
 }
 
 impl IdentitySettings {
@@ -96,6 +100,8 @@ impl IdentitySettings {
             clock_leeway: Duration::from_secs(30),
             trusted_issuers: Vec::new(),
             ldap: None,
+            break_glass_roles: vec![Role::Clinician],
+            break_glass_duration: Duration::from_secs(3600),
         }
     }
 

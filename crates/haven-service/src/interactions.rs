@@ -495,6 +495,7 @@ impl FhirService {
                     .and_then(|v| {
                         v.ok_or_else(|| ServiceError::NotFound(format!("{ty}/{id} does not exist")))
                     });
+                let r = self.consented(ctx, r).await;
                 self.audit_read(&who, action, r, named).await
             }
             Op::Vread { ty, id, version } => {
@@ -508,6 +509,7 @@ impl FhirService {
                             ServiceError::NotFound(format!("{ty}/{id} has no version {version}"))
                         })
                     });
+                let r = self.consented(ctx, r).await;
                 self.audit_read(&who, action, r, named).await
             }
             write => {
@@ -636,6 +638,22 @@ impl FhirService {
     }
 
     /// Runs one prepared operation: reads on the read path, writes as one unit of work.
+    /// A version read for the caller, unless a Consent of its patients refuses them.
+    async fn consented(
+        &self,
+        ctx: &RequestContext,
+        r: Result<StoredVersion, ServiceError>,
+    ) -> Result<StoredVersion, ServiceError> {
+        let v = r?;
+        if ctx.principal.is_none() || !self.any_consent().await? {
+            return Ok(v);
+        }
+        let mut t = Touched::default();
+        t.patients_of_version(&v);
+        self.check_consent(ctx, &t.patients).await?;
+        Ok(v)
+    }
+
     pub(crate) async fn execute_single(
         &self,
         ctx: &RequestContext,

@@ -14,6 +14,7 @@ mod audit_view;
 mod bundle;
 mod capabilities;
 mod confine;
+mod consent;
 mod error;
 mod history;
 mod interactions;
@@ -92,6 +93,9 @@ pub struct RequestContext {
     pub prefer: ReturnPreference,
     /// `Prefer: handling=strict`: unknown search parameters are errors, not ignored.
     pub strict_handling: bool,
+    /// Why the caller asks (`X-Purpose-Of-Use`, a v3 PurposeOfUse code such as `TREAT`),
+    /// recorded in the audit trail and matched against Consents.
+    pub purpose_of_use: Option<String>,
 }
 
 /// A request body, already checked against its media type by the caller.
@@ -160,6 +164,8 @@ pub struct FhirService {
     config: ServiceConfig,
     /// Group commit for reads' audit records; without one, each is its own unit of work.
     audit_batcher: Option<audit::AuditBatcher>,
+    /// Patients' Consents, briefly cached (`consent`).
+    consents: consent::ConsentCache,
 }
 
 impl std::fmt::Debug for FhirService {
@@ -177,6 +183,7 @@ impl FhirService {
             store,
             config,
             audit_batcher: None,
+            consents: consent::ConsentCache::default(),
         }
     }
 
@@ -269,6 +276,15 @@ impl FhirService {
         if let Some(r) = self.audit_view(ctx, &req).await {
             return r;
         }
+        // A Consent written here applies here at once (elsewhere within `consent::TTL`).
+        if req.route.interaction().is_write()
+            && req
+                .route
+                .resource_type()
+                .is_none_or(|t| t.as_str() == "Consent")
+        {
+            self.consents.clear();
+        }
         match req.route {
             Route::Capabilities => Ok(FhirResponse::json(200, self.capabilities())),
             Route::Bundle => match req.body {
@@ -300,13 +316,24 @@ impl FhirService {
             }
             Route::Search(scope) => self.audited_search(ctx, &scope, &req.query).await,
             Route::Everything(patient) => {
-                let r = self.everything(ctx, &patient, &req.query).await;
+                let mut withheld = Vec::new();
+                let r = match self
+                    .check_consent(ctx, &[patient.as_str().to_owned()])
+                    .await
+                {
+                    Ok(()) => self.everything(ctx, &patient, &req.query).await,
+                    Err(e) => Err(e),
+                };
+                let r = self.consent_filtered(ctx, r, &mut withheld).await;
                 let patient_type = ResourceType::parse("Patient").ok_or(ServiceError::Internal)?;
                 self.audit_bundle(
                     ctx,
                     "everything",
                     r,
-                    audit::parameter_names("params=", &req.query),
+                    consent::with_withheld(
+                        audit::parameter_names("params=", &req.query),
+                        &withheld,
+                    ),
                     Some((patient_type, patient.as_str())),
                 )
                 .await
@@ -372,7 +399,20 @@ impl FhirService {
         scope: &search::SearchScope,
         query: &[(String, String)],
     ) -> Result<FhirResponse, ServiceError> {
-        let r = self.search(ctx, scope, query).await;
+        let mut withheld = Vec::new();
+        let r = match scope {
+            search::SearchScope::Compartment { patient, .. } => {
+                match self
+                    .check_consent(ctx, &[patient.as_str().to_owned()])
+                    .await
+                {
+                    Ok(()) => self.search(ctx, scope, query).await,
+                    Err(e) => Err(e),
+                }
+            }
+            _ => self.search(ctx, scope, query).await,
+        };
+        let r = self.consent_filtered(ctx, r, &mut withheld).await;
         let (action, subject) = match scope {
             search::SearchScope::System => ("search-system", None),
             search::SearchScope::Type(_) => ("search-type", None),
@@ -387,6 +427,7 @@ impl FhirService {
             }
             search::SearchScope::System => audit::parameter_names("params=", query),
         };
+        let detail = consent::with_withheld(detail, &withheld);
         self.audit_bundle(ctx, action, r, detail, subject).await
     }
 
@@ -397,7 +438,9 @@ impl FhirService {
         route: &Route,
         query: &[(String, String)],
     ) -> Result<FhirResponse, ServiceError> {
+        let mut withheld = Vec::new();
         let r = self.history(route, query).await;
+        let r = self.consent_filtered(ctx, r, &mut withheld).await;
         let (action, subject) = match route {
             Route::HistoryInstance(t, id) => ("history-instance", Some((*t, id.as_str()))),
             Route::HistoryType(_) => ("history-type", None),
@@ -407,10 +450,22 @@ impl FhirService {
             ctx,
             action,
             r,
-            audit::parameter_names("params=", query),
+            consent::with_withheld(audit::parameter_names("params=", query), &withheld),
             subject,
         )
         .await
+    }
+
+    /// A Bundle answer without what patients' Consents withhold from the caller.
+    async fn consent_filtered(
+        &self,
+        ctx: &RequestContext,
+        r: Result<FhirResponse, ServiceError>,
+        withheld: &mut Vec<String>,
+    ) -> Result<FhirResponse, ServiceError> {
+        let mut resp = r?;
+        *withheld = self.filter_by_consent(ctx, &mut resp).await?;
+        Ok(resp)
     }
 }
 

@@ -67,12 +67,28 @@ pub struct Config {
 }
 
 /// `[authorization]`.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthorizationConfig {
     /// The role policy (TOML); default: the shipped `policy/default.toml`. Check a new one
     /// with `haven policy check FILE`; a changed policy is recorded in the audit trail at start.
     pub policy_file: Option<PathBuf>,
+    /// Roles that may open emergency access (break-glass); default: clinician. A TOML array,
+    /// or in the environment one comma-separated string.
+    #[serde(deserialize_with = "list_or_comma_separated")]
+    pub break_glass_roles: Vec<String>,
+    /// How long an emergency access lasts (default 3600 s; 5 to 86400).
+    pub break_glass_seconds: u64,
+}
+
+impl Default for AuthorizationConfig {
+    fn default() -> Self {
+        Self {
+            policy_file: None,
+            break_glass_roles: vec!["clinician".into()],
+            break_glass_seconds: 3600,
+        }
+    }
 }
 
 /// The identity provider and token validation (`[identity]`).
@@ -534,6 +550,16 @@ impl Config {
                     .into(),
             );
         }
+        for r in &self.authorization.break_glass_roles {
+            if haven_domain::Role::parse(r).is_none() {
+                return bad(format!(
+                    "authorization.break_glass_roles: unknown role '{r}'"
+                ));
+            }
+        }
+        if !(5..=86_400).contains(&self.authorization.break_glass_seconds) {
+            return bad("authorization.break_glass_seconds must be between 5 and 86400".into());
+        }
         for r in &i.mfa_required_roles {
             if haven_domain::Role::parse(r).is_none() {
                 return bad(format!("identity.mfa_required_roles: unknown role '{r}'"));
@@ -591,6 +617,13 @@ impl Config {
             .iter()
             .filter_map(|r| haven_domain::Role::parse(r))
             .collect();
+        s.break_glass_roles = self
+            .authorization
+            .break_glass_roles
+            .iter()
+            .filter_map(|r| haven_domain::Role::parse(r))
+            .collect();
+        s.break_glass_duration = Duration::from_secs(self.authorization.break_glass_seconds);
         s.password_policy.min_len = i.password_min_length;
         s.password_params = haven_crypto::PasswordParams {
             m_kib: i.argon2_memory_kib,

@@ -221,6 +221,12 @@ pub async fn run(config: Config, role: Role, audit_writes: bool) -> anyhow::Resu
     // Connect info gives the middleware each request's TCP peer (see `trusted_proxies`).
     tokio::spawn(watch_readiness(service.clone()));
     tokio::spawn(watch_backups(store.clone()));
+    // Exported from the start, so an alert sees the first emergency access as an increase.
+    metrics::describe_counter!(
+        "haven_break_glass_total",
+        "Emergency accesses (break-glass) opened through this process."
+    );
+    metrics::counter!("haven_break_glass_total").absolute(0);
     let app =
         haven_http::app(state, modules(role)).into_make_service_with_connect_info::<SocketAddr>();
     let backend = if config.database_url.is_some() {

@@ -143,6 +143,11 @@ pub(crate) struct Who {
     pub request_id: String,
     pub client_address: Option<String>,
     pub actor: Actor,
+    /// The request's purpose of use (`X-Purpose-Of-Use`).
+    pub purpose: Option<String>,
+    /// Patients the caller has emergency access (break-glass) to: every access to their
+    /// data is flagged.
+    pub emergency: Vec<haven_domain::EmergencyAccess>,
 }
 
 impl Who {
@@ -165,6 +170,12 @@ impl Who {
             request_id: ctx.request_id.clone(),
             client_address: ctx.client_address.clone(),
             actor,
+            purpose: ctx.purpose_of_use.clone(),
+            emergency: ctx
+                .principal
+                .as_deref()
+                .map(|p| p.emergency.clone())
+                .unwrap_or_default(),
         }
     }
 }
@@ -235,6 +246,23 @@ pub(crate) fn entry(
     touched.entities.retain(|e| {
         e.version.is_some() || !versioned.contains(&(e.resource_type.clone(), e.id.clone()))
     });
+    // Under break-glass: purpose "emergency treatment", and the detail says so.
+    let emergency = touched.patients.iter().any(|p| {
+        who.emergency
+            .iter()
+            .any(|e| &e.patient == p && e.until > time)
+    });
+    let (purpose_of_use, detail) = if emergency {
+        (
+            Some("ETREAT".to_owned()),
+            Some(match detail {
+                Some(d) => format!("break-glass {d}"),
+                None => "break-glass".to_owned(),
+            }),
+        )
+    } else {
+        (who.purpose.clone(), detail)
+    };
     let mut record = AuditRecord {
         time,
         category: Category::Data,
@@ -244,7 +272,7 @@ pub(crate) fn entry(
         actor: who.actor.clone(),
         source_ip: who.client_address.clone(),
         request_id: Some(who.request_id.clone()),
-        purpose_of_use: None,
+        purpose_of_use,
         entities: touched.entities,
         patients: touched.patients,
         detail,

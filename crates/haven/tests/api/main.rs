@@ -11,6 +11,7 @@ mod binary;
 mod bundle;
 mod compartment;
 mod conditional;
+mod consent;
 mod crud;
 mod errors_limits;
 mod helpers;

@@ -19,13 +19,13 @@ use crate::helpers::{SUITE_CLIENT, TestApp, assert_outcome, patient, spawn_app};
 
 /// The user's authenticator app: codes for the current 30-second step, never for a step
 /// already used (Haven accepts each step once, and one step either side of its clock).
-struct Authenticator {
+pub(crate) struct Authenticator {
     secret: TotpSecret,
     last: Option<u64>,
 }
 
 impl Authenticator {
-    fn new(base32: &str) -> Self {
+    pub(crate) fn new(base32: &str) -> Self {
         Self {
             secret: TotpSecret::from_base32(base32).expect("a base32 TOTP key"),
             last: None,
@@ -33,7 +33,7 @@ impl Authenticator {
     }
 
     /// A code the server accepts now (waits for the next step when it must).
-    async fn next_code(&mut self) -> String {
+    pub(crate) async fn next_code(&mut self) -> String {
         loop {
             let current = u64::try_from(now()).unwrap() / 30;
             let step = self.last.map_or(current, |l| (l + 1).max(current));
@@ -46,7 +46,7 @@ impl Authenticator {
     }
 
     /// A code for a step the server does not accept now.
-    fn wrong_code(&self) -> String {
+    pub(crate) fn wrong_code(&self) -> String {
         let current = u64::try_from(now()).unwrap() / 30;
         let valid: Vec<String> = (current - 1..=current + 1)
             .map(|s| totp_code(&self.secret, s))
@@ -78,7 +78,7 @@ async fn sign_in(browser: &mut Browser, authz: &Authorization, username: &str) -
 
 /// The first login of a user who must use a second factor: password, TOTP enrolment (with
 /// a wrong first code refused), recovery codes. Returns the consent page's path too.
-async fn enrol(
+pub(crate) async fn enrol(
     browser: &mut Browser,
     authz: &Authorization,
     username: &str,

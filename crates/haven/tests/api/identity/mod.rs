@@ -15,7 +15,7 @@
 
 mod browser;
 mod clients;
-mod flow;
+pub(crate) mod flow;
 mod forge;
 mod login;
 mod resource;
