@@ -36,7 +36,15 @@ pub enum PolicyError {
     GroupMember { group: String, name: String },
     #[error("role {role}: 'compartment' must be true or false")]
     Compartment { role: String },
+    #[error(
+        "role {role}: 'own_patient_fields' must list Patient elements (not id, meta, identifier \
+         or implicitRules), e.g. [\"telecom\", \"address\"]"
+    )]
+    OwnPatientFields { role: String },
 }
+
+/// Elements of Patient nobody changes on their own record through `own_patient_fields`.
+const NEVER_SELF_EDITED: [&str; 4] = ["id", "meta", "identifier", "implicitRules"];
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -61,6 +69,8 @@ struct RolePolicy {
     /// Confined to one patient's compartment.
     compartment: bool,
     rules: Vec<(Types, Permissions)>,
+    /// Elements of their own Patient record a person with this role may change.
+    own_patient_fields: Vec<String>,
 }
 
 /// A parsed, checked policy.
@@ -110,6 +120,20 @@ impl Policy {
             let role = Role::parse(&name).ok_or_else(|| PolicyError::UnknownRole(name.clone()))?;
             let mut rp = RolePolicy::default();
             for (target, value) in entries {
+                if target == "own_patient_fields" {
+                    let bad = || PolicyError::OwnPatientFields { role: name.clone() };
+                    let list = value.as_array().ok_or_else(bad)?;
+                    for v in list {
+                        let f = v.as_str().ok_or_else(bad)?;
+                        let element = f.chars().next().is_some_and(|c| c.is_ascii_lowercase())
+                            && f.chars().all(|c| c.is_ascii_alphanumeric());
+                        if !element || NEVER_SELF_EDITED.contains(&f) {
+                            return Err(bad());
+                        }
+                        rp.own_patient_fields.push(f.to_owned());
+                    }
+                    continue;
+                }
                 if target == "compartment" {
                     rp.compartment = value
                         .as_bool()
@@ -157,6 +181,19 @@ impl Policy {
     #[must_use]
     pub fn default_policy() -> Self {
         Self::parse(DEFAULT_POLICY).expect("the shipped policy is valid")
+    }
+
+    /// The elements of their own Patient record a caller with `roles` may change (empty: none).
+    #[must_use]
+    pub fn own_patient_fields(&self, roles: &[Role]) -> Vec<&str> {
+        let mut out: Vec<&str> = roles
+            .iter()
+            .filter_map(|r| self.roles.get(r))
+            .flat_map(|rp| rp.own_patient_fields.iter().map(String::as_str))
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
     }
 
     #[must_use]
@@ -218,7 +255,7 @@ impl Policy {
                         })
                         .collect();
                     format!(
-                        "{r}: {}{}",
+                        "{r}: {}{}{}",
                         if rules.is_empty() {
                             "nothing".to_owned()
                         } else {
@@ -228,6 +265,14 @@ impl Policy {
                             " (own compartment only)"
                         } else {
                             ""
+                        },
+                        if rp.own_patient_fields.is_empty() {
+                            String::new()
+                        } else {
+                            format!(
+                                "; on their own Patient may change {}",
+                                rp.own_patient_fields.join(", ")
+                            )
                         }
                     )
                 }
@@ -311,5 +356,38 @@ mod tests {
         assert!(bad("version = 1\n[groups]\ng = [\"Pateint\"]").contains("Pateint"));
         assert!(bad("version = 1\nextra = 2").contains("extra"));
         assert!(bad("version = 1\n[roles.nurse]\ncompartment = \"yes\"").contains("compartment"));
+    }
+
+    #[test]
+    fn own_patient_fields_are_checked_and_listed() {
+        let p = Policy::default_policy();
+        assert_eq!(
+            p.own_patient_fields(&[Role::Patient]),
+            ["address", "communication", "contact", "telecom"]
+        );
+        assert!(p.own_patient_fields(&[Role::Clinician]).is_empty());
+        for bad in [
+            "[\"identifier\"]",
+            "[\"meta\"]",
+            "[\"Telecom\"]",
+            "[\"tele.com\"]",
+            "\"telecom\"",
+        ] {
+            let text = format!(
+                "version = 1\n[roles.patient]\ncompartment = true\nown_patient_fields = {bad}\n"
+            );
+            assert!(
+                matches!(
+                    Policy::parse(&text),
+                    Err(PolicyError::OwnPatientFields { .. })
+                ),
+                "{bad}"
+            );
+        }
+        assert!(
+            p.summary()
+                .iter()
+                .any(|l| l.contains("on their own Patient may change telecom"))
+        );
     }
 }

@@ -89,6 +89,9 @@ pub(crate) enum Confinement {
     Unconfined,
     /// Only the Patient compartment of this patient (R4 CompartmentDefinition `patient`).
     Patient(String),
+    /// An update of the caller's own Patient record that may change only these elements
+    /// (the policy's `own_patient_fields`).
+    OwnPatientFields(Vec<String>),
 }
 
 /// The patient a caller is (its `fhirUser`), for a role confined to its own record.
@@ -116,6 +119,9 @@ pub(crate) fn check(
         .is_some_and(|t| t.as_str() == "AuditEvent")
     {
         return audit_view_access(p, &needs);
+    }
+    if let Some(fields) = own_patient_update(policy, p, route)? {
+        return Ok(Confinement::OwnPatientFields(fields));
     }
     if !needs.is_empty() && p.roles.is_empty() {
         return Err(ServiceError::Forbidden(
@@ -178,6 +184,40 @@ pub(crate) fn check(
     }
 }
 
+/// A person updating their own Patient record where the role policy allows no update but names
+/// elements they may change (`own_patient_fields`): allowed, for those elements only, with a
+/// scope that allows updating Patient. `None`: not such a request.
+fn own_patient_update(
+    policy: &haven_domain::policy::Policy,
+    p: &Principal,
+    route: &Route,
+) -> Result<Option<Vec<String>>, ServiceError> {
+    let (Route::Update(t, id) | Route::Patch(t, id)) = route else {
+        return Ok(None);
+    };
+    if t.as_str() != "Patient" || own_patient(p) != Some(id.as_str()) {
+        return Ok(None);
+    }
+    if policy.decide(&p.roles, "Patient", Action::Update) != Decision::InCompartment
+        && policy.decide(&p.roles, "Patient", Action::Update) != Decision::Denied
+    {
+        return Ok(None);
+    }
+    let fields = policy.own_patient_fields(&p.roles);
+    if fields.is_empty() {
+        return Ok(None);
+    }
+    let scoped = [Context::User, Context::Patient]
+        .iter()
+        .any(|c| p.scopes.grant(*c, "Patient", Action::Update) == Grant::Unrestricted);
+    if !scoped {
+        return Err(ServiceError::InsufficientScope(
+            "the access token's scopes do not allow this; it needs patient/Patient.u".into(),
+        ));
+    }
+    Ok(Some(fields.into_iter().map(str::to_owned).collect()))
+}
+
 /// The audit trail's own rule, outside the role policy (which never grants `AuditEvent`): a
 /// person with the auditor role, whose token's scopes allow reading `AuditEvent`
 /// (`user/AuditEvent.rs`). Backend clients and every other role are refused, even with `*`
@@ -209,15 +249,10 @@ fn audit_view_access(
 /// chain) counts as reaching every type, so only a caller who may read everything may use it.
 fn reached_types(query: &[(String, String)]) -> Vec<Option<String>> {
     let mut out = Vec::new();
-    for (k, v) in query {
+    for (k, _) in query {
         let base = k.split(':').next().unwrap_or(k);
-        if base == "_include" {
-            // Source:param[:Target], or `*`.
-            out.push(v.split(':').nth(2).map(str::to_owned));
-            continue;
-        }
-        if base == "_revinclude" {
-            out.push(v.split(':').next().map(str::to_owned));
+        if base == "_include" || base == "_revinclude" {
+            // What they add is filtered from the answer instead (`filter_includes`).
             continue;
         }
         if let Some(rest) = k.strip_prefix("_has:") {
@@ -245,9 +280,10 @@ fn reached_types(query: &[(String, String)]) -> Vec<Option<String>> {
     out
 }
 
-/// Refuses a search whose `_include`, `_revinclude`, `_has` or chained parameters reach a
-/// type the caller may not read and search: a side door must not show what the front door
-/// refuses.
+/// Refuses a search whose `_has` or chained parameters reach a type the caller may not read
+/// and search: such criteria would tell what the unreadable resources hold (which patients
+/// have an Observation with this code), so they are refused, not filtered. What `_include` and
+/// `_revinclude` add is filtered instead (`filter_includes`).
 pub(crate) fn check_reach(
     policy: &haven_domain::policy::Policy,
     ctx: &RequestContext,
@@ -276,6 +312,73 @@ pub(crate) fn check_reach(
     Ok(())
 }
 
+/// Whether the caller may read resources of `ty` (role and scope, unconfined).
+fn may_read(policy: &haven_domain::policy::Policy, p: &Principal, ty: &str) -> bool {
+    policy.decide(&p.roles, ty, Action::Read) == Decision::Allowed
+        && contexts(p)
+            .iter()
+            .any(|c| p.scopes.grant(*c, ty, Action::Read) == Grant::Unrestricted)
+}
+
+/// Leaves out of a search answer the resources `_include` and `_revinclude` added that the
+/// caller may not read (a registrar's `Patient?_revinclude=Observation:subject` gives the
+/// Patients without their Observations). Returns the types left out.
+pub(crate) fn filter_includes(
+    policy: &haven_domain::policy::Policy,
+    ctx: &RequestContext,
+    query: &[(String, String)],
+    resp: &mut crate::FhirResponse,
+) -> Vec<String> {
+    let Some(p) = ctx.principal.as_deref() else {
+        return Vec::new();
+    };
+    let includes = query.iter().any(|(k, _)| {
+        let base = k.split(':').next().unwrap_or(k);
+        base == "_include" || base == "_revinclude"
+    });
+    let Some(body) = resp.body.as_deref().filter(|_| includes) else {
+        return Vec::new();
+    };
+    let Ok(serde_json::Value::Object(mut bundle)) = serde_json::from_slice(body) else {
+        return Vec::new();
+    };
+    let Some(serde_json::Value::Array(entries)) = bundle.remove("entry") else {
+        return Vec::new();
+    };
+    let mut dropped: Vec<(String, String)> = Vec::new();
+    let kept: Vec<serde_json::Value> = entries
+        .into_iter()
+        .filter(|e| {
+            let included = e["search"]["mode"] == "include";
+            let ty = e["resource"]["resourceType"].as_str().unwrap_or_default();
+            if included && !may_read(policy, p, ty) {
+                dropped.push((
+                    ty.to_owned(),
+                    e["resource"]["id"].as_str().unwrap_or_default().to_owned(),
+                ));
+                false
+            } else {
+                true
+            }
+        })
+        .collect();
+    bundle.insert("entry".into(), serde_json::Value::Array(kept));
+    if dropped.is_empty() {
+        return Vec::new();
+    }
+    if let Ok(b) = serde_json::to_vec(&bundle) {
+        resp.body = Some(bytes::Bytes::from(b));
+    }
+    if let Some(t) = resp.audit.as_mut() {
+        t.entities
+            .retain(|e| !dropped.contains(&(e.resource_type.clone(), e.id.clone())));
+    }
+    let mut types: Vec<String> = dropped.into_iter().map(|(t, _)| t).collect();
+    types.sort_unstable();
+    types.dedup();
+    types
+}
+
 /// Search criteria that an interaction runs on the caller's behalf (a conditional create's
 /// `If-None-Exist`, a transaction's conditional reference): the caller must be allowed to
 /// search `ty` unconfined, and every side door of the criteria, since the outcome (created or
@@ -291,7 +394,7 @@ pub(crate) fn check_criteria(
     }
     match check(policy, ctx, &Route::Search(SearchScope::Type(ty)))? {
         Confinement::Unconfined => {}
-        Confinement::Patient(_) => {
+        Confinement::Patient(_) | Confinement::OwnPatientFields(_) => {
             return Err(ServiceError::Forbidden(
                 "conditional interactions are not available to a caller confined to one \
                  patient's record"
@@ -318,16 +421,10 @@ mod tests {
     #[test]
     fn side_doors_name_the_types_they_reach() {
         let t = |pairs: &[(&str, &str)]| reached_types(&q(pairs));
-        assert_eq!(
-            t(&[("_include", "Observation:subject:Patient")]),
-            vec![Some("Patient".into())]
-        );
-        assert_eq!(t(&[("_include", "Observation:subject")]), vec![None]);
-        assert_eq!(t(&[("_include:iterate", "*")]), vec![None]);
-        assert_eq!(
-            t(&[("_revinclude", "Observation:subject")]),
-            vec![Some("Observation".into())]
-        );
+        // Includes are filtered from the answer, not refused: they reach nothing here.
+        assert!(t(&[("_include", "Observation:subject:Patient")]).is_empty());
+        assert!(t(&[("_include:iterate", "*")]).is_empty());
+        assert!(t(&[("_revinclude", "Observation:subject")]).is_empty());
         assert_eq!(
             t(&[("_has:Observation:subject:_has:AuditEvent:entity:type", "x")]),
             vec![None]

@@ -21,7 +21,7 @@ use haven_fhir::definitions;
 use serde_json::Value;
 
 use crate::search::SearchScope;
-use crate::{FhirRequest, FhirService, Route, ServiceError};
+use crate::{FhirRequest, FhirService, RequestBody, Route, ServiceError};
 
 fn outside(what: &str) -> ServiceError {
     ServiceError::Forbidden(format!(
@@ -246,5 +246,129 @@ mod tests {
         ] {
             assert!(!reaches_outside(p), "{p}");
         }
+    }
+}
+
+impl FhirService {
+    /// A person's update of their own Patient record that may change only `fields` (the
+    /// policy's `own_patient_fields`): compares the new content with the stored one and refuses
+    /// a change anywhere else (identifiers, name, birth date, `meta.security`, ...). The update
+    /// is then made conditional on the version compared (`If-Match`), so a change that slips in
+    /// between is a 412, never an unchecked write.
+    pub(crate) async fn own_patient_update(
+        &self,
+        mut req: FhirRequest,
+        fields: &[String],
+    ) -> Result<FhirRequest, ServiceError> {
+        let (Route::Update(ty, id) | Route::Patch(ty, id)) = &req.route else {
+            return Err(ServiceError::Internal);
+        };
+        let current = self
+            .store
+            .read_current(*ty, id)
+            .await?
+            .filter(|v| !v.is_deleted())
+            .ok_or_else(|| ServiceError::NotFound(format!("{ty}/{id} does not exist")))?;
+        let body = current.body.as_deref().ok_or(ServiceError::Internal)?;
+        let old: serde_json::Value =
+            serde_json::from_slice(body).map_err(|_| ServiceError::Internal)?;
+        let new = match (&req.route, &req.body) {
+            (Route::Update(..), RequestBody::Resource(m)) => serde_json::Value::Object(m.clone()),
+            (Route::Patch(..), RequestBody::JsonPatch(doc)) => {
+                let patch = crate::patch::parse_patch(doc.clone())?;
+                let mut patched = old.clone();
+                crate::patch::apply_patch(&mut patched, &patch, self.patch_limits())?;
+                patched
+            }
+            // The usual request checks answer these.
+            _ => return Ok(req),
+        };
+        if let Some(changed) = changed_outside(&old, &new, fields) {
+            return Err(ServiceError::Forbidden(format!(
+                "on your own Patient record you may change only {}; '{changed}' may not be \
+                 changed by you",
+                fields.join(", ")
+            )));
+        }
+        if req.if_match.is_none() {
+            req.if_match = Some(format!("W/\"{}\"", current.version));
+        }
+        Ok(req)
+    }
+}
+
+/// The first top-level element (or `meta` element other than `versionId` and `lastUpdated`)
+/// that differs between `old` and `new` and is not in `fields`.
+fn changed_outside(
+    old: &serde_json::Value,
+    new: &serde_json::Value,
+    fields: &[String],
+) -> Option<String> {
+    let empty = serde_json::Map::new();
+    let (o, n) = (
+        old.as_object().unwrap_or(&empty),
+        new.as_object().unwrap_or(&empty),
+    );
+    let meta = |m: &serde_json::Map<String, serde_json::Value>| {
+        let mut meta = m
+            .get("meta")
+            .and_then(serde_json::Value::as_object)
+            .cloned()
+            .unwrap_or_default();
+        meta.remove("versionId");
+        meta.remove("lastUpdated");
+        meta
+    };
+    let (mo, mn) = (meta(o), meta(n));
+    let mut meta_keys: Vec<&String> = mo.keys().chain(mn.keys()).collect();
+    meta_keys.sort();
+    meta_keys.dedup();
+    if let Some(k) = meta_keys.into_iter().find(|k| mo.get(*k) != mn.get(*k)) {
+        return Some(format!("meta.{k}"));
+    }
+    let mut keys: Vec<&String> = o.keys().chain(n.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter(|k| k.as_str() != "meta" && !fields.iter().any(|f| f == *k))
+        .find(|k| o.get(*k) != n.get(*k))
+        .cloned()
+}
+
+#[cfg(test)]
+mod own_patient_tests {
+    use super::changed_outside;
+    use serde_json::json;
+
+    #[test]
+    fn only_the_listed_elements_may_change() {
+        let fields = vec!["telecom".to_owned(), "address".to_owned()];
+        let old = json!({"resourceType": "Patient", "id": "p", "meta": {"versionId": "3",
+            "lastUpdated": "2026-01-01T00:00:00Z", "security": [{"code": "R"}]},
+            "identifier": [{"value": "MRN-1"}], "name": [{"family": "Doe"}],
+            "telecom": [{"system": "phone", "value": "1"}]});
+        let mut ok = old.clone();
+        ok["telecom"] = json!([{"system": "phone", "value": "2"}]);
+        ok["address"] = json!([{"city": "Leeds"}]);
+        ok["meta"] = json!({"security": [{"code": "R"}]});
+        assert_eq!(changed_outside(&old, &ok, &fields), None);
+        let mut ident = ok.clone();
+        ident["identifier"] = json!([{"value": "MRN-2"}]);
+        assert_eq!(
+            changed_outside(&old, &ident, &fields).as_deref(),
+            Some("identifier")
+        );
+        let mut sec = ok.clone();
+        sec["meta"] = json!({"security": []});
+        assert_eq!(
+            changed_outside(&old, &sec, &fields).as_deref(),
+            Some("meta.security")
+        );
+        let mut removed = ok;
+        removed.as_object_mut().unwrap().remove("name");
+        assert_eq!(
+            changed_outside(&old, &removed, &fields).as_deref(),
+            Some("name")
+        );
     }
 }

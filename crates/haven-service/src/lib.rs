@@ -254,6 +254,9 @@ impl FhirService {
                     .map(|()| req)
             }
             Ok(access::Confinement::Patient(patient)) => self.confine(&patient, req).await,
+            Ok(access::Confinement::OwnPatientFields(fields)) => {
+                self.own_patient_update(req, &fields).await
+            }
             Err(refused) => Err(refused),
         };
         let req = match decided {
@@ -413,6 +416,13 @@ impl FhirService {
             _ => self.search(ctx, scope, query).await,
         };
         let r = self.consent_filtered(ctx, r, &mut withheld).await;
+        let r = r.map(|mut resp| {
+            let left_out = access::filter_includes(&self.config.policy, ctx, query, &mut resp);
+            if !left_out.is_empty() {
+                withheld.push(format!("includes:{}", left_out.join("+")));
+            }
+            resp
+        });
         let (action, subject) = match scope {
             search::SearchScope::System => ("search-system", None),
             search::SearchScope::Type(_) => ("search-type", None),

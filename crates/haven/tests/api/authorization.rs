@@ -9,10 +9,13 @@ use serde_json::{Value, json};
 
 use crate::helpers::{FHIR_JSON, Resp, TestApp};
 use crate::identity::{
-    APP, REDIRECT_URI, Server, add_user, bearer, cli, password_flow, spawn_configured,
+    APP, REDIRECT_URI, Server, add_service, add_user, bearer, cli, password_flow, spawn_configured,
 };
 
 const MATRIX: &str = include_str!("data/access-matrix.txt");
+const MATRIX_WITHOUT_SCOPE: &str = include_str!("data/access-matrix-without-scope.txt");
+/// A token that reaches no type of the matrix.
+const NARROW_SCOPE: &str = "openid fhirUser user/Location.rs";
 const INTERACTIONS: [&str; 8] = [
     "create",
     "read",
@@ -196,16 +199,17 @@ fn matches(expected: &str, status: u16) -> bool {
     }
 }
 
-#[tokio::test]
-async fn the_role_matrix_holds() {
-    let (app, tokens) = server_with_roles().await;
-    let patient = app.create(&body("Patient", "")).await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+/// Runs every cell of a matrix (see `data/access-matrix.txt`) with the role's token from
+/// `tokens`; returns how many cells ran and the ones that differ.
+async fn run_matrix(
+    app: &TestApp,
+    tokens: &BTreeMap<String, String>,
+    patient: &str,
+    matrix: &str,
+) -> (usize, Vec<String>) {
     let mut failures = Vec::new();
     let mut cells = 0;
-    for line in MATRIX
+    for line in matrix
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
@@ -219,7 +223,7 @@ async fn the_role_matrix_holds() {
         let (role, ty) = (cols[0], cols[1]);
         let token = &tokens[role];
         // A fresh resource per row; `delete` runs last so the others find it.
-        let id = fixture(&app, ty, &patient)
+        let id = fixture(app, ty, patient)
             .await
             .unwrap_or_else(|| "x1".into());
         let mut order: Vec<usize> = (0..INTERACTIONS.len()).collect();
@@ -230,7 +234,7 @@ async fn the_role_matrix_holds() {
                 continue;
             }
             cells += 1;
-            let (status, why) = run(&app, token, ty, &id, &patient, INTERACTIONS[i]).await;
+            let (status, why) = run(app, token, ty, &id, patient, INTERACTIONS[i]).await;
             if !matches(expected, status) {
                 failures.push(format!(
                     "{role} {} {ty}: expected {expected}, got {status} ({why})",
@@ -239,10 +243,64 @@ async fn the_role_matrix_holds() {
             }
         }
     }
+    (cells, failures)
+}
+
+/// Every (role, type, interaction) cell, with a token whose scopes allow everything (the role
+/// decides) and with one whose scopes reach none of the types (the scope decides).
+#[tokio::test]
+async fn the_role_matrix_holds() {
+    let (app, tokens) = server_with_roles().await;
+    let patient = app.create(&body("Patient", "")).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (cells, failures) = run_matrix(&app, &tokens, &patient, MATRIX).await;
     assert!(cells >= 399, "only {cells} cells ran");
     assert!(
         failures.is_empty(),
         "{} of {cells} cells differ:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+
+    // The same roles, with tokens for Location only.
+    let mut narrow = BTreeMap::new();
+    for role in [
+        "clinician",
+        "nurse",
+        "registrar",
+        "patient",
+        "auditor",
+        "admin",
+    ] {
+        let t = password_flow(&app, &format!("{role}-user"), NARROW_SCOPE, "").await;
+        narrow.insert(
+            role.to_owned(),
+            t["access_token"].as_str().unwrap().to_owned(),
+        );
+    }
+    let key = add_service(&app, "narrow-service", "system/Location.rs").await;
+    let token = cli(
+        &app,
+        &[
+            "token",
+            "--client",
+            "narrow-service",
+            "--key",
+            key.to_str().unwrap(),
+            "--url",
+            &app.root,
+        ],
+        None,
+    )
+    .await;
+    narrow.insert("service".into(), token.trim().to_owned());
+    let (cells, failures) = run_matrix(&app, &narrow, &patient, MATRIX_WITHOUT_SCOPE).await;
+    assert!(cells >= 399, "only {cells} cells ran");
+    assert!(
+        failures.is_empty(),
+        "without a matching scope, {} of {cells} cells differ:\n{}",
         failures.len(),
         failures.join("\n")
     );
@@ -602,8 +660,9 @@ async fn the_policy_file_is_checked_applied_and_audited() {
 }
 
 /// Side doors of roles that are not confined: a registrar may search Patients but not reach
-/// Observations through `_revinclude`, `_has`, `_include` without a target type, or a
-/// Bundle entry; the same search without the side door works.
+/// Observations. `_include` and `_revinclude` are filtered (the Patients come back, the
+/// Observations do not); `_has` and chained criteria over Observations are refused (their
+/// matches would tell what the Observations hold), in a Bundle entry too.
 #[tokio::test]
 async fn side_doors_do_not_widen_a_role() {
     let (app, tokens) = server_with_roles().await;
@@ -620,10 +679,44 @@ async fn side_doors_do_not_widen_a_role() {
         async move { as_role(app_ref, &reg, Method::GET, &p, None).await }
     };
     get("Patient").await.assert_status(200);
+    // Filtered: the searched resources, without what the role may not read.
+    let enc = app
+        .create(&json!({"resourceType": "Encounter", "status": "finished",
+            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+            "subject": {"reference": format!("Patient/{patient}")}}))
+        .await;
+    assert!(enc["id"].is_string());
     for path in [
         "Patient?_revinclude=Observation:subject",
+        "Patient?_revinclude=Observation:subject&_revinclude=Encounter:subject",
+        "Observation?_include=Observation:subject",
+    ] {
+        let r = get(path).await;
+        if path.starts_with("Observation") {
+            // The front door itself is closed.
+            r.assert_status(403);
+            continue;
+        }
+        r.assert_status(200);
+        let text = r.text();
+        assert!(
+            !text.contains("\"resourceType\":\"Observation\""),
+            "{path}: {text}"
+        );
+        assert!(
+            text.contains("\"resourceType\":\"Patient\""),
+            "{path}: {text}"
+        );
+        if path.contains("Encounter") {
+            assert!(
+                text.contains("\"resourceType\":\"Encounter\""),
+                "{path}: {text}"
+            );
+        }
+    }
+    // Refused: criteria over what the role may not read.
+    for path in [
         "Patient?_has:Observation:subject:status=final",
-        "Encounter?_include=Encounter:subject",
         "Encounter?subject.gender=other",
         "Patient?_has:AuditEvent:entity:type=rest",
         // Deeper doors: a chain inside _has, _has inside a chain, two hops.
@@ -638,19 +731,35 @@ async fn side_doors_do_not_widen_a_role() {
             "{path}"
         );
     }
-    // Naming a target type the role may read is fine.
+    // Naming a target type the role may read is fine, and so is an untyped include.
     get("Encounter?_include=Encounter:subject:Patient")
+        .await
+        .assert_status(200);
+    get("Encounter?_include=Encounter:subject")
         .await
         .assert_status(200);
     get("Encounter?subject:Patient.gender=other")
         .await
         .assert_status(200);
-    // The same side door inside a batch entry is refused there.
+    // The same refused door inside a batch entry is refused there.
+    let bundle = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "GET", "url": "Patient?_has:Observation:subject:status=final"}}]});
+    let batch = as_role(&app, &reg, Method::POST, "", Some(&bundle)).await;
+    batch.assert_status(200);
+    assert_eq!(batch.json()["entry"][0]["response"]["status"], "403");
+    // ... and a filtered one is filtered there.
     let bundle = json!({"resourceType": "Bundle", "type": "batch", "entry": [
         {"request": {"method": "GET", "url": "Patient?_revinclude=Observation:subject"}}]});
     let batch = as_role(&app, &reg, Method::POST, "", Some(&bundle)).await;
     batch.assert_status(200);
-    assert_eq!(batch.json()["entry"][0]["response"]["status"], "403");
+    let entry = &batch.json()["entry"][0];
+    assert_eq!(entry["response"]["status"], "200 OK", "{entry}");
+    assert!(
+        !entry
+            .to_string()
+            .contains("\"resourceType\":\"Observation\""),
+        "{entry}"
+    );
     // A conditional create runs its criteria as a search: the same doors apply.
     let conditional = |criteria: &str| {
         app_ref
@@ -692,4 +801,88 @@ async fn side_doors_do_not_widen_a_role() {
     )
     .await
     .assert_status(200);
+}
+
+/// A patient may change the elements the policy lists (`own_patient_fields`: telecom, address,
+/// contact, communication) on their own Patient record, nothing else, and no one else's.
+#[tokio::test]
+async fn a_patient_updates_only_the_allowed_fields_of_their_own_record() {
+    let (app, tokens) = server_with_roles().await;
+    let me = &tokens["patient"];
+    let own = as_role(&app, me, Method::GET, "Patient", None).await.json();
+    let record = own["entry"][0]["resource"].clone();
+    let id = record["id"].as_str().unwrap().to_owned();
+    let path = format!("Patient/{id}");
+
+    // Telecom: allowed.
+    let mut changed = record.clone();
+    changed["telecom"] = json!([{"system": "phone", "value": "+44 20 7946 0000"}]);
+    let r = as_role(&app, me, Method::PUT, &path, Some(&changed)).await;
+    r.assert_status(200);
+    assert_eq!(r.json()["meta"]["versionId"], "2");
+    // Identifiers, names, meta.security: refused, naming the element.
+    for (element, value) in [
+        (
+            "identifier",
+            json!([{"system": "urn:mrn", "value": "forged"}]),
+        ),
+        ("birthDate", json!("1900-01-01")),
+        ("gender", json!("male")),
+    ] {
+        let mut bad = r.json();
+        bad[element] = value;
+        let refused = as_role(&app, me, Method::PUT, &path, Some(&bad)).await;
+        refused.assert_status(403);
+        assert!(refused.text().contains(element), "{}", refused.text());
+    }
+    let mut labelled = r.json();
+    labelled["meta"]["security"] = json!([{"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "N"}]);
+    let refused = as_role(&app, me, Method::PUT, &path, Some(&labelled)).await;
+    refused.assert_status(403);
+    assert!(
+        refused.text().contains("meta.security"),
+        "{}",
+        refused.text()
+    );
+
+    // PATCH: the same rule on the patched result.
+    let patch = |ops: Value| {
+        app.request(Method::PATCH, &path)
+            .header("content-type", "application/json-patch+json")
+            .body(ops.to_string())
+    };
+    let ok = app
+        .send_with(
+            &bearer(me),
+            patch(json!([{"op": "add", "path": "/address", "value": [{"city": "Leeds"}]}])),
+        )
+        .await;
+    ok.assert_status(200);
+    let bad = app
+        .send_with(
+            &bearer(me),
+            patch(json!([{"op": "replace", "path": "/gender", "value": "unknown"}])),
+        )
+        .await;
+    bad.assert_status(403);
+
+    // Not another patient's record; not with a read-only token; the stored record shows only
+    // the allowed changes.
+    let other = app.create(&body("Patient", "")).await;
+    let other_path = format!("Patient/{}", other["id"].as_str().unwrap());
+    let mut theirs = other.clone();
+    theirs["telecom"] = json!([{"system": "phone", "value": "1"}]);
+    let r = as_role(&app, me, Method::PUT, &other_path, Some(&theirs)).await;
+    assert!(matches!(r.status, 403 | 404), "{}", r.status);
+    let read_only = password_flow(&app, "patient-user", "openid fhirUser user/*.rs", "").await;
+    let read_only = read_only["access_token"].as_str().unwrap();
+    let mut again = app.get(&path).await.json();
+    again["telecom"] = json!([{"system": "email", "value": "me@example.org"}]);
+    as_role(&app, read_only, Method::PUT, &path, Some(&again))
+        .await
+        .assert_status(403);
+    let stored = app.get(&path).await.json();
+    assert_eq!(stored["meta"]["versionId"], "3");
+    assert_eq!(stored["gender"], record["gender"]);
+    assert_eq!(stored["address"][0]["city"], "Leeds");
 }
