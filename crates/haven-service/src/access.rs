@@ -157,6 +157,26 @@ pub(crate) fn check(
             by_scope = true;
             continue;
         }
+        // Granular scopes (`Observation.rs?category=vital-signs`) allow reads and searches of
+        // what matches their filter; `scope_filter` gives the filter to apply.
+        if filterable(route) {
+            if contexts(p)
+                .iter()
+                .any(|c| matches!(p.scopes.grant(*c, name, action), Grant::Filtered(_)))
+            {
+                continue;
+            }
+            if p.kind == PrincipalKind::User
+                && p.patient.is_some()
+                && matches!(
+                    p.scopes.grant(Context::Patient, name, action),
+                    Grant::Filtered(_)
+                )
+            {
+                by_scope = true;
+                continue;
+            }
+        }
         let prefix = contexts(p)[0].as_str();
         return Err(ServiceError::InsufficientScope(format!(
             "the access token's scopes do not allow this; it needs {prefix}/{name}.{}",
@@ -216,6 +236,87 @@ fn own_patient_update(
         ));
     }
     Ok(Some(fields.into_iter().map(str::to_owned).collect()))
+}
+
+/// Interactions a granular scope can allow: reads of one resource and searches of one type.
+fn filterable(route: &Route) -> bool {
+    matches!(
+        route,
+        Route::Read(..)
+            | Route::Vread(..)
+            | Route::Search(SearchScope::Type(_) | SearchScope::Compartment { .. })
+    )
+}
+
+/// What a granular scope lets the caller see of one type: resources matching any one of
+/// these search criteria.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ScopeFilter {
+    pub resource_type: String,
+    pub alternatives: Vec<Vec<(String, String)>>,
+}
+
+impl ScopeFilter {
+    /// The criteria as search parameters to add to a search (AND): one filter as it is, or
+    /// several on the same single parameter as one comma-separated value (OR).
+    pub(crate) fn as_search_params(&self) -> Result<Vec<(String, String)>, ServiceError> {
+        if let [one] = self.alternatives.as_slice() {
+            return Ok(one.clone());
+        }
+        let name = self.alternatives[0].first().map(|(k, _)| k.clone());
+        let same = self
+            .alternatives
+            .iter()
+            .all(|a| a.len() == 1 && Some(&a[0].0) == name.as_ref());
+        match (same, name) {
+            (true, Some(name)) => Ok(vec![(
+                name,
+                self.alternatives
+                    .iter()
+                    .map(|a| a[0].1.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            )]),
+            _ => Err(ServiceError::Forbidden(format!(
+                "the access token's granular scopes for {} cannot be combined into one search; \
+                 ask for one of them",
+                self.resource_type
+            ))),
+        }
+    }
+}
+
+/// The filter a granular scope puts on this interaction, when no unfiltered scope allows it
+/// (`None`: nothing to filter). Call after [`check`] allowed the interaction.
+pub(crate) fn scope_filter(ctx: &RequestContext, route: &Route) -> Option<ScopeFilter> {
+    let p = ctx.principal.as_deref()?;
+    if !filterable(route) {
+        return None;
+    }
+    let ty = route.resource_type()?;
+    let name = ty.as_str();
+    let action = match route {
+        Route::Read(..) | Route::Vread(..) => Action::Read,
+        _ => Action::Search,
+    };
+    let mut all_contexts: Vec<Context> = contexts(p).to_vec();
+    if p.kind == PrincipalKind::User && p.patient.is_some() {
+        all_contexts.push(Context::Patient);
+    }
+    let mut alternatives = Vec::new();
+    for c in all_contexts {
+        match p.scopes.grant(c, name, action) {
+            Grant::Unrestricted => return None,
+            Grant::Filtered(fs) => {
+                alternatives.extend(fs.into_iter().map(|f| f.pairs().to_vec()));
+            }
+            Grant::Denied => {}
+        }
+    }
+    (!alternatives.is_empty()).then(|| ScopeFilter {
+        resource_type: name.to_owned(),
+        alternatives,
+    })
 }
 
 /// The audit trail's own rule, outside the role policy (which never grants `AuditEvent`): a
@@ -392,7 +493,15 @@ pub(crate) fn check_criteria(
     if ctx.principal.is_none() {
         return Ok(());
     }
-    match check(policy, ctx, &Route::Search(SearchScope::Type(ty)))? {
+    let search = Route::Search(SearchScope::Type(ty));
+    if scope_filter(ctx, &search).is_some() {
+        return Err(ServiceError::Forbidden(
+            "conditional interactions are not available to a token whose granular scopes \
+             allow searching this type only in part"
+                .into(),
+        ));
+    }
+    match check(policy, ctx, &search)? {
         Confinement::Unconfined => {}
         Confinement::Patient(_) | Confinement::OwnPatientFields(_) => {
             return Err(ServiceError::Forbidden(

@@ -325,6 +325,13 @@ impl FhirService {
                 }
             }
         }
+        if crate::access::scope_filter(ctx, &route).is_some() {
+            return Err(ServiceError::Forbidden(
+                "a token whose granular scopes (Type.rs?param=value) allow this only in part \
+                 cannot use it in a batch or transaction; call it directly"
+                    .into(),
+            ));
+        }
         if crate::access::check(&self.config.policy, ctx, &route)?
             != crate::access::Confinement::Unconfined
         {
@@ -522,6 +529,23 @@ impl FhirService {
             planned.push(self.plan_entry(ctx, i, e).map_err(|err| in_entry(err, i))?);
         }
         let who = Who::of(ctx);
+        // Reads run inside the unit of work; a patient's Consent is checked before it, so a
+        // refused read refuses the whole transaction and nothing is written.
+        if ctx.principal.is_some() && self.any_consent().await? {
+            for p in &planned {
+                let read = match &p.route {
+                    Route::Read(ty, id) => self.store.read_current(*ty, id).await?,
+                    Route::Vread(ty, id, v) => self.store.read_version(*ty, id, *v).await?,
+                    _ => continue,
+                };
+                let Some(v) = read else { continue };
+                let mut t = Touched::default();
+                t.patients_of_version(&v);
+                if let Err(e) = self.check_consent(ctx, &t.patients).await {
+                    return self.transaction_refused(&who, in_entry(e, p.index)).await;
+                }
+            }
+        }
         let mut attempt = 0;
         let results = loop {
             attempt += 1;

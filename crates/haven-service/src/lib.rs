@@ -259,6 +259,10 @@ impl FhirService {
             }
             Err(refused) => Err(refused),
         };
+        let decided = match decided {
+            Ok(req) => self.apply_scope_filter(ctx, req).await,
+            Err(e) => Err(e),
+        };
         let req = match decided {
             Ok(req) => req,
             Err(refused) => {
@@ -464,6 +468,54 @@ impl FhirService {
             subject,
         )
         .await
+    }
+
+    /// Narrows a read or search to what the caller's granular scopes allow (SMART v2
+    /// `Observation.rs?category=vital-signs`): a search gets the filter as further criteria; a
+    /// read is answered only if the resource matches one of the filters (else 404, as for a
+    /// record outside the caller's reach). Filters are checked against the current version.
+    async fn apply_scope_filter(
+        &self,
+        ctx: &RequestContext,
+        mut req: FhirRequest,
+    ) -> Result<FhirRequest, ServiceError> {
+        let Some(filter) = access::scope_filter(ctx, &req.route) else {
+            return Ok(req);
+        };
+        match &req.route {
+            Route::Search(_) => {
+                req.query.extend(filter.as_search_params()?);
+                Ok(req)
+            }
+            Route::Read(ty, id) | Route::Vread(ty, id, _) => {
+                for alternative in &filter.alternatives {
+                    let mut pairs = vec![("_id".to_owned(), id.as_str().to_owned())];
+                    pairs.extend(alternative.iter().cloned());
+                    let found = self
+                        .search(
+                            &RequestContext::default(),
+                            &search::SearchScope::Type(*ty),
+                            &pairs,
+                        )
+                        .await?;
+                    let matched = found
+                        .body
+                        .as_deref()
+                        .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
+                        .and_then(|b| {
+                            b.get("entry")
+                                .and_then(|e| e.as_array())
+                                .map(|e| !e.is_empty())
+                        })
+                        .unwrap_or(false);
+                    if matched {
+                        return Ok(req);
+                    }
+                }
+                Err(ServiceError::NotFound(format!("{ty}/{id} is not known")))
+            }
+            _ => Ok(req),
+        }
     }
 
     /// A Bundle answer without what patients' Consents withhold from the caller.

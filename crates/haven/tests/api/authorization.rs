@@ -886,3 +886,129 @@ async fn a_patient_updates_only_the_allowed_fields_of_their_own_record() {
     assert_eq!(stored["gender"], record["gender"]);
     assert_eq!(stored["address"][0]["city"], "Leeds");
 }
+
+fn categorised(patient: &str, category: &str) -> Value {
+    json!({"resourceType": "Observation", "status": "final",
+        "category": [{"coding": [{
+            "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+            "code": category}]}],
+        "code": {"text": "a measurement"},
+        "subject": {"reference": format!("Patient/{patient}")}})
+}
+
+/// Granular SMART v2 scopes (`Observation.rs?category=vital-signs`) allow reads and searches
+/// of what matches their filter, and nothing else of that type.
+#[tokio::test]
+async fn granular_scopes_filter_what_is_returned() {
+    let app = spawn_configured(NO_MFA).await;
+    register_app(&app).await;
+    add_user(&app, "clinician-user", "clinician").await;
+    let id = |v: Value| v["id"].as_str().unwrap().to_owned();
+    let x = id(app.create(&body("Patient", "")).await);
+    let y = id(app.create(&body("Patient", "")).await);
+    let vital_x = id(app.create(&categorised(&x, "vital-signs")).await);
+    let lab_x = id(app.create(&categorised(&x, "laboratory")).await);
+    let vital_y = id(app.create(&categorised(&y, "vital-signs")).await);
+
+    let search_ids = |r: Resp| -> Vec<String> {
+        r.assert_status(200);
+        r.json()["entry"]
+            .as_array()
+            .map(|es| {
+                es.iter()
+                    .filter_map(|e| e["resource"]["id"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+
+    // A patient launch with vital signs only.
+    let t = password_flow(
+        &app,
+        "clinician-user",
+        "openid fhirUser launch/patient patient/Observation.rs?category=vital-signs",
+        &x,
+    )
+    .await;
+    assert!(
+        t["scope"]
+            .as_str()
+            .unwrap()
+            .contains("patient/Observation.rs?category=vital-signs"),
+        "{t}"
+    );
+    let token = t["access_token"].as_str().unwrap().to_owned();
+    let get = |path: String| {
+        let token = token.clone();
+        let app = &app;
+        async move { as_role(app, &token, Method::GET, &path, None).await }
+    };
+    assert_eq!(
+        search_ids(get("Observation".into()).await),
+        vec![vital_x.clone()]
+    );
+    assert!(search_ids(get("Observation?category=laboratory".into()).await).is_empty());
+    get(format!("Observation/{vital_x}"))
+        .await
+        .assert_status(200);
+    get(format!("Observation/{vital_x}/_history/1"))
+        .await
+        .assert_status(200);
+    get(format!("Observation/{lab_x}")).await.assert_status(404);
+    get(format!("Observation/{vital_y}"))
+        .await
+        .assert_status(404);
+    // Nothing else: other types, history, writes, Bundles.
+    get(format!("Patient/{x}")).await.assert_status(403);
+    get(format!("Observation/{vital_x}/_history"))
+        .await
+        .assert_status(403);
+    as_role(
+        &app,
+        &token,
+        Method::POST,
+        "Observation",
+        Some(&categorised(&x, "vital-signs")),
+    )
+    .await
+    .assert_status(403);
+    let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "GET", "url": "Observation"}}]});
+    let b = as_role(&app, &token, Method::POST, "", Some(&batch)).await;
+    b.assert_status(200);
+    assert_eq!(b.json()["entry"][0]["response"]["status"], "403");
+
+    // A user-level scope for laboratory results, and two filters on one parameter (OR).
+    let lab = password_flow(
+        &app,
+        "clinician-user",
+        "openid fhirUser user/Observation.rs?category=laboratory",
+        "",
+    )
+    .await;
+    let lab = lab["access_token"].as_str().unwrap().to_owned();
+    let found = search_ids(as_role(&app, &lab, Method::GET, "Observation", None).await);
+    assert_eq!(found, vec![lab_x.clone()]);
+    as_role(
+        &app,
+        &lab,
+        Method::GET,
+        &format!("Observation/{vital_y}"),
+        None,
+    )
+    .await
+    .assert_status(404);
+    let both = password_flow(
+        &app,
+        "clinician-user",
+        "openid fhirUser user/Observation.rs?category=laboratory user/Observation.rs?category=vital-signs",
+        "",
+    )
+    .await;
+    let both = both["access_token"].as_str().unwrap().to_owned();
+    let mut found = search_ids(as_role(&app, &both, Method::GET, "Observation", None).await);
+    found.sort();
+    let mut expected = vec![vital_x, lab_x, vital_y];
+    expected.sort();
+    assert_eq!(found, expected);
+}

@@ -192,6 +192,44 @@ async fn a_consent_refuses_the_practitioner_it_names_until_break_glass() {
     assert!(found_ids.contains(&oq), "{found}");
     assert!(!found_ids.contains(&op), "withheld: {found}");
     assert!(found.get("total").is_none(), "{found}");
+    // Inside a transaction too, and then nothing of the transaction is written (the app's
+    // scope allows reads only, so the suite's own client shows a write that did not happen).
+    let tx = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"request": {"method": "GET", "url": format!("Patient/{p}")}}]});
+    let r = app
+        .send_with(
+            &bearer(&nina),
+            app.request(Method::POST, "")
+                .header("content-type", FHIR_JSON)
+                .body(tx.to_string()),
+        )
+        .await;
+    r.assert_status(403);
+    assert!(
+        r.text().contains(&format!("Consent/{consent}")),
+        "{}",
+        r.text()
+    );
+    // A batch entry is refused on its own.
+    let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "GET", "url": format!("Patient/{p}")}},
+        {"request": {"method": "GET", "url": format!("Patient/{q}")}}]});
+    let b = app
+        .send_with(
+            &bearer(&nina),
+            app.request(Method::POST, "")
+                .header("content-type", FHIR_JSON)
+                .body(batch.to_string()),
+        )
+        .await;
+    b.assert_status(200);
+    let statuses: Vec<String> = b.json()["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["response"]["status"].as_str().unwrap_or_default()[..3].to_owned())
+        .collect();
+    assert_eq!(statuses, ["403", "200"]);
     // Anyone else reads P as before.
     get(&app, &yann, &format!("Patient/{p}"))
         .await
