@@ -120,6 +120,12 @@ impl PgStore {
                 .map_err(map_err)?;
             let counts = backup::restore(&mut Restore(&mut tx), source, DIALECT).await?;
             tx.commit().await.map_err(map_err)?;
+            // Fresh statistics: without them the planner treats the restored tables as empty,
+            // and the re-index that follows (and the first requests) run with bad plans.
+            sqlx::query("ANALYZE")
+                .execute(&mut *conn)
+                .await
+                .map_err(map_err)?;
             Ok(counts)
         }
         .await;
