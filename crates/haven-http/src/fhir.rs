@@ -245,7 +245,15 @@ async fn serve(
     let purpose_of_use =
         match header_str(headers, header::HeaderName::from_static("x-purpose-of-use")) {
             None => None,
-            // A v3 PurposeOfUse code (TREAT, ETREAT, HPAYMT, HMARKT, HRESCH, PUBHLTH, ...).
+            // Emergency purposes are set by break-glass only, never claimed by a header.
+            Some("ETREAT" | "BTG") => {
+                return Err(ServiceError::BadRequest(
+                    "X-Purpose-Of-Use cannot claim emergency treatment (ETREAT, BTG): open \
+                     break-glass access instead (POST Patient/[id]/$break-glass)"
+                        .into(),
+                ));
+            }
+            // A v3 PurposeOfUse code (TREAT, HPAYMT, HMARKT, HRESCH, PUBHLTH, ...).
             Some(p)
                 if (2..=20).contains(&p.len())
                     && p.chars()

@@ -580,7 +580,8 @@ impl FhirService {
             .into_iter()
             .map(|d| d.ok_or(ServiceError::Internal))
             .collect();
-        self.bundle_response(ctx, "transaction-response", outcomes, Vec::new())
+        let withheld = self.withheld_in(ctx, &outcomes).await?;
+        self.bundle_response(ctx, "transaction-response", outcomes, Vec::new(), &withheld)
     }
 
     /// Plans a transaction (resolving conditional entries and references by search, then
@@ -945,11 +946,31 @@ impl FhirService {
                 outcomes[i] = Some(r);
             }
         }
-        let outcomes = outcomes
+        let outcomes: Vec<Result<Done, ServiceError>> = outcomes
             .into_iter()
             .map(|o| o.unwrap_or(Err(ServiceError::Internal)))
             .collect();
-        self.bundle_response(ctx, "batch-response", outcomes, histories)
+        let withheld = self.withheld_in(ctx, &outcomes).await?;
+        self.bundle_response(ctx, "batch-response", outcomes, histories, &withheld)
+    }
+
+    /// The entries whose resource a patient's Consent withholds from the caller (their answer
+    /// then carries no body).
+    async fn withheld_in(
+        &self,
+        ctx: &RequestContext,
+        outcomes: &[Result<Done, ServiceError>],
+    ) -> Result<std::collections::HashSet<usize>, ServiceError> {
+        let mut out = std::collections::HashSet::new();
+        for (i, o) in outcomes.iter().enumerate() {
+            if let Ok(d) = o
+                && let Some(v) = &d.version
+                && !self.may_show(ctx, v).await?
+            {
+                out.insert(i);
+            }
+        }
+        Ok(out)
     }
 
     fn bundle_response(
@@ -958,6 +979,7 @@ impl FhirService {
         kind: &'static str,
         outcomes: Vec<Result<Done, ServiceError>>,
         histories: Vec<(usize, bytes::Bytes)>,
+        withheld: &std::collections::HashSet<usize>,
     ) -> Result<FhirResponse, ServiceError> {
         let base = &self.config.base_url;
         let history_of: HashMap<usize, &bytes::Bytes> =
@@ -983,8 +1005,9 @@ impl FhirService {
                         }
                         if d.status != 204 {
                             full_url = Some(format!("{base}/{}/{}", v.resource_type, v.id));
-                            let wants_body =
-                                !d.write || ctx.prefer == ReturnPreference::Representation;
+                            let wants_body = (!d.write
+                                || ctx.prefer == ReturnPreference::Representation)
+                                && !withheld.contains(&i);
                             if wants_body {
                                 resource = v.body.as_deref().map(raw).transpose()?;
                             } else if ctx.prefer == ReturnPreference::OperationOutcome {

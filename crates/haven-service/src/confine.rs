@@ -290,8 +290,15 @@ impl FhirService {
                 fields.join(", ")
             )));
         }
-        if req.if_match.is_none() {
-            req.if_match = Some(format!("W/\"{}\"", current.version));
+        let compared = format!("W/\"{}\"", current.version);
+        match &req.if_match {
+            Some(given) if given.trim() != compared => {
+                return Err(ServiceError::PreconditionFailed(format!(
+                    "{ty}/{id} is at version {}; read it again and retry",
+                    current.version
+                )));
+            }
+            _ => req.if_match = Some(compared),
         }
         Ok(req)
     }

@@ -49,6 +49,8 @@ type Cached = (Vec<Map<String, Value>>, Instant);
 pub(crate) struct ConsentCache {
     any: Mutex<Option<(bool, Instant)>>,
     by_patient: Mutex<HashMap<String, Cached>>,
+    /// Whether some Consent refuses a caller (by `fhirUser` and purpose).
+    restricted: Mutex<HashMap<String, (bool, Instant)>>,
 }
 
 impl ConsentCache {
@@ -59,6 +61,10 @@ impl ConsentCache {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
         self.by_patient
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
+        self.restricted
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clear();
@@ -116,6 +122,12 @@ fn names(reference: &str, refs: &[String]) -> bool {
 
 /// The provision that decides, as `true` for deny; `None`: this provision does not apply.
 fn decide(p: &Map<String, Value>, caller: &Caller, now: Timestamp) -> Option<bool> {
+    let deny = p.get("type").and_then(Value::as_str) == Some("deny");
+    // A permit Haven cannot fully evaluate does not apply (fail closed); a deny with
+    // constraints Haven does not interpret applies more widely than written.
+    if !deny && !interpretable(p) {
+        return None;
+    }
     if !in_period(p, now) {
         return None;
     }
@@ -135,6 +147,41 @@ fn decide(p: &Map<String, Value>, caller: &Caller, now: Timestamp) -> Option<boo
         .filter_map(Value::as_object)
         .find_map(|n| decide(n, caller, now));
     nested.or_else(|| Some(p.get("type").and_then(Value::as_str) == Some("deny")))
+}
+
+/// Whether every constraint of a provision is one this module evaluates: actors by reference,
+/// purposes by code, a period that parses; no data, class, code, action or security label.
+fn interpretable(p: &Map<String, Value>) -> bool {
+    let unsupported = [
+        "data",
+        "class",
+        "code",
+        "action",
+        "securityLabel",
+        "dataPeriod",
+    ]
+    .iter()
+    .any(|k| p.get(*k).is_some_and(|v| !v.is_null()));
+    let actors_ok = p.get("actor").and_then(Value::as_array).is_none_or(|a| {
+        a.iter().all(|x| {
+            x.get("reference")
+                .and_then(|r| r.get("reference"))
+                .is_some()
+        })
+    });
+    let purposes_ok = p
+        .get("purpose")
+        .and_then(Value::as_array)
+        .is_none_or(|a| a.iter().all(|c| c.get("code").is_some()));
+    let period_ok = p.get("period").is_none_or(|period| {
+        ["start", "end"].iter().all(|k| {
+            period.get(*k).is_none_or(|v| {
+                v.as_str()
+                    .is_some_and(|s| haven_fhir::primitives::parse_datetime(s).is_ok())
+            })
+        })
+    });
+    !unsupported && actors_ok && purposes_ok && period_ok
 }
 
 /// Whether a Consent names organizations or care teams anywhere in its provisions.
@@ -210,6 +257,72 @@ impl FhirService {
         Ok(found)
     }
 
+    /// Whether some active Consent refuses this caller for some patient (then counts are not
+    /// shown: they would include what is withheld). More active Consents than can be read at
+    /// once count as restricted.
+    async fn restricted(&self, ctx: &RequestContext) -> Result<bool, ServiceError> {
+        if ctx.principal.is_none() {
+            return Ok(false);
+        }
+        let caller = Self::caller(ctx);
+        let key = format!(
+            "{}|{}",
+            caller.refs.join(","),
+            caller.purpose.as_deref().unwrap_or("")
+        );
+        let started = Instant::now();
+        if let Some((r, at)) = self
+            .consents
+            .restricted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&key)
+            && at.elapsed() < TTL
+        {
+            return Ok(*r);
+        }
+        let r = self.restricted_uncached(ctx).await?;
+        let mut m = self
+            .consents
+            .restricted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if m.len() >= CACHE_LIMIT {
+            m.clear();
+        }
+        // Stamped with when the question was asked, so the answer is never older than TTL.
+        m.insert(key, (r, started));
+        Ok(r)
+    }
+
+    async fn restricted_uncached(&self, ctx: &RequestContext) -> Result<bool, ServiceError> {
+        const LIMIT: usize = 1_000;
+        let count = LIMIT.to_string();
+        let consents = self
+            .internal_search(
+                "Consent",
+                &[("status", "active"), ("_count", count.as_str())],
+            )
+            .await?;
+        if consents.len() >= LIMIT {
+            return Ok(true);
+        }
+        let now = Timestamp::now();
+        let mut caller = Self::caller(ctx);
+        for c in &consents {
+            let Some(Value::Object(base)) = c.get("provision") else {
+                continue;
+            };
+            if names_groups(base) {
+                self.expand(&mut caller).await?;
+            }
+            if decide(base, &caller, now) == Some(true) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// A patient's active Consents (cached).
     async fn consents_of(&self, patient: &str) -> Result<Vec<Map<String, Value>>, ServiceError> {
         if let Some((c, at)) = self
@@ -222,6 +335,7 @@ impl FhirService {
         {
             return Ok(c.clone());
         }
+        let started = Instant::now();
         let reference = format!("Patient/{patient}");
         let count = MAX_CONSENTS.to_string();
         let found = self
@@ -242,7 +356,7 @@ impl FhirService {
         if m.len() >= CACHE_LIMIT {
             m.clear();
         }
-        m.insert(patient.to_owned(), (found.clone(), Instant::now()));
+        m.insert(patient.to_owned(), (found.clone(), started));
         Ok(found)
     }
 
@@ -317,8 +431,16 @@ impl FhirService {
         }
         let now = Timestamp::now();
         let mut caller = Self::caller(ctx);
+        let own = principal
+            .fhir_user
+            .as_deref()
+            .and_then(|f| f.strip_prefix("Patient/"));
         for patient in patients {
-            if out.contains_key(patient) || principal.in_emergency(patient, now) {
+            // A patient's Consent is about others' access: never about their own.
+            if out.contains_key(patient)
+                || principal.in_emergency(patient, now)
+                || own == Some(patient.as_str())
+            {
                 continue;
             }
             for consent in self.consents_of(patient).await? {
@@ -341,6 +463,22 @@ impl FhirService {
             }
         }
         Ok(out)
+    }
+
+    /// Whether the caller may be shown this stored version (its patients' Consents); for the
+    /// bodies a write's answer would carry (the version written, or the existing resource a
+    /// conditional create found).
+    pub(crate) async fn may_show(
+        &self,
+        ctx: &RequestContext,
+        v: &haven_store::StoredVersion,
+    ) -> Result<bool, ServiceError> {
+        if ctx.principal.is_none() || v.body.is_none() || !self.any_consent().await? {
+            return Ok(true);
+        }
+        let mut t = crate::audit::Touched::default();
+        t.patients_of_version(v);
+        Ok(self.consent_refusals(ctx, &t.patients).await?.is_empty())
     }
 
     /// Refuses when a Consent of one of `patients` refuses the caller (reads of one resource,
@@ -369,6 +507,7 @@ impl FhirService {
         &self,
         ctx: &RequestContext,
         resp: &mut crate::FhirResponse,
+        subsetted: bool,
     ) -> Result<Vec<String>, ServiceError> {
         if ctx.principal.is_none() || !self.any_consent().await? {
             return Ok(Vec::new());
@@ -379,10 +518,19 @@ impl FhirService {
         let Ok(Value::Object(mut bundle)) = serde_json::from_slice::<Value>(body) else {
             return Ok(Vec::new());
         };
+        // A count tells about resources this caller may not see: gone for anyone some
+        // Consent restricts.
+        let restricted = self.restricted(ctx).await?;
         let Some(Value::Array(entries)) = bundle.get("entry") else {
+            if restricted && bundle.remove("total").is_some() {
+                resp.body = Some(bytes::Bytes::from(
+                    serde_json::to_vec(&bundle).map_err(|_| ServiceError::Internal)?,
+                ));
+                return Ok(vec!["total".into()]);
+            }
             return Ok(Vec::new());
         };
-        // The patients of each entry.
+        // The patients of each entry: from the stored version when the answer was trimmed.
         let mut per_entry: Vec<Vec<String>> = Vec::with_capacity(entries.len());
         let mut all: Vec<String> = Vec::new();
         for e in entries {
@@ -393,7 +541,26 @@ impl FhirService {
                     .and_then(Value::as_str)
                     .and_then(ResourceType::parse)
             {
-                crate::audit::patients_of(ty, r, &mut ps);
+                let stored = if subsetted {
+                    let id = r
+                        .get("id")
+                        .and_then(Value::as_str)
+                        .and_then(|i| haven_domain::ResourceId::parse(i).ok());
+                    match id {
+                        Some(id) => self.store.read_current(ty, &id).await?,
+                        None => None,
+                    }
+                } else {
+                    None
+                };
+                match stored {
+                    Some(v) => {
+                        let mut t = crate::audit::Touched::default();
+                        t.patients_of_version(&v);
+                        ps = t.patients;
+                    }
+                    None => crate::audit::patients_of(ty, r, &mut ps),
+                }
             }
             all.extend(ps.iter().cloned());
             per_entry.push(ps);
@@ -402,6 +569,11 @@ impl FhirService {
         all.dedup();
         let refused = self.consent_refusals(ctx, &all).await?;
         if refused.is_empty() {
+            if restricted && bundle.remove("total").is_some() {
+                resp.body = Some(bytes::Bytes::from(
+                    serde_json::to_vec(&bundle).map_err(|_| ServiceError::Internal)?,
+                ));
+            }
             return Ok(Vec::new());
         }
         let mut withheld_ids: Vec<(String, String)> = Vec::new();

@@ -26,6 +26,19 @@ pub(crate) struct Done {
     pub also: Vec<StoredVersion>,
 }
 
+impl Done {
+    /// The answer-shaping part of a step's result (without `also`, which only audit reads).
+    pub(crate) fn clone_shallow(&self) -> Self {
+        Self {
+            status: self.status,
+            version: self.version.clone(),
+            located: self.located,
+            write: self.write,
+            also: Vec::new(),
+        }
+    }
+}
+
 fn gone(v: &StoredVersion) -> ServiceError {
     ServiceError::Gone {
         message: format!(
@@ -660,7 +673,17 @@ impl FhirService {
         op: Op,
     ) -> Result<FhirResponse, ServiceError> {
         let done = self.execute_op(ctx, op).await?;
-        Ok(self.respond(ctx, done))
+        let mut resp = self.respond(ctx, done.clone_shallow());
+        // A write's answer may carry a resource (the version written, or what a conditional
+        // create found): not one a patient's Consent withholds from this caller.
+        if resp.body.is_some()
+            && let Some(v) = &done.version
+            && !self.may_show(ctx, v).await?
+        {
+            resp.body = None;
+            resp.resource_type = None;
+        }
+        Ok(resp)
     }
 
     /// Shapes a step's result as a REST response, honouring `Prefer: return=`.

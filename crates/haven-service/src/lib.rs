@@ -283,16 +283,17 @@ impl FhirService {
         if let Some(r) = self.audit_view(ctx, &req).await {
             return r;
         }
-        // A Consent written here applies here at once (elsewhere within `consent::TTL`).
-        if req.route.interaction().is_write()
+        // A Consent written here applies here at once (elsewhere within `consent::TTL`): the
+        // cache is emptied before the write and again once it has committed.
+        let consent_write = req.route.interaction().is_write()
             && req
                 .route
                 .resource_type()
-                .is_none_or(|t| t.as_str() == "Consent")
-        {
+                .is_none_or(|t| t.as_str() == "Consent");
+        if consent_write {
             self.consents.clear();
         }
-        match req.route {
+        let result = match req.route {
             Route::Capabilities => Ok(FhirResponse::json(200, self.capabilities())),
             Route::Bundle => match req.body {
                 RequestBody::Resource(bundle) => self.process_bundle(ctx, bundle).await,
@@ -331,7 +332,9 @@ impl FhirService {
                     Ok(()) => self.everything(ctx, &patient, &req.query).await,
                     Err(e) => Err(e),
                 };
-                let r = self.consent_filtered(ctx, r, &mut withheld).await;
+                let r = self
+                    .consent_filtered(ctx, r, &req.query, &mut withheld)
+                    .await;
                 let patient_type = ResourceType::parse("Patient").ok_or(ServiceError::Internal)?;
                 self.audit_bundle(
                     ctx,
@@ -355,7 +358,11 @@ impl FhirService {
                 )?;
                 self.execute_single(ctx, op).await
             }
+        };
+        if consent_write {
+            self.consents.clear();
         }
+        result
     }
 }
 
@@ -419,7 +426,7 @@ impl FhirService {
             }
             _ => self.search(ctx, scope, query).await,
         };
-        let r = self.consent_filtered(ctx, r, &mut withheld).await;
+        let r = self.consent_filtered(ctx, r, query, &mut withheld).await;
         let r = r.map(|mut resp| {
             let left_out = access::filter_includes(&self.config.policy, ctx, query, &mut resp);
             if !left_out.is_empty() {
@@ -454,7 +461,7 @@ impl FhirService {
     ) -> Result<FhirResponse, ServiceError> {
         let mut withheld = Vec::new();
         let r = self.history(route, query).await;
-        let r = self.consent_filtered(ctx, r, &mut withheld).await;
+        let r = self.consent_filtered(ctx, r, query, &mut withheld).await;
         let (action, subject) = match route {
             Route::HistoryInstance(t, id) => ("history-instance", Some((*t, id.as_str()))),
             Route::HistoryType(_) => ("history-type", None),
@@ -482,6 +489,27 @@ impl FhirService {
         let Some(filter) = access::scope_filter(ctx, &req.route) else {
             return Ok(req);
         };
+        // A filter on a parameter this type's search does not know would be dropped by lenient
+        // handling, and with it the restriction: refuse instead.
+        if let Some(ty) = req.route.resource_type() {
+            let defs = haven_fhir::definitions();
+            for (name, _) in filter.alternatives.iter().flatten() {
+                let code = name.split(':').next().unwrap_or(name);
+                let known = matches!(
+                    code,
+                    "_id" | "_lastUpdated" | "_tag" | "_security" | "_profile"
+                ) || defs
+                    .search_params(ty)
+                    .any(|p| p.code == code && p.is_supported());
+                if !known {
+                    return Err(ServiceError::Forbidden(format!(
+                        "the access token's granular scope filters {ty} on '{code}', which is not \
+                         a search parameter of {ty} here; ask for a scope with a filter this \
+                         server can apply"
+                    )));
+                }
+            }
+        }
         match &req.route {
             Route::Search(_) => {
                 req.query.extend(filter.as_search_params()?);
@@ -523,10 +551,16 @@ impl FhirService {
         &self,
         ctx: &RequestContext,
         r: Result<FhirResponse, ServiceError>,
+        query: &[(String, String)],
         withheld: &mut Vec<String>,
     ) -> Result<FhirResponse, ServiceError> {
         let mut resp = r?;
-        *withheld = self.filter_by_consent(ctx, &mut resp).await?;
+        // `_elements` and `_summary` may have trimmed the references that place a resource
+        // with its patient: then the stored versions tell.
+        let subsetted = query
+            .iter()
+            .any(|(k, _)| k == "_elements" || k == "_summary");
+        *withheld = self.filter_by_consent(ctx, &mut resp, subsetted).await?;
         Ok(resp)
     }
 }

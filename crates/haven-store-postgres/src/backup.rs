@@ -122,10 +122,21 @@ impl PgStore {
             tx.commit().await.map_err(map_err)?;
             // Fresh statistics: without them the planner treats the restored tables as empty,
             // and the re-index that follows (and the first requests) run with bad plans.
-            sqlx::query("ANALYZE")
-                .execute(&mut *conn)
-                .await
-                .map_err(map_err)?;
+            // Outside the transaction the pool's statement timeout applies again: lift it for
+            // this one statement; a failure only costs speed, so it is a warning.
+            let analyzed = async {
+                sqlx::query("SET statement_timeout = 0")
+                    .execute(&mut *conn)
+                    .await?;
+                sqlx::query("ANALYZE").execute(&mut *conn).await?;
+                sqlx::query("RESET statement_timeout")
+                    .execute(&mut *conn)
+                    .await
+            }
+            .await;
+            if let Err(e) = analyzed {
+                tracing::warn!(error = %e, "ANALYZE after the restore failed; run it by hand");
+            }
             Ok(counts)
         }
         .await;

@@ -131,11 +131,13 @@ pub const IDENTITY_RECORD: TableSpec = TableSpec {
     select: "SELECT kind, key, version, body, expires FROM identity_record ORDER BY kind, key",
 };
 
-/// Maintenance settings, without the search index's own (`search.*`): the index is rebuilt.
+/// Maintenance settings, without the search index's own (`search.*`: the index is rebuilt)
+/// and the time of the last backup (a restored instance has made none yet).
 pub const STORE_META: TableSpec = TableSpec {
     name: "store_meta",
     columns: &[("name", Text), ("value", Text)],
-    select: "SELECT name, value FROM store_meta WHERE name NOT LIKE 'search.%' ORDER BY name",
+    select: "SELECT name, value FROM store_meta WHERE name NOT LIKE 'search.%' \
+             AND name <> 'backup.last_success' ORDER BY name",
 };
 
 /// Every table of a backup, in the order a restore writes them (parents before children).

@@ -54,7 +54,7 @@ const MANIFEST: &str = "manifest.json";
 /// Largest manifest read (it lists eight files and the resource types).
 const MANIFEST_LIMIT: u64 = 1 << 20;
 /// Largest row line read back (a resource body is capped far below this by the server).
-const LINE_LIMIT: usize = 256 << 20;
+const LINE_LIMIT: usize = 64 << 20;
 /// Where the time of the last successful backup is kept (read by `haven serve` for the
 /// `haven_backup_last_success_timestamp_seconds` gauge).
 pub const LAST_BACKUP_META: &str = "backup.last_success";
@@ -849,6 +849,21 @@ impl<'a> Reader<'a> {
         }
         t.rows += 1;
         let at = t.rows;
+        // A file longer than its manifest says is refused as soon as it is: a crafted file
+        // cannot make the restore write (or verify hold) more than the signed manifest allows.
+        let entry_rows = self.entry(table.name)?.rows;
+        let entry_bytes = self.entry(table.name)?.bytes;
+        let t = self.open.as_mut().context("no table open")?;
+        let read_bytes = t.lines.get_ref().get_ref().bytes;
+        if t.rows > entry_rows || read_bytes > entry_bytes {
+            bail!(
+                "{} holds more than the manifest says ({} rows, {} bytes): the file was altered \
+                 or damaged",
+                table.name,
+                entry_rows,
+                entry_bytes
+            );
+        }
         let line = t.buf.strip_suffix(b"\n").unwrap_or(&t.buf);
         let row = decode_row(line, &t.kinds)
             .map_err(|e| anyhow::anyhow!("{} row {at}: {e}", table.name))?;

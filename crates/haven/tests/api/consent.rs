@@ -322,4 +322,16 @@ async fn a_consent_refuses_a_purpose_of_use() {
     app.send(with("TREAT")).await.assert_status(200);
     app.get(&format!("Patient/{p}")).await.assert_status(200);
     app.send(with("not a code")).await.assert_status(400);
+    // A conditional create that finds the patient's record does not return it.
+    let found = app
+        .send(
+            app.request(Method::POST, "Patient")
+                .header("content-type", FHIR_JSON)
+                .header("if-none-exist", format!("_id={p}"))
+                .header("x-purpose-of-use", "HMARKT")
+                .body(patient().to_string()),
+        )
+        .await;
+    found.assert_status(200);
+    assert!(found.text().is_empty(), "{}", found.text());
 }
