@@ -337,7 +337,8 @@ impl FhirService {
         }
         let started = Instant::now();
         let reference = format!("Patient/{patient}");
-        let count = MAX_CONSENTS.to_string();
+        // One more than evaluated, to know when there are too many.
+        let count = (MAX_CONSENTS + 1).to_string();
         let found = self
             .internal_search(
                 "Consent",
@@ -443,7 +444,20 @@ impl FhirService {
             {
                 continue;
             }
-            for consent in self.consents_of(patient).await? {
+            let consents = self.consents_of(patient).await?;
+            if consents.len() > MAX_CONSENTS {
+                // Not all can be read, so none can be said not to refuse: fail closed.
+                out.insert(
+                    patient.clone(),
+                    Refusal {
+                        consent: format!(
+                            "more than {MAX_CONSENTS} active Consents, which must be consolidated"
+                        ),
+                    },
+                );
+                continue;
+            }
+            for consent in consents {
                 let Some(Value::Object(base)) = consent.get("provision") else {
                     continue;
                 };

@@ -335,3 +335,38 @@ async fn a_consent_refuses_a_purpose_of_use() {
     found.assert_status(200);
     assert!(found.text().is_empty(), "{}", found.text());
 }
+
+/// More active Consents than Haven evaluates for one patient: it cannot tell that none
+/// refuses, so reads by people are refused until they are consolidated.
+#[tokio::test]
+async fn too_many_consents_fail_closed() {
+    let app = spawn_configured(CONFIG).await;
+    add_app(&app).await;
+    let dr = app
+        .create(&json!({"resourceType": "Practitioner", "name": [{"family": "A"}]}))
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let p = app.create(&patient()).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let entries: Vec<Value> = (0..101)
+        .map(|_| {
+            json!({"resource": consent_denying(&p, json!({"type": "deny", "purpose": [
+                {"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "HMARKT"}]})),
+                "request": {"method": "POST", "url": "Consent"}})
+        })
+        .collect();
+    let tx = json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
+    app.post_json("", &tx).await.assert_status(200);
+    let (token, _) = clinician(&app, "cara", &dr).await;
+    let r = get(&app, &token, &format!("Patient/{p}")).await;
+    r.assert_status(403);
+    assert!(
+        r.text().contains("more than 100 active Consents"),
+        "{}",
+        r.text()
+    );
+}
