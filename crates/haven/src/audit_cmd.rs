@@ -160,6 +160,20 @@ async fn record_operator(
     detail: String,
     patients: Vec<String>,
 ) -> Result<(), StoreError> {
+    let entry = operator_entry(action, status, detail, patients);
+    run_write(store, move |tx: &mut dyn WriteTx| {
+        Box::pin(async move { tx.audit(entry).await })
+    })
+    .await
+}
+
+/// The audit record of something an operator did at the command line, for a unit of work.
+pub(crate) fn operator_entry(
+    action: &str,
+    status: u16,
+    detail: String,
+    patients: Vec<String>,
+) -> AuditEntry {
     let time = Timestamp::now();
     let mut r = AuditRecord {
         time,
@@ -180,15 +194,11 @@ async fn record_operator(
         detail: Some(detail),
     };
     r.normalize();
-    let entry = AuditEntry {
+    AuditEntry {
         time,
         patients: r.patients.clone(),
         record: r.canonical(),
-    };
-    run_write(store, move |tx: &mut dyn WriteTx| {
-        Box::pin(async move { tx.audit(entry).await })
-    })
-    .await
+    }
 }
 
 /// The first sequence number that is wrong: for missing links, the first missing one.

@@ -33,12 +33,12 @@ use base64::engine::general_purpose::STANDARD as B64;
 use flate2::Compression;
 use flate2::read::GzDecoder;
 use flate2::write::GzEncoder;
-use haven_audit::{Category, ChainVerifier, Checkpoint, Outcome};
+use haven_audit::{ChainVerifier, Checkpoint};
 use haven_crypto::{SigningKey, VerifyingKey};
 use haven_domain::Timestamp;
 use haven_store::backup::{self, BackupSink, ColKind, RestoreSource, TableSpec};
 use haven_store::sql::SqlArg;
-use haven_store::{AuditEntry, ResourceStore, StoreError, WriteTx, run_write};
+use haven_store::{ResourceStore, StoreError, WriteTx, run_write};
 use haven_store_postgres::PgStore;
 use haven_store_sqlite::backup as sqlite_backup;
 use serde::{Deserialize, Serialize};
@@ -587,7 +587,8 @@ pub async fn create(config: &Config, out: &Path) -> anyhow::Result<()> {
     let recorded = run_write(store.as_ref(), move |tx: &mut dyn WriteTx| {
         Box::pin(async move {
             tx.set_meta(LAST_BACKUP_META, Some(&stamp)).await?;
-            tx.audit(operator_event("backup", 200, detail)).await
+            tx.audit(audit_cmd::operator_entry("backup", 200, detail, Vec::new()))
+                .await
         })
     })
     .await;
@@ -614,34 +615,6 @@ fn with_extra_keys(
 ) -> anyhow::Result<Vec<VerifyingKey>> {
     keys.extend(trusted_keys(config, &[])?);
     Ok(keys)
-}
-
-fn operator_event(action: &str, status: u16, detail: String) -> AuditEntry {
-    let time = Timestamp::now();
-    let mut r = haven_audit::AuditRecord {
-        time,
-        category: Category::Security,
-        action: action.to_owned(),
-        status,
-        outcome: Outcome::from_status(status),
-        actor: haven_audit::Actor {
-            user: std::env::var("USER").ok(),
-            role: Some("operator".into()),
-            client: Some("haven-cli".into()),
-        },
-        source_ip: None,
-        request_id: None,
-        purpose_of_use: None,
-        entities: Vec::new(),
-        patients: Vec::new(),
-        detail: Some(detail),
-    };
-    r.normalize();
-    AuditEntry {
-        time,
-        patients: Vec::new(),
-        record: r.canonical(),
-    }
 }
 
 /// Reads a backup's manifest and checks its signature against `keys`.
@@ -1042,7 +1015,15 @@ pub async fn restore(config: &Config, dir: &Path, public_keys: &[PathBuf]) -> an
         manifest.audit.head_seq.unwrap_or(0)
     );
     let recorded = run_write(store.as_ref(), move |tx: &mut dyn WriteTx| {
-        Box::pin(async move { tx.audit(operator_event("restore", 200, detail)).await })
+        Box::pin(async move {
+            tx.audit(audit_cmd::operator_entry(
+                "restore",
+                200,
+                detail,
+                Vec::new(),
+            ))
+            .await
+        })
     })
     .await;
     store.close().await;
