@@ -24,6 +24,14 @@ pub enum CryptoError {
     VerifyingKeyBase64,
     #[error("the 32 bytes are not a usable Ed25519 public key (invalid or weak point)")]
     InvalidVerifyingKey,
+    #[error("an AES-256 key must be 32 bytes; got {got} bytes")]
+    AeadKeyLength { got: usize },
+    #[error("sealing failed")]
+    Sealing,
+    #[error(
+        "decryption failed: the key is not the one this was sealed with, or the data or its context (type, id, version) was altered"
+    )]
+    Opening,
     #[error("the operating system's random number generator failed: {0}")]
     Random(String),
 

@@ -13,6 +13,8 @@
 //!   dummy hash for unknown users;
 //! - [`totp`]: RFC 6238 codes (SHA-1, 6 digits, 30 s) with a one-step window and single use;
 //! - [`random`]: bearer tokens, their storage digest, recovery codes, constant-time equality;
+//! - [`envelope`]: AES-256-GCM data keys and key-encryption keys (seal, open, wrap) and the
+//!   HMAC-SHA256 that pseudonymises searchable identifiers;
 //! - [`jwt`]: Haven's Ed25519 token signing key and a strict verifier for tokens signed by keys
 //!   from a JWKS (EdDSA, ES256, ES384, RS*/PS*), used for SMART client assertions too.
 //!
@@ -22,6 +24,7 @@
 //! Architecture invariant: no I/O and no async. Callers read key files and hand the bytes over,
 //! pass the current time in, and run the deliberately slow password functions on a blocking pool.
 
+pub mod envelope;
 mod error;
 mod hash;
 pub mod jwt;
@@ -30,6 +33,7 @@ pub mod random;
 mod sign;
 pub mod totp;
 
+pub use envelope::{AeadKey, MacKey};
 pub use error::CryptoError;
 pub use hash::sha256;
 pub use jwt::{JwtError, JwtRules, TokenSigningKey, VerificationKeys, verify_jwt};

@@ -13,7 +13,7 @@
 //! | `MethodNotAllowed`    | 405    | not-supported   | interaction not offered at that path               |
 //! | `NotAcceptable`       | 406    | not-supported   | `Accept`/`_format` asks for a format we lack       |
 //! | `WriteRace`           | 409    | conflict        | lost a write race (retried before it is returned)  |
-//! | `Gone`                | 410    | deleted         | resource (or version) was deleted                  |
+//! | `Gone`                | 410    | deleted         | resource (or version) was deleted, or erased       |
 //! | `PreconditionFailed`  | 412    | conflict        | `If-Match` names a stale version                   |
 //! | `TooLarge`            | 413    | too-long        | body or Bundle over the configured limit           |
 //! | `UnsupportedMedia`    | 415    | not-supported   | `Content-Type` we do not read                      |
@@ -100,6 +100,14 @@ impl From<StoreError> for ServiceError {
             StoreError::CommitOutcomeUnknown(detail) => {
                 tracing::error!(%detail, "lost the database while committing");
                 ServiceError::OutcomeUnknown
+            }
+            StoreError::Erased(scope) => {
+                tracing::info!(%scope, "read of erased data");
+                ServiceError::Gone {
+                    message: "this record was erased (its encryption key was destroyed on request); it cannot be read".into(),
+                    version: None,
+                    last_updated: None,
+                }
             }
             StoreError::Corrupt(detail) | StoreError::Internal(detail) => {
                 tracing::error!(%detail, "store error");

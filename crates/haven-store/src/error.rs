@@ -16,6 +16,10 @@ pub enum StoreError {
     /// Data in the database does not have the shape Haven wrote.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// The data key that sealed this data was destroyed (the patient was erased): the data
+    /// exists only as ciphertext nobody can open. Names the key scope.
+    #[error("data erased: the key of {0} was destroyed")]
+    Erased(String),
     /// Anything else from the driver.
     #[error("database error: {0}")]
     Internal(String),
