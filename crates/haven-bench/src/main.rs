@@ -110,6 +110,10 @@ struct Args {
     /// --benchmark-without-audit`), and report what auditing costs.
     #[arg(long)]
     audit_cost: bool,
+    /// Also measure each backend with encryption at rest turned off (`haven serve
+    /// --benchmark-without-encryption`), and report what encryption costs.
+    #[arg(long)]
+    encryption_cost: bool,
     /// Haven's log level (`info`, its default, writes one line per request).
     #[arg(long, default_value = "info")]
     haven_log_level: String,
@@ -316,7 +320,7 @@ async fn bench(args: Args, threads: usize) -> anyhow::Result<u64> {
             measure_haven(
                 &args,
                 backend,
-                true,
+                Variant::Full,
                 pg_version.as_deref(),
                 shapes,
                 &mut report,
@@ -326,7 +330,18 @@ async fn bench(args: Args, threads: usize) -> anyhow::Result<u64> {
                 measure_haven(
                     &args,
                     backend,
-                    false,
+                    Variant::AuditOff,
+                    pg_version.as_deref(),
+                    shapes,
+                    &mut report,
+                )
+                .await?;
+            }
+            if args.encryption_cost {
+                measure_haven(
+                    &args,
+                    backend,
+                    Variant::EncryptionOff,
                     pg_version.as_deref(),
                     shapes,
                     &mut report,
@@ -393,18 +408,26 @@ async fn measure_ceiling(args: &Args, shapes: Shapes, report: &mut Report) -> an
 }
 
 /// Every selected scenario against a fresh Haven on `backend`.
+/// Which build of Haven a run measures: as shipped, or with one cost switched off.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Variant {
+    Full,
+    AuditOff,
+    EncryptionOff,
+}
+
 async fn measure_haven(
     args: &Args,
     backend: Backend,
-    audit: bool,
+    variant: Variant,
     pg_version: Option<&str>,
     shapes: Shapes,
     report: &mut Report,
 ) -> anyhow::Result<()> {
-    let label = if audit {
-        backend.name().to_owned()
-    } else {
-        format!("{} (audit off)", backend.name())
+    let label = match variant {
+        Variant::Full => backend.name().to_owned(),
+        Variant::AuditOff => format!("{} (audit off)", backend.name()),
+        Variant::EncryptionOff => format!("{} (encryption off)", backend.name()),
     };
     let name = label.as_str();
     let temp = tempfile::Builder::new()
@@ -423,7 +446,8 @@ async fn measure_haven(
         &temp.path().join("bench-client.pem"),
         HavenOptions {
             log_level: &args.haven_log_level,
-            audit,
+            audit: variant != Variant::AuditOff,
+            encryption: variant != Variant::EncryptionOff,
             token_seconds: args.token_seconds,
         },
     )?;

@@ -240,18 +240,33 @@ impl Report {
             writeln!(o)?;
         }
 
-        let costs = audit_costs(&[("read by id", &self.read), ("CRUD", &self.crud)]);
-        if !costs.is_empty() {
-            writeln!(o, "## What auditing costs\n")?;
+        for (suffix, what, flag, title) in [
+            (
+                " (audit off)",
+                "audit",
+                "--benchmark-without-audit",
+                "What auditing costs",
+            ),
+            (
+                " (encryption off)",
+                "encryption",
+                "--benchmark-without-encryption",
+                "What encryption at rest costs",
+            ),
+        ] {
+            let costs = costs(&[("read by id", &self.read), ("CRUD", &self.crud)], suffix);
+            if costs.is_empty() {
+                continue;
+            }
+            writeln!(o, "## {title}\n")?;
             writeln!(
                 o,
-                "The same build started with `--benchmark-without-audit` (no audit records \
-                 written), measured in the same run. Throughput with audit, as a share of \
-                 throughput without; the target is at least 85 %.\n"
+                "The same build started with `{flag}`, measured in the same run. Throughput \
+                 with {what}, as a share of throughput without; the target is at least 85 %.\n"
             )?;
             writeln!(
                 o,
-                "| backend | scenario | with audit | without | share |\n|---|---|---:|---:|---:|"
+                "| backend | scenario | with {what} | without | share |\n|---|---|---:|---:|---:|"
             )?;
             for (backend, scenario, on, off) in costs {
                 writeln!(
@@ -468,12 +483,13 @@ pub(crate) fn write_failures(o: &mut String, sections: &[(&str, &Vec<Row>)]) -> 
     )
 }
 
-/// (backend, scenario, rate with audit, rate without) for each backend measured both ways.
-fn audit_costs(tables: &[(&str, &Vec<Row>)]) -> Vec<(String, String, f64, f64)> {
+/// (backend, scenario, rate as shipped, rate with one cost off) for each backend measured both
+/// ways; `suffix` names the variant (" (audit off)").
+fn costs(tables: &[(&str, &Vec<Row>)], suffix: &str) -> Vec<(String, String, f64, f64)> {
     let mut out = Vec::new();
     for (scenario, rows) in tables {
-        for off in rows.iter().filter(|r| r.server.ends_with(" (audit off)")) {
-            let backend = off.server.trim_end_matches(" (audit off)");
+        for off in rows.iter().filter(|r| r.server.ends_with(suffix)) {
+            let backend = off.server.trim_end_matches(suffix);
             if let Some(on) = rows.iter().find(|r| r.server == backend)
                 && off.rec.rate() > 0.0
             {

@@ -387,6 +387,7 @@ pub async fn run(
         HavenOptions {
             log_level: &options.log_level,
             audit: true,
+            encryption: true,
             token_seconds: options.token_seconds,
         },
     )?;

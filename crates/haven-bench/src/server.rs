@@ -94,6 +94,8 @@ pub struct HavenOptions<'a> {
     pub log_level: &'a str,
     /// Whether Haven writes audit records (`false`: `--benchmark-without-audit`).
     pub audit: bool,
+    /// Whether Haven seals bodies at rest (`false`: `--benchmark-without-encryption`).
+    pub encryption: bool,
     /// Lifetime of the access tokens Haven issues; the bearer is renewed at 4/5 of it.
     pub token_seconds: u64,
 }
@@ -132,10 +134,22 @@ impl Server {
         options: HavenOptions<'_>,
     ) -> anyhow::Result<Self> {
         let credentials = Credentials::register(bin, data_dir, database_url, client_key)?;
+        if database_url.is_some() && !data_dir.join("keyring.toml").exists() {
+            // Haven makes no keyring by itself on PostgreSQL (replicas must share one).
+            let status = auth::haven_command(bin, data_dir, database_url)
+                .args(["keys", "init"])
+                .stdout(std::process::Stdio::null())
+                .status()
+                .context("cannot run haven keys init")?;
+            anyhow::ensure!(status.success(), "haven keys init failed");
+        }
         let mut cmd = auth::haven_command(bin, data_dir, database_url);
         cmd.args(["serve", "--listen", "127.0.0.1:0"]);
         if !options.audit {
             cmd.arg("--benchmark-without-audit");
+        }
+        if !options.encryption {
+            cmd.arg("--benchmark-without-encryption");
         }
         // The listening line is INFO: keep it whatever the level asked for.
         let level = if options.log_level == "info" {

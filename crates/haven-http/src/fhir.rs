@@ -85,6 +85,30 @@ pub(crate) async fn handle(State(state): State<AppState>, req: Request) -> Respo
         });
         return resp;
     }
+    // Erasure by key destruction: an administrator's operation, audited by the service.
+    if let Some(p) = &principal
+        && let Some(patient) = path
+            .trim_start_matches('/')
+            .strip_prefix("Patient/")
+            .and_then(|rest| rest.strip_suffix("/$erase"))
+            .filter(|id| !id.contains('/'))
+    {
+        let mut resp = crate::erasure::erase(
+            &state,
+            p,
+            patient,
+            parts.method == HttpMethod::POST,
+            body,
+            request_id.clone(),
+            client_address.clone(),
+        )
+        .await;
+        resp.extensions_mut().insert(RequestLabels {
+            interaction: "erase",
+            resource_type: "Patient",
+        });
+        return resp;
+    }
     let resp = match serve(
         &state.service,
         principal,

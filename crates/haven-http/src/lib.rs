@@ -6,6 +6,7 @@
 //! storage: every FHIR request goes through [`haven_service::FhirService`].
 
 mod emergency;
+mod erasure;
 mod fhir;
 mod identity;
 mod middleware;

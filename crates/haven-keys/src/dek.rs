@@ -27,7 +27,7 @@ pub const DEK_KIND: &str = "dek";
 /// Length of a DEK id.
 pub const DEK_ID_LEN: usize = 8;
 /// At most this many unwrapped keys are cached; past it the cache starts over.
-const MAX_CACHED: usize = 200_000;
+const MAX_CACHED: usize = 50_000;
 
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -201,6 +201,26 @@ impl DataKeys {
             return Ok(d);
         }
         let Some(rec) = store.record_get(DEK_KIND, scope).await? else {
+            return Err(StoreError::Erased(scope.to_owned()));
+        };
+        let dek = self.open_record(scope, &rec.body).await?;
+        if &dek.id != id {
+            return Err(StoreError::Erased(scope.to_owned()));
+        }
+        Ok(dek)
+    }
+
+    /// Like [`DataKeys::for_read`], inside a unit of work (which sees its own new keys).
+    pub async fn for_read_in(
+        &self,
+        tx: &mut dyn WriteTx,
+        scope: &str,
+        id: &[u8; DEK_ID_LEN],
+    ) -> Result<Arc<Dek>, StoreError> {
+        if let Some(d) = self.cached(scope, id) {
+            return Ok(d);
+        }
+        let Some(rec) = tx.record_get(DEK_KIND, scope).await? else {
             return Err(StoreError::Erased(scope.to_owned()));
         };
         let dek = self.open_record(scope, &rec.body).await?;

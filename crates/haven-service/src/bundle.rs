@@ -127,6 +127,7 @@ fn in_entry(e: ServiceError, index: usize) -> ServiceError {
         },
         ServiceError::MethodNotAllowed(m) => ServiceError::MethodNotAllowed(p(m)),
         ServiceError::NotAcceptable(m) => ServiceError::NotAcceptable(p(m)),
+        ServiceError::Conflict(m) => ServiceError::Conflict(p(m)),
         ServiceError::Gone {
             message,
             version,

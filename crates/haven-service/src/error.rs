@@ -13,6 +13,7 @@
 //! | `MethodNotAllowed`    | 405    | not-supported   | interaction not offered at that path               |
 //! | `NotAcceptable`       | 406    | not-supported   | `Accept`/`_format` asks for a format we lack       |
 //! | `WriteRace`           | 409    | conflict        | lost a write race (retried before it is returned)  |
+//! | `Conflict`            | 409    | conflict        | erasure of a patient under a legal hold            |
 //! | `Gone`                | 410    | deleted         | resource (or version) was deleted, or erased       |
 //! | `PreconditionFailed`  | 412    | conflict        | `If-Match` names a stale version                   |
 //! | `TooLarge`            | 413    | too-long        | body or Bundle over the configured limit           |
@@ -68,6 +69,9 @@ pub enum ServiceError {
         version: Option<VersionId>,
         last_updated: Option<Timestamp>,
     },
+    /// The request conflicts with the resource's state (e.g. erasure under a legal hold).
+    #[error("conflict: {0}")]
+    Conflict(String),
     #[error("precondition failed: {0}")]
     PreconditionFailed(String),
     #[error("too large: {0}")]
@@ -130,7 +134,7 @@ impl ServiceError {
             ServiceError::UnknownType(_) | ServiceError::NotFound(_) => 404,
             ServiceError::MethodNotAllowed(_) => 405,
             ServiceError::NotAcceptable(_) => 406,
-            ServiceError::WriteRace => 409,
+            ServiceError::WriteRace | ServiceError::Conflict(_) => 409,
             ServiceError::Gone { .. } => 410,
             ServiceError::PreconditionFailed(_) => 412,
             ServiceError::TooLarge(_) => 413,
@@ -170,7 +174,9 @@ impl ServiceError {
             ServiceError::MethodNotAllowed(m)
             | ServiceError::NotAcceptable(m)
             | ServiceError::UnsupportedMedia(m) => one(IssueCode::NotSupported, m.clone()),
-            ServiceError::PreconditionFailed(m) => one(IssueCode::Conflict, m.clone()),
+            ServiceError::PreconditionFailed(m) | ServiceError::Conflict(m) => {
+                one(IssueCode::Conflict, m.clone())
+            }
             ServiceError::WriteRace => one(
                 IssueCode::Conflict,
                 "the resource was changed by another request at the same time; read it again and retry"

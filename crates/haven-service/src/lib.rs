@@ -15,13 +15,16 @@ mod bundle;
 mod capabilities;
 mod confine;
 mod consent;
+mod erase;
 mod error;
 mod history;
 mod interactions;
 pub mod outcome;
 mod patch;
 mod prepare;
+pub mod pseudonym;
 mod route;
+pub mod sealed;
 pub mod search;
 mod validate_op;
 mod wire;
@@ -32,6 +35,7 @@ use bytes::Bytes;
 use haven_domain::{ResourceType, Timestamp, VersionId};
 use haven_store::ResourceStore;
 
+pub use erase::{ErasureReport, HOLD_KIND, Requester};
 pub use error::ServiceError;
 pub use haven_domain::Interaction;
 pub use haven_fhir::json::{JsonError, JsonLimits};
@@ -166,6 +170,8 @@ pub struct FhirService {
     audit_batcher: Option<audit::AuditBatcher>,
     /// Patients' Consents, briefly cached (`consent`).
     consents: consent::ConsentCache,
+    /// The data keys of a sealed store (`sealed`), for erasure; `None` without encryption.
+    keys: Option<Arc<haven_keys::DataKeys>>,
 }
 
 impl std::fmt::Debug for FhirService {
@@ -184,7 +190,15 @@ impl FhirService {
             config,
             audit_batcher: None,
             consents: consent::ConsentCache::default(),
+            keys: None,
         }
+    }
+
+    /// The data keys the store seals with (needed by erasure).
+    #[must_use]
+    pub fn with_keys(mut self, keys: Arc<haven_keys::DataKeys>) -> Self {
+        self.keys = Some(keys);
+        self
     }
 
     /// Writes reads' audit records through `batcher` (see `audit::batch`).

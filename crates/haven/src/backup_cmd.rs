@@ -15,7 +15,8 @@
 //!
 //! Verification (also the first thing a restore does, while it restores, inside the restore's
 //! one transaction): the manifest's signature by a trusted key; each file's hash and row
-//! count; every row's shape; each resource body naming its own type and id; the audit chain
+//! count; every row's shape; each resource body naming its own type and id (a body sealed at
+//! rest: its header, the rest is checked when it is opened); the audit chain
 //! recomputed link by link with its signed checkpoints, ending at the manifest's head. A
 //! flipped byte anywhere fails one of these, and a restore then commits nothing.
 
@@ -853,6 +854,15 @@ impl<'a> Reader<'a> {
                 let (ty, id, kind) = (as_text(&row[1]), as_text(&row[2]), as_int(&row[5]));
                 match (kind, as_bytes(&row[6])) {
                     (3, None) => {}
+                    // Sealed at rest: the header must parse; the type, id and version are
+                    // bound into the ciphertext and checked when it is opened after restore.
+                    (0..=2, Some(body)) if haven_service::sealed::is_sealed(body) => {
+                        haven_service::sealed::sealed_header(body).map_err(|_| {
+                            anyhow::anyhow!(
+                                "resource_version row {at}: the sealed body's header is damaged"
+                            )
+                        })?;
+                    }
                     (0..=2, Some(body)) => {
                         #[derive(Deserialize)]
                         struct Head<'b> {

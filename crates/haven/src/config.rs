@@ -64,6 +64,45 @@ pub struct Config {
     pub audit: AuditConfig,
     pub identity: IdentityConfig,
     pub authorization: AuthorizationConfig,
+    pub encryption: EncryptionConfig,
+}
+
+/// Encryption at rest (`[encryption]`): where the key-encryption keys live, how long
+/// unwrapped data keys are cached, which identifier systems are pseudonymised in the index.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EncryptionConfig {
+    /// `file` (a keyring file) or `vault` (HashiCorp Vault / OpenBao Transit).
+    pub provider: String,
+    /// The keyring file of the `file` provider. Default: `keyring.toml` in `data_dir`,
+    /// created on first start; in production keep it on another volume (a Kubernetes Secret),
+    /// so a copy of the database directory is not also a copy of its keys.
+    pub keyring_path: Option<PathBuf>,
+    /// How long an unwrapped data key is kept in memory (1 to 3600 s; default 300): the
+    /// longest a replica serves from cache while the key provider is down, and the longest it
+    /// takes a replica to notice an erasure made by another.
+    pub cache_seconds: u64,
+    /// Identifier systems (national ids, MRNs) whose values the search index holds only as
+    /// keyed HMACs: searchable by exact system|value, never readable. A TOML array, or one
+    /// comma-separated string.
+    #[serde(deserialize_with = "list_or_comma_separated")]
+    pub sensitive_identifier_systems: Vec<String>,
+    /// Set only by `haven serve --benchmark-without-encryption` (never from configuration):
+    /// bodies stored in clear, to measure what encryption costs.
+    #[serde(skip)]
+    pub benchmark_off: bool,
+}
+
+impl Default for EncryptionConfig {
+    fn default() -> Self {
+        Self {
+            provider: "file".into(),
+            keyring_path: None,
+            cache_seconds: 300,
+            sensitive_identifier_systems: Vec::new(),
+            benchmark_off: false,
+        }
+    }
 }
 
 /// `[authorization]`.
@@ -300,6 +339,7 @@ impl Default for Config {
             audit: AuditConfig::default(),
             identity: IdentityConfig::default(),
             authorization: AuthorizationConfig::default(),
+            encryption: EncryptionConfig::default(),
         }
     }
 }
@@ -783,6 +823,16 @@ impl Config {
             ));
         }
         self.trusted_proxies()?;
+        let e = &self.encryption;
+        if !matches!(e.provider.as_str(), "file" | "vault") {
+            return bad(format!(
+                "encryption.provider must be file or vault, not '{}'",
+                e.provider
+            ));
+        }
+        if !(1..=3_600).contains(&e.cache_seconds) {
+            return bad("encryption.cache_seconds must be between 1 and 3600".into());
+        }
         let a = &self.audit;
         if !(a.output == "stdout" || a.output == "off" || a.output.starts_with('/')) {
             return bad(format!(
@@ -827,6 +877,14 @@ impl Config {
     }
 
     /// The database file inside the data directory.
+    /// The keyring file of the `file` key provider, and whether it is the default one.
+    pub fn keyring_path(&self) -> (PathBuf, bool) {
+        match &self.encryption.keyring_path {
+            Some(p) => (p.clone(), false),
+            None => (self.data_dir.join("keyring.toml"), true),
+        }
+    }
+
     pub fn database_path(&self) -> PathBuf {
         self.data_dir.join("haven.db")
     }

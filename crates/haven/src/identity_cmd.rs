@@ -69,7 +69,7 @@ impl haven_identity::JsonFetcher for HttpFetcher {
 }
 
 async fn open(config: &Config) -> anyhow::Result<Arc<Identity>> {
-    let store = crate::serve::open_store(config).await?;
+    let store = crate::serve::open_raw_store(config).await?;
     let settings = config.identity_settings(&server_root(config), &fhir_base(config))?;
     Identity::open(store, settings, HttpFetcher::new()?)
         .await

@@ -5,6 +5,7 @@ mod backup_cmd;
 mod config;
 mod healthcheck;
 mod identity_cmd;
+mod keys_cmd;
 mod serve;
 mod telemetry;
 
@@ -31,6 +32,46 @@ struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
+enum KeysCommand {
+    /// Create the keyring file (provider `file`) or check the provider answers.
+    Init,
+    /// Key versions and how many data keys each wraps.
+    Status,
+    /// Start a new key-encryption key version; servers re-wrap data keys in the background.
+    Rotate,
+    /// Re-wrap every data key under the current version now, with progress (re-runnable).
+    Rewrap,
+    /// Retire key versions below the current one, after checking no data key needs them.
+    Retire,
+}
+
+#[derive(Subcommand, Debug)]
+enum PatientCommand {
+    /// Erase a patient: tombstone their records, destroy their data key, record a
+    /// pseudonymous audit event; then rotate and retire the key-encryption key so copies made
+    /// before no longer open. Refused under a legal hold.
+    Erase {
+        /// The patient's id (`123` or `Patient/123`).
+        id: String,
+        /// Why (10 to 500 characters; kept in the audit trail).
+        #[arg(long)]
+        reason: String,
+        /// Do not rotate and retire the key-encryption key now (batch several erasures,
+        /// then run `haven keys rotate` and `haven keys retire`).
+        #[arg(long)]
+        defer_key_retirement: bool,
+    },
+    /// Set (or with --lift, lift) a legal hold: while it is set the patient cannot be erased.
+    Hold {
+        id: String,
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        lift: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum Command {
     /// Run the server.
     Serve {
@@ -41,6 +82,22 @@ enum Command {
         /// costs. Never use it in service: accesses would go unrecorded.
         #[arg(long, hide = true)]
         benchmark_without_audit: bool,
+        /// For the benchmark harness only: store bodies in clear, to measure what encryption
+        /// at rest costs. Never use it in service.
+        #[arg(long, hide = true)]
+        benchmark_without_encryption: bool,
+    },
+    /// Encryption keys: `init` a keyring, `status` (key versions, re-wrapping progress),
+    /// `rotate` the key-encryption key, `rewrap` data keys now, `retire` old versions.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Patients' rights: erase a patient (GDPR Art. 17, by destroying their data key), or set
+    /// and lift the legal hold that forbids it.
+    Patient {
+        #[command(subcommand)]
+        command: PatientCommand,
     },
     /// The audit trail: verify its integrity, report a patient's disclosures.
     Audit {
@@ -468,7 +525,43 @@ fn main() -> ExitCode {
         Command::Serve {
             role,
             benchmark_without_audit,
-        } => run_async(async move { serve::run(config, role, !benchmark_without_audit).await }),
+            benchmark_without_encryption,
+        } => {
+            let mut config = config;
+            config.encryption.benchmark_off = benchmark_without_encryption;
+            run_async(async move { serve::run(config, role, !benchmark_without_audit).await })
+        }
+        Command::Keys { command } => run_async(async move {
+            match command {
+                KeysCommand::Init => keys_cmd::init(&config).await,
+                KeysCommand::Rotate => keys_cmd::rotate(&config).await,
+                KeysCommand::Status | KeysCommand::Rewrap | KeysCommand::Retire => {
+                    let store = serve::open_raw_store(&config).await?;
+                    let r = match command {
+                        KeysCommand::Status => keys_cmd::status(&config, store.as_ref()).await,
+                        KeysCommand::Rewrap => keys_cmd::rewrap(&config, store.as_ref()).await,
+                        _ => keys_cmd::retire(&config, store.as_ref()).await,
+                    };
+                    store.close().await;
+                    r
+                }
+            }
+        }),
+        Command::Patient {
+            command:
+                PatientCommand::Erase {
+                    id,
+                    reason,
+                    defer_key_retirement,
+                },
+        } => {
+            run_async(
+                async move { keys_cmd::erase(&config, &id, &reason, defer_key_retirement).await },
+            )
+        }
+        Command::Patient {
+            command: PatientCommand::Hold { id, reason, lift },
+        } => run_async(async move { keys_cmd::hold(&config, &id, &reason, lift).await }),
         Command::Backup {
             command: Some(BackupCommand::Verify { dir, public_keys }),
             ..

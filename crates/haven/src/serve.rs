@@ -31,7 +31,38 @@ fn modules(role: Role) -> Modules {
     }
 }
 
+/// The store, sealing resource bodies at rest (unless the benchmark turned encryption off),
+/// with its data keys.
+pub(crate) async fn open_sealed(
+    config: &Config,
+) -> anyhow::Result<(Arc<dyn ResourceStore>, Option<Arc<haven_keys::DataKeys>>)> {
+    open_sealed_for(config, false).await
+}
+
+async fn open_sealed_for(
+    config: &Config,
+    serving: bool,
+) -> anyhow::Result<(Arc<dyn ResourceStore>, Option<Arc<haven_keys::DataKeys>>)> {
+    if config.encryption.benchmark_off {
+        return Ok((open_raw_store(config).await?, None));
+    }
+    // Keys first: a missing keyring stops the command before it touches the database.
+    let keys = crate::keys_cmd::open_keys(config, serving)?;
+    let raw = open_raw_store(config).await?;
+    let sealed = haven_service::sealed::SealedStore::new(raw, keys.clone())
+        .with_sensitive_systems(config.encryption.sensitive_identifier_systems.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot prepare the identifier key: {e}"))?;
+    Ok((Arc::new(sealed), Some(keys)))
+}
+
+/// The store every command uses: sealed (see [`open_sealed`]).
 pub(crate) async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn ResourceStore>> {
+    Ok(open_sealed(config).await?.0)
+}
+
+/// The store as the database holds it: bodies sealed, for commands that never read them.
+pub(crate) async fn open_raw_store(config: &Config) -> anyhow::Result<Arc<dyn ResourceStore>> {
     if let Some(url) = &config.database_url {
         let options = PgOptions {
             statement_timeout: config.statement_timeout(),
@@ -132,7 +163,7 @@ pub async fn run(config: Config, role: Role, audit_writes: bool) -> anyhow::Resu
     let metrics = telemetry::init_metrics()?;
     let process = metrics_process::Collector::default();
     process.describe();
-    let store = open_store(&config).await?;
+    let (store, keys) = open_sealed_for(&config, true).await?;
 
     let listener = TcpListener::bind(config.listen)
         .await
@@ -147,18 +178,28 @@ pub async fn run(config: Config, role: Role, audit_writes: bool) -> anyhow::Resu
     record_policy(&config, store.as_ref(), &policy).await?;
     let (batcher, batching) = haven_service::audit::AuditBatcher::new(store.clone(), 4_096);
     tokio::spawn(batching);
-    let service = Arc::new(
-        FhirService::new(
-            store.clone(),
-            ServiceConfig {
-                limits: config.limits(),
-                base_url: base_url.clone(),
-                audit_writes,
-                policy: policy.clone(),
-            },
-        )
-        .with_audit_batcher(batcher),
-    );
+    let mut service = FhirService::new(
+        store.clone(),
+        ServiceConfig {
+            limits: config.limits(),
+            base_url: base_url.clone(),
+            audit_writes,
+            policy: policy.clone(),
+        },
+    )
+    .with_audit_batcher(batcher);
+    match &keys {
+        Some(keys) => {
+            service = service.with_keys(keys.clone());
+            tokio::spawn(crate::keys_cmd::watch_keys(keys.clone(), store.clone()));
+            tracing::info!(provider = %keys.provider().describe(), "encryption at rest on");
+        }
+        None => tracing::warn!(
+            "encryption at rest is OFF (--benchmark-without-encryption): bodies are stored in \
+             clear; this mode exists only to measure what encryption costs"
+        ),
+    }
+    let service = Arc::new(service);
     if !audit_writes {
         tracing::warn!(
             "audit records are OFF (--benchmark-without-audit): accesses are not recorded; \

@@ -34,6 +34,13 @@ const RULES: &[(&str, &[&str], &[&str])] = &[
         &["haven-crypto", "haven-domain"],
         &["tokio", "sqlx", "axum", "hyper", "tower", "reqwest", "mio"],
     ),
+    // Key management: providers, data keys as store records; no network I/O (the binary
+    // supplies the Vault client) and no SQL.
+    (
+        "haven-keys",
+        &["haven-crypto", "haven-domain", "haven-store"],
+        &["sqlx", "axum", "hyper", "tower", "reqwest", "mio"],
+    ),
     (
         "haven-store",
         &["haven-domain"],
@@ -61,6 +68,7 @@ const RULES: &[(&str, &[&str], &[&str])] = &[
             "haven-crypto",
             "haven-domain",
             "haven-fhir",
+            "haven-keys",
             "haven-store",
         ],
         &["sqlx", "axum", "hyper", "tower", "reqwest", "tokio"],
@@ -91,6 +99,7 @@ const RULES: &[(&str, &[&str], &[&str])] = &[
             "haven-audit",
             "haven-crypto",
             "haven-identity",
+            "haven-keys",
         ],
         &[],
     ),

@@ -546,8 +546,12 @@ async fn two_replicas_seal_one_gap_free_chain() {
     let url = a.database_url().unwrap();
     let key = a.data_dir.join("audit-signing.key");
     let key_s = key.to_str().unwrap().to_owned();
+    // Replicas share the keyring as they share the signing key.
+    let ring = a.data_dir.join("keyring.toml");
+    let ring_s = ring.to_str().unwrap().to_owned();
     let mut b = crate::helpers::spawn_app_with(&[
         ("HAVEN_DATABASE_URL", url.as_str()),
+        ("HAVEN_ENCRYPTION__KEYRING_PATH", ring_s.as_str()),
         ("HAVEN_AUDIT__SIGNING_KEY_FILE", key_s.as_str()),
         ("HAVEN_AUDIT__CHECKPOINT_EVERY", "25"),
     ])

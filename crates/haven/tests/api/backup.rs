@@ -31,9 +31,16 @@ async fn backup(app: &TestApp, out: &Path) -> Output {
     cmd.output().await.expect("run haven backup")
 }
 
-/// A fresh instance to restore into: a data directory holding the source's audit signing key
+/// A fresh instance to restore into: a data directory holding the source's audit signing key,
+/// its keyring
 /// and the suite client's key (as an operator restores keys from their secret store), and on
 /// PostgreSQL its own empty database.
+fn copy_owner_only(from: &Path, to: &Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::copy(from, to).expect("the source has a keyring");
+    std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
 struct Target {
     dir: tempfile::TempDir,
     db: Option<Arc<TempDatabase>>,
@@ -49,6 +56,13 @@ impl Target {
             data.join("audit-signing.key"),
         )
         .expect("the source has an audit signing key");
+        // A backup holds data keys wrapped by the key-encryption keys, never those: the
+        // restored instance needs the source's keyring, as an operator restores it from
+        // their secret store.
+        copy_owner_only(
+            &source.data_dir.join("keyring.toml"),
+            &data.join("keyring.toml"),
+        );
         std::fs::copy(suite_key_path(&source.data_dir), suite_key_path(&data)).unwrap();
         let db = if postgres_backend() {
             Some(database_for(&data).await)

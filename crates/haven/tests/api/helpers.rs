@@ -317,6 +317,22 @@ pub async fn spawn_server(data_dir: &Path, env: &[(&str, &str)], serve_args: &[&
         env,
     )
     .await;
+    let shared_keyring = env
+        .iter()
+        .any(|(k, _)| *k == "HAVEN_ENCRYPTION__KEYRING_PATH");
+    if (db.is_some() || explicit_db.is_some())
+        && !shared_keyring
+        && !data_dir.join("keyring.toml").exists()
+    {
+        // On PostgreSQL Haven never creates a keyring by itself (replicas must share one).
+        let out = haven()
+            .args(["keys", "init", "--data-dir"])
+            .arg(data_dir)
+            .output()
+            .await
+            .expect("run haven keys init");
+        assert!(out.status.success(), "haven keys init: {out:?}");
+    }
     let mut command = haven();
     if let Some(db) = &db {
         command.env("HAVEN_DATABASE_URL", &db.url);

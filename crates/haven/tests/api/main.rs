@@ -13,6 +13,7 @@ mod compartment;
 mod conditional;
 mod consent;
 mod crud;
+mod encryption;
 mod errors_limits;
 mod helpers;
 mod history;
