@@ -10,7 +10,8 @@
 //! key = "<32 bytes, base64>"
 //! ```
 //!
-//! Haven refuses a keyring that group or others may read or write: a database copy plus a
+//! Haven refuses a keyring that others may read or its group may write (group read is how a
+//! Kubernetes Secret reaches a non-root pod): a database copy plus a
 //! world-readable keyring is a plaintext copy. Rotation appends a version and retirement removes
 //! old versions (their key bytes are gone from the file: what they wrapped no longer opens).
 //! Each change replaces the file atomically (write, fsync, rename); a running server notices the
@@ -97,11 +98,12 @@ fn check_permissions(path: &Path) -> Result<(), KeyError> {
         )
     })?;
     let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
+    // Group read is allowed: a Kubernetes Secret is mounted root:<fsGroup> 0440 for the pod.
+    if mode & 0o027 != 0 {
         return Err(cfg(
             path,
             format!(
-                "group or others may access it (mode {mode:o}); a keyring must be readable by its owner only: chmod 600 {}",
+                "others may read it or its group may change it (mode {mode:o}); a keyring must be readable by its owner (and at most its group) only: chmod 600 {}",
                 path.display()
             ),
         ));
@@ -456,5 +458,12 @@ mod tests {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         let err = FileKeyring::open(&path).unwrap_err().to_string();
         assert!(err.contains("chmod 600"), "{err}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(
+            FileKeyring::open(&path).is_ok(),
+            "group read (a Kubernetes Secret) is allowed"
+        );
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o604)).unwrap();
+        assert!(FileKeyring::open(&path).is_err());
     }
 }

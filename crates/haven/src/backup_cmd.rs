@@ -500,14 +500,15 @@ pub async fn create(config: &Config, out: &Path) -> anyhow::Result<()> {
         std::fs::remove_dir_all(&partial)
             .with_context(|| format!("cannot remove {}", partial.display()))?;
     }
-    // Owner-only: a backup holds patient data and the identity provider's keys.
+    // Owner-only: a backup holds patient data (sealed) and the identity provider's keys.
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(&partial)
         .with_context(|| format!("cannot create {}", partial.display()))?;
 
-    let store = serve::open_store(config).await?;
+    // The backup copies what is stored (sealed bodies, wrapped data keys): it needs no key.
+    let store = serve::open_raw_store(config).await?;
     let started = Instant::now();
     let created = Timestamp::now();
     let mut sink = DirSink {

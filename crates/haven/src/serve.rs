@@ -163,7 +163,12 @@ pub async fn run(config: Config, role: Role, audit_writes: bool) -> anyhow::Resu
     let metrics = telemetry::init_metrics()?;
     let process = metrics_process::Collector::default();
     process.describe();
-    let (store, keys) = open_sealed_for(&config, true).await?;
+    // The identity module never reads resource bodies: it gets no keys.
+    let (store, keys) = if role == Role::Identity {
+        (open_raw_store(&config).await?, None)
+    } else {
+        open_sealed_for(&config, true).await?
+    };
 
     let listener = TcpListener::bind(config.listen)
         .await
@@ -194,6 +199,7 @@ pub async fn run(config: Config, role: Role, audit_writes: bool) -> anyhow::Resu
             tokio::spawn(crate::keys_cmd::watch_keys(keys.clone(), store.clone()));
             tracing::info!(provider = %keys.provider().describe(), "encryption at rest on");
         }
+        None if role == Role::Identity => {}
         None => tracing::warn!(
             "encryption at rest is OFF (--benchmark-without-encryption): bodies are stored in \
              clear; this mode exists only to measure what encryption costs"

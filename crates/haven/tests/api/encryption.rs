@@ -465,3 +465,31 @@ async fn rotation_rewraps_keys_under_load_without_failed_requests() {
     }
     eprintln!("rotation under load: {served} requests served, none failed");
 }
+
+#[tokio::test]
+async fn the_erase_operation_is_for_administrators_only_and_audited() {
+    let app = spawn_app().await;
+    let p = app.create(&patient()).await;
+    let pid = p["id"].as_str().unwrap();
+    let body = json!({"resourceType": "Parameters", "parameter": [
+        {"name": "reason", "valueString": "GDPR Art. 17 request #1"}]});
+    // The suite's client is a backend system, not a person with the admin role.
+    let r = app.post_json(&format!("Patient/{pid}/$erase"), &body).await;
+    assert_outcome(&r, 403, "forbidden");
+    let r = app.get(&format!("Patient/{pid}/$erase")).await;
+    assert_eq!(r.status, 405, "{}", r.text());
+    let r = app
+        .post_json(
+            &format!("Patient/{pid}/$erase"),
+            &json!({"resourceType": "Patient"}),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    // Nothing was erased, and the refusal is in the audit trail.
+    app.get(&format!("Patient/{pid}")).await.assert_status(200);
+    let line = app
+        .wait_for_log(|l| l.contains("patient-erase"))
+        .await
+        .expect("the refused erasure's audit line");
+    assert!(line.contains("403") || line.contains("failure"), "{line}");
+}
