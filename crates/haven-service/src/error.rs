@@ -19,7 +19,7 @@
 //! | `TooLarge`            | 413    | too-long        | body or Bundle over the configured limit           |
 //! | `UnsupportedMedia`    | 415    | not-supported   | `Content-Type` we do not read                      |
 //! | `Unprocessable`       | 422    | business-rule   | valid FHIR that breaks a server rule               |
-//! | `Unavailable`         | 503    | transient       | database unreachable or shutting down (+Retry-After)|
+//! | `Unavailable`         | 503    | transient       | database or key provider unreachable (+Retry-After) |
 //! | `OutcomeUnknown`      | 500    | exception       | connection lost while committing: saved or not     |
 //! | `Internal`            | 500    | exception       | a bug; details go to the log only                  |
 //!
@@ -94,7 +94,7 @@ impl From<StoreError> for ServiceError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Unavailable(detail) => {
-                tracing::warn!(%detail, "database unavailable");
+                tracing::warn!(%detail, "database or key provider unavailable");
                 ServiceError::Unavailable
             }
             StoreError::VersionConflict(detail) => {
@@ -187,7 +187,8 @@ impl ServiceError {
             ServiceError::Unprocessable(m) => one(IssueCode::BusinessRule, m.clone()),
             ServiceError::Unavailable => one(
                 IssueCode::Transient,
-                "the database is temporarily unavailable; retry after a few seconds".into(),
+                "the database or the key service is temporarily unavailable; retry after a few seconds"
+                    .into(),
             ),
             ServiceError::OutcomeUnknown => one(
                 IssueCode::Exception,

