@@ -898,6 +898,11 @@ impl Config {
             .map_err(|e| ConfigError::Invalid(format!("trusted_proxies: {e}")))
     }
 
+    /// `https` when Haven terminates TLS itself, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
+
     pub fn statement_timeout(&self) -> std::time::Duration {
         std::time::Duration::from_millis(self.limits.statement_timeout_ms)
     }

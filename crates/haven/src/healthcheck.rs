@@ -3,9 +3,9 @@
 //!
 //! With `[tls]` the probe speaks TLS and trusts exactly the certificate in `tls.cert_file`
 //! (pinned: it checks its own server, whatever CA signed it). With mutual TLS it has no client
-//! certificate, so the server refuses its request: the liveness probe then counts a handshake
-//! that ends in the server's request for a client certificate as alive; `--ready` cannot be
-//! answered and fails with the reason.
+//! certificate, so it cannot send a request: the liveness probe counts a handshake that ends in
+//! the server's `certificate_required` alert as alive; `--ready` cannot be answered and fails
+//! with the reason.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -55,21 +55,37 @@ fn probe(config: &Config, path: &str, ready: bool) -> Result<(), String> {
     let Some(tls) = &config.tls else {
         return get(s, addr, path);
     };
-    let stream = tls_stream(s, addr, tls)?;
-    match get(stream, addr, path) {
-        Err(e) if tls.client_ca_file.is_some() && e.contains("CertificateRequired") => {
-            if ready {
-                Err(format!(
-                    "{addr} requires a client certificate (mutual TLS), so readiness cannot \
-                     be probed from here; use a TCP probe, or probe through a client with a \
-                     certificate"
-                ))
-            } else {
-                Ok(())
-            }
-        }
-        other => other,
+    let mut stream = tls_stream(s, addr, tls)?;
+    if tls.client_ca_file.is_none() {
+        return get(stream, addr, path);
     }
+    // Mutual TLS: no request, only the handshake (with the pinned certificate) and the server's
+    // verdict on the missing client certificate. (Writing a request first would race that
+    // verdict and could meet a closed connection instead.)
+    let mut byte = [0u8; 1];
+    match stream.read(&mut byte) {
+        Err(e) if certificate_required(&e) && !ready => Ok(()),
+        Err(e) if certificate_required(&e) => Err(format!(
+            "{addr} requires a client certificate (mutual TLS), so readiness cannot be probed \
+             from here; use a TCP probe, or probe through a client with a certificate"
+        )),
+        Err(e) => Err(format!("no TLS answer from {addr}: {e}")),
+        Ok(_) => Err(format!(
+            "{addr} did not ask for a client certificate, though tls.client_ca_file is set"
+        )),
+    }
+}
+
+/// The server's `certificate_required` alert (TLS 1.3, RFC 8446 §4.4.2.4).
+fn certificate_required(e: &std::io::Error) -> bool {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|r| {
+            matches!(
+                r,
+                rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired)
+            )
+        })
 }
 
 fn get(mut s: impl Read + Write, addr: SocketAddr, path: &str) -> Result<(), String> {

@@ -135,7 +135,7 @@ pub async fn run(config: Config, role: Role, audit_writes: bool) -> anyhow::Resu
         .as_ref()
         .map(crate::tls::TlsServer::load)
         .transpose()?;
-    let scheme = if tls.is_some() { "https" } else { "http" };
+    let scheme = config.scheme();
     let metrics = telemetry::init_metrics()?;
     let process = metrics_process::Collector::default();
     process.describe();
@@ -271,7 +271,7 @@ pub async fn run(config: Config, role: Role, audit_writes: bool) -> anyhow::Resu
         base_url = %base_url,
         role = ?role,
         backend,
-        tls = scheme == "https",
+        tls = config.tls.is_some(),
         mutual_tls,
         "haven listening"
     );

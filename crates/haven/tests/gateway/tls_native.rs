@@ -431,3 +431,30 @@ async fn a_silent_client_is_dropped_after_the_handshake_timeout() {
         "closed after {waited:?}, expected about 10 s"
     );
 }
+
+#[tokio::test]
+async fn sigterm_stops_a_tls_server_cleanly() {
+    let mut h = Native::start(false).await;
+    // One connection served and kept alive, one still in its handshake: neither holds up the
+    // shutdown (axum closes idle connections; handshakes die with the accept task).
+    let (code, status, text) = h.curl("/healthz", &[]).await;
+    assert_eq!((code, status), (Some(0), 200), "{text}");
+    let _silent = tokio::net::TcpStream::connect(("127.0.0.1", h.port))
+        .await
+        .unwrap();
+    h.app.sigterm();
+    let status = h.app.wait_exit(Duration::from_secs(10)).await;
+    assert!(status.success(), "{status:?}: {}", h.app.stderr());
+    assert!(
+        tokio::net::TcpStream::connect(("127.0.0.1", h.port))
+            .await
+            .is_err(),
+        "the port still accepts connections"
+    );
+    assert!(
+        h.app
+            .wait_for_log(|l| l.contains("\"stopped\""))
+            .await
+            .is_some()
+    );
+}
