@@ -17,6 +17,9 @@ For every overlay:
     Egress, no rules;
   - no RoleBinding gives a Haven ServiceAccount anything, and no Role grants wildcards,
     Secrets or pods/exec;
+  - every Haven container's environment passes the binary's start-up refusals: plain HTTP
+    beyond loopback only with HAVEN_BEHIND_GATEWAY, HAVEN_TRUSTED_PROXIES and an https public
+    URL (or [tls]); PGSSLMODE, when set, is verify-full;
   - references resolve: Ingress -> Service and port, Service -> pods, HPA -> workload,
     PodDisruptionBudget and NetworkPolicy -> pods, envFrom -> ConfigMap, serviceAccountName ->
     ServiceAccount, storage classes (claim templates, PersistentVolumeClaims, database volumes)
@@ -175,6 +178,27 @@ def haven_violations(kind, spec):
     for vol in spec.get("volumes") or []:
         if "secret" in vol and (vol["secret"].get("defaultMode", 0o644) & 0o007):
             v.append(f"volume {vol['name']}: Secret files readable by others (defaultMode)")
+    return v
+
+
+def haven_startup_violations(env):
+    """What `haven` would refuse at start-up in this environment (crates/haven/src/config.rs
+    validate_listen, hops.rs): plain HTTP beyond loopback only behind a declared gateway; a
+    database URL read from a file is checked by Haven itself, so here only PGSSLMODE, when set,
+    must be verify-full."""
+    v = []
+    listen = env.get("HAVEN_LISTEN", "127.0.0.1:8080")
+    host = listen.rsplit(":", 1)[0].strip("[]")
+    loopback = host == "localhost" or host.startswith("127.") or host == "::1"
+    if not loopback and not env.get("HAVEN_TLS__CERT_FILE"):
+        if (env.get("HAVEN_BEHIND_GATEWAY") or "").lower() != "true":
+            v.append(f"HAVEN_LISTEN={listen} in plain HTTP without HAVEN_BEHIND_GATEWAY=true or [tls]")
+        if not (env.get("HAVEN_TRUSTED_PROXIES") or "").strip():
+            v.append("HAVEN_BEHIND_GATEWAY needs HAVEN_TRUSTED_PROXIES (the gateway)")
+        if not (env.get("HAVEN_PUBLIC_URL") or "").startswith("https://"):
+            v.append("HAVEN_BEHIND_GATEWAY needs an https:// HAVEN_PUBLIC_URL")
+    if "PGSSLMODE" in env and env["PGSSLMODE"] != "verify-full":
+        v.append(f"PGSSLMODE={env['PGSSLMODE']}: Haven accepts only verify-full for a remote database")
     return v
 
 
@@ -341,6 +365,22 @@ def check_overlay(ck, overlay, docs):
             problems.append(f"{ident(cert)}: Issuer {ref['name']} is not defined in its namespace")
     ck.check(f"{p} references resolve (Ingress, Services, HPA, PDB, ConfigMaps, claims, StorageClasses, issuers)", problems)
 
+    # Haven's start-up refusals (issue 8), judged on each Haven container's environment, so a
+    # manifest cannot ship a configuration the binary would refuse to start with.
+    problems = []
+    for d, _, spec in workloads:
+        for _, c in containers(spec):
+            if c.get("image", "").split("@")[0].rsplit("/", 1)[-1].split(":")[0] != "haven":
+                continue
+            env = {}
+            for e in c.get("envFrom") or []:
+                ref = (e.get("configMapRef") or {}).get("name")
+                cm = named("ConfigMap", ref, d["metadata"].get("namespace")) if ref else None
+                env.update((cm or {}).get("data") or {})
+            env.update({e["name"]: e.get("value") for e in c.get("env") or [] if "value" in e})
+            problems += [f"{ident(d)} {c['name']}: {m}" for m in haven_startup_violations(env)]
+    ck.check(f"{p} Haven's environment passes its start-up checks (TLS or a declared gateway; verified TLS to the database)", problems)
+
     # What each overlay promises.
     def args(d):
         return [a for _, c in containers(pod_template(d)[1]) for a in c.get("args") or []]
@@ -502,8 +542,24 @@ def self_test(ck, docs):
         mutate(pol["spec"])
         if is_default_deny(pol):
             missed.append(f"default-deny check accepts a policy with {what}")
-    ck.check(f"self-test: {len(breaks)} restricted, {len(haven_breaks)} Haven and 4 default-deny "
-             "violations are each detected", missed)
+    gateway = {"HAVEN_LISTEN": "0.0.0.0:8080", "HAVEN_BEHIND_GATEWAY": "true",
+               "HAVEN_TRUSTED_PROXIES": "10.244.0.0/16", "HAVEN_PUBLIC_URL": "https://x/fhir"}
+    if haven_startup_violations(gateway) or haven_startup_violations({}) or haven_startup_violations(
+            {"HAVEN_LISTEN": "0.0.0.0:8080", "HAVEN_TLS__CERT_FILE": "/c"}):
+        missed.append("start-up check refuses a valid environment")
+    startup_breaks = {
+        "no behind_gateway": lambda e: e.pop("HAVEN_BEHIND_GATEWAY"),
+        "no trusted proxies": lambda e: e.update(HAVEN_TRUSTED_PROXIES=""),
+        "http public_url": lambda e: e.update(HAVEN_PUBLIC_URL="http://x/fhir"),
+        "PGSSLMODE=require": lambda e: e.update(PGSSLMODE="require"),
+    }
+    for what, mutate in startup_breaks.items():
+        env = dict(gateway)
+        mutate(env)
+        if not haven_startup_violations(env):
+            missed.append(f"start-up check accepts: {what}")
+    ck.check(f"self-test: {len(breaks)} restricted, {len(haven_breaks)} Haven, "
+             f"{len(startup_breaks)} start-up and 4 default-deny violations are each detected", missed)
 
 
 def main():

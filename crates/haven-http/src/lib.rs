@@ -22,7 +22,7 @@ use axum::routing::{any, get, post};
 use haven_identity::Identity;
 use haven_service::FhirService;
 
-pub use middleware::{ClientAddress, InvalidTrustedProxy, RequestId, TrustedProxies};
+pub use middleware::{ClientAddress, InvalidTrustedProxy, PeerIdentity, RequestId, TrustedProxies};
 
 /// Renders the Prometheus exposition text; supplied by the binary, which owns the recorder.
 pub type MetricsRender = Arc<dyn Fn() -> String + Send + Sync>;

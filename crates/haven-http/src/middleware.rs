@@ -5,6 +5,10 @@
 //! (the gateway in front of Haven): then it is the right-most `X-Forwarded-For` hop that is not
 //! itself a trusted proxy. Hops to the left of that one were written by the client and prove
 //! nothing; an untrusted peer's `X-Forwarded-For` is ignored entirely.
+//!
+//! When Haven terminates mutual TLS itself, the binary puts the verified client certificate's
+//! names in each request as a [`PeerIdentity`]; it is logged with the request. It names the
+//! calling service at the transport level only: access is still decided by the bearer token.
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -60,12 +64,16 @@ pub(crate) async fn request_id(
         "request",
         request_id = %id,
         client_address = tracing::field::Empty,
+        peer_certificate = tracing::field::Empty,
         method = %req.method(),
         interaction = tracing::field::Empty,
         resource_type = tracing::field::Empty,
     );
     if let Some(ip) = client {
         span.record("client_address", tracing::field::display(ip));
+    }
+    if let Some(peer) = req.extensions().get::<PeerIdentity>() {
+        span.record("peer_certificate", tracing::field::display(peer));
     }
     let is_fhir = req.uri().path().starts_with(crate::FHIR_BASE);
     let started = Instant::now();
@@ -140,6 +148,49 @@ pub(crate) async fn security_headers(req: Request, next: Next) -> Response {
 /// of the request as `client_address`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ClientAddress(pub IpAddr);
+
+/// The names in the client certificate a mutual-TLS connection was verified with (subject
+/// common name, DNS and URI subject alternative names), as a request extension.
+///
+/// It identifies the calling service at the transport level (which CA signed it is the
+/// listener's business); it grants nothing: authorization stays with the bearer token. Names
+/// with characters outside printable ASCII are dropped by [`PeerIdentity::new`], so a
+/// certificate cannot write control characters into a log line.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PeerIdentity {
+    pub common_name: Option<String>,
+    pub dns_names: Vec<String>,
+    pub uris: Vec<String>,
+}
+
+impl PeerIdentity {
+    pub fn new(common_name: Option<String>, dns_names: Vec<String>, uris: Vec<String>) -> Self {
+        let printable = |s: &String| {
+            !s.is_empty() && s.len() <= 256 && s.bytes().all(|b| (0x20..0x7f).contains(&b))
+        };
+        PeerIdentity {
+            common_name: common_name.filter(printable),
+            dns_names: dns_names.into_iter().filter(printable).collect(),
+            uris: uris.into_iter().filter(printable).collect(),
+        }
+    }
+
+    /// The one name a log line shows: a URI SAN (e.g. a SPIFFE id) first, then a DNS SAN,
+    /// then the common name.
+    pub fn name(&self) -> Option<String> {
+        self.uris
+            .first()
+            .map(|u| format!("uri:{u}"))
+            .or_else(|| self.dns_names.first().map(|d| format!("dns:{d}")))
+            .or_else(|| self.common_name.as_ref().map(|c| format!("cn:{c}")))
+    }
+}
+
+impl fmt::Display for PeerIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name().as_deref().unwrap_or("unnamed"))
+    }
+}
 
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
 
@@ -502,6 +553,25 @@ mod tests {
         assert!(err("10.0.0.1/8").contains("host bits"));
         assert!(err("").contains("not an IP address"));
         assert!(TrustedProxies::parse(["10.0.0.1", " ::1 ", "fd00::/8"]).is_ok());
+    }
+
+    #[test]
+    fn peer_identity_prefers_uri_then_dns_then_cn_and_drops_unprintable_names() {
+        let p = PeerIdentity::new(
+            Some("svc".into()),
+            vec!["svc.example.org".into()],
+            vec!["spiffe://example.org/lab".into()],
+        );
+        assert_eq!(p.to_string(), "uri:spiffe://example.org/lab");
+        let p = PeerIdentity::new(Some("svc".into()), vec!["svc.example.org".into()], vec![]);
+        assert_eq!(p.to_string(), "dns:svc.example.org");
+        let p = PeerIdentity::new(
+            Some("svc\n\"forged\"".into()),
+            vec!["a\u{7f}".into()],
+            vec![],
+        );
+        assert_eq!(p, PeerIdentity::default());
+        assert_eq!(p.to_string(), "unnamed");
     }
 
     /// The middleware puts the address in the request extensions, from the connection's peer

@@ -40,8 +40,8 @@ impl Serialize for Secret {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// Address to listen on. A non-loopback address needs an `https://` `public_url`: tokens
-    /// and passwords must reach Haven through TLS (the gateway's).
+    /// Address to listen on. A non-loopback address needs `[tls]` (Haven terminates TLS), or
+    /// `behind_gateway` (a gateway does): tokens and passwords never cross a network in clear.
     pub listen: SocketAddr,
     /// Directory holding the embedded database (created with owner-only permissions).
     pub data_dir: PathBuf,
@@ -49,7 +49,7 @@ pub struct Config {
     /// PostgreSQL instead of the embedded SQLite database. Secret: it may hold a password.
     pub database_url: Option<Secret>,
     /// Public base URL of the FHIR API (used in `Location` and `fullUrl`); defaults to
-    /// `http://<listen>/fhir`.
+    /// `http://<listen>/fhir` (`https://` with `[tls]`).
     pub public_url: Option<String>,
     /// Seconds to let in-flight requests finish after SIGTERM before exiting.
     pub shutdown_grace_seconds: u64,
@@ -58,7 +58,12 @@ pub struct Config {
     /// (`HAVEN_TRUSTED_PROXIES=127.0.0.1,10.0.0.0/8`). Empty: the TCP peer is the client.
     #[serde(deserialize_with = "list_or_comma_separated")]
     pub trusted_proxies: Vec<String>,
+    /// The gateway terminates TLS; plain HTTP only from it. Lets Haven listen on a non-loopback
+    /// address without `[tls]`; needs `trusted_proxies` (the gateway) and an https `public_url`.
+    pub behind_gateway: bool,
     pub limits: LimitsConfig,
+    /// Haven terminates TLS itself (docs/OPERATIONS.md, "TLS in Haven itself").
+    pub tls: Option<TlsConfig>,
     pub log: LogConfig,
     pub metrics: MetricsConfig,
     pub audit: AuditConfig,
@@ -103,6 +108,28 @@ impl Default for EncryptionConfig {
             benchmark_off: false,
         }
     }
+}
+
+/// `[tls]`: certificate and key served, optional mutual TLS, reload without restart.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The certificate chain (PEM), server certificate first, then intermediates.
+    pub cert_file: PathBuf,
+    /// Its private key (PEM: PKCS#8, SEC1 or PKCS#1).
+    pub key_file: PathBuf,
+    /// Mutual TLS: every client must present a certificate signed by a CA in this PEM file.
+    /// It identifies the calling service (logged); the bearer token still decides access.
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+    /// Seconds between checks of the three files; a changed, valid certificate is served
+    /// without a restart, a broken one is logged and the old one kept (1 to 3600; default 10).
+    #[serde(default = "default_tls_reload_seconds")]
+    pub reload_seconds: u64,
+}
+
+fn default_tls_reload_seconds() -> u64 {
+    10
 }
 
 /// `[authorization]`.
@@ -333,7 +360,9 @@ impl Default for Config {
             public_url: None,
             shutdown_grace_seconds: 30,
             trusted_proxies: Vec::new(),
+            behind_gateway: false,
             limits: LimitsConfig::default(),
+            tls: None,
             log: LogConfig::default(),
             metrics: MetricsConfig::default(),
             audit: AuditConfig::default(),
@@ -415,16 +444,13 @@ pub fn load_from(overrides: &Overrides, env: &[(String, String)]) -> Result<Conf
         .filter(|(k, _)| k.starts_with(PREFIX) && k != "HAVEN_CONFIG")
         .cloned()
         .collect();
-    // Plain HAVEN_* variables.
-    let plain: Vec<(String, String)> = vars
-        .iter()
-        .filter(|(k, _)| !k.ends_with("_FILE"))
-        .cloned()
-        .collect();
+    // Plain HAVEN_* variables (a setting named `*_file` is one: its value is the path).
+    let indirect = |k: &str| k.ends_with("_FILE") && !names_file_key(k);
+    let plain: Vec<(String, String)> = vars.iter().filter(|(k, _)| !indirect(k)).cloned().collect();
     fig = fig.merge(env_provider(&plain));
     // HAVEN_*_FILE: the value comes from the named file.
     let mut from_files = Vec::new();
-    for (k, path) in vars.iter().filter(|(k, _)| k.ends_with("_FILE")) {
+    for (k, path) in vars.iter().filter(|(k, _)| indirect(k)) {
         let content = std::fs::read_to_string(path).map_err(|e| ConfigError::SecretFile {
             var: k.clone(),
             path: path.clone(),
@@ -448,7 +474,28 @@ pub fn load_from(overrides: &Overrides, env: &[(String, String)]) -> Result<Conf
         .extract()
         .map_err(|e| ConfigError::Invalid(describe(e)))?;
     config.validate()?;
+    // The process environment too: the PostgreSQL driver reads PGSSLMODE and PGHOST from it.
+    crate::hops::refuse_clear_hops(&config, |k| {
+        env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+    })
+    .map_err(ConfigError::Invalid)?;
     Ok(config)
+}
+
+/// Settings whose own name ends in `_file`. `HAVEN_TLS__CERT_FILE=/p` sets `tls.cert_file`; it
+/// is not the `*_FILE` indirection (which would read `tls.cert` from `/p`). A test keeps the
+/// list complete.
+const FILE_KEYS: [&str; 5] = [
+    "authorization.policy_file",
+    "identity.ldap.ca_file",
+    "tls.cert_file",
+    "tls.key_file",
+    "tls.client_ca_file",
+];
+
+fn names_file_key(var: &str) -> bool {
+    let key = var[PREFIX.len()..].to_ascii_lowercase().replace("__", ".");
+    FILE_KEYS.contains(&key.as_str())
 }
 
 /// A figment provider over a fixed set of `HAVEN_*` pairs (not the live process environment).
@@ -760,19 +807,7 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
-        if !self.listen.ip().is_loopback()
-            && !self
-                .public_url
-                .as_deref()
-                .is_some_and(|u| u.starts_with("https://"))
-        {
-            return bad(format!(
-                "refusing to listen on {} without an https:// public_url: passwords and tokens \
-                 must reach Haven through TLS. Set public_url to the address clients use \
-                 (the gateway's, e.g. https://ehr.example.org/fhir), or listen on 127.0.0.1",
-                self.listen
-            ));
-        }
+        self.validate_listen()?;
         self.validate_identity()?;
         if let Some(url) = &self.database_url
             && !(url.expose().starts_with("postgres://")
@@ -861,10 +896,61 @@ impl Config {
         Ok(())
     }
 
+    /// Plain HTTP only on loopback or behind a declared gateway; otherwise TLS here.
+    fn validate_listen(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        let https_public_url = self
+            .public_url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("https://"));
+        if let Some(t) = &self.tls {
+            if !(1..=3600).contains(&t.reload_seconds) {
+                return bad("tls.reload_seconds must be between 1 and 3600".into());
+            }
+            if self.public_url.is_some() && !https_public_url {
+                return bad("with [tls], public_url must start with https://".into());
+            }
+            return Ok(());
+        }
+        if self.listen.ip().is_loopback() {
+            return Ok(());
+        }
+        if !self.behind_gateway {
+            return bad(format!(
+                "refusing to serve plain HTTP on {}: passwords and tokens would cross the \
+                 network in clear. Configure [tls] (cert_file, key_file; `haven dev-certs` makes \
+                 a local set), or, when a gateway in front terminates TLS, set \
+                 behind_gateway = true with trusted_proxies naming it; or listen on 127.0.0.1",
+                self.listen
+            ));
+        }
+        if self.trusted_proxies.is_empty() {
+            return bad(format!(
+                "behind_gateway = true needs trusted_proxies: the address or network of the \
+                 gateway that terminates TLS and alone sends plain HTTP to {} \
+                 (e.g. trusted_proxies = [\"10.244.0.0/16\"])",
+                self.listen
+            ));
+        }
+        if !https_public_url {
+            return bad(
+                "behind_gateway = true needs an https:// public_url: the address clients reach \
+                 the gateway at (e.g. https://ehr.example.org/fhir)"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
     /// The parsed `trusted_proxies` (checked by `validate`, so an error here means a bad entry).
     pub fn trusted_proxies(&self) -> Result<haven_http::TrustedProxies, ConfigError> {
         haven_http::TrustedProxies::parse(self.trusted_proxies.iter().map(String::as_str))
             .map_err(|e| ConfigError::Invalid(format!("trusted_proxies: {e}")))
+    }
+
+    /// `https` when Haven terminates TLS itself, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
     }
 
     pub fn statement_timeout(&self) -> std::time::Duration {
@@ -965,7 +1051,7 @@ mod tests {
             ("HAVEN_METRICS__TOKEN_FILE", secret.to_str().unwrap()),
             (
                 "HAVEN_DATABASE_URL",
-                "postgres://haven:pa55word@db.internal:5432/haven",
+                "postgres://haven:pa55word@db.internal:5432/haven?sslmode=verify-full",
             ),
             ("UNRELATED", "x"),
         ]);
@@ -1006,16 +1092,7 @@ mod tests {
                 .unwrap_err()
                 .to_string()
         };
-        assert!(err(&[("HAVEN_LISTEN", "0.0.0.0:8080")]).contains("https:// public_url"));
-        // Behind a TLS gateway, any address may be used.
-        let behind_tls = load_from(
-            &Overrides::default(),
-            &env(&[
-                ("HAVEN_LISTEN", "0.0.0.0:8080"),
-                ("HAVEN_PUBLIC_URL", "https://ehr.example.org/fhir"),
-            ]),
-        );
-        assert!(behind_tls.is_ok(), "{behind_tls:?}");
+        assert!(err(&[("HAVEN_LISTEN", "0.0.0.0:8080")]).contains("behind_gateway"));
         assert!(
             err(&[("HAVEN_IDENTITY__ACCESS_TOKEN_SECONDS", "3600")])
                 .contains("access_token_seconds")
@@ -1048,6 +1125,12 @@ mod tests {
     fn reference_documents_every_key() {
         let doc = include_str!("../../../docs/configuration.md");
         let c = Config {
+            tls: Some(TlsConfig {
+                cert_file: "/c.pem".into(),
+                key_file: "/k.pem".into(),
+                client_ca_file: Some("/ca.pem".into()),
+                reload_seconds: 10,
+            }),
             public_url: Some("http://x".into()),
             database_url: Some(Secret("postgres://h/db".into())),
             metrics: MetricsConfig {
@@ -1070,6 +1153,76 @@ mod tests {
                 "docs/configuration.md lacks `{key}`"
             );
         }
+    }
+
+    /// Every setting named `*_file` is in FILE_KEYS, so its variable is not taken for a
+    /// `*_FILE` indirection; and such a variable sets the path.
+    #[test]
+    fn settings_named_file_are_plain_paths_in_the_environment() {
+        let mut c = Config {
+            tls: Some(TlsConfig {
+                cert_file: "/c".into(),
+                key_file: "/k".into(),
+                client_ca_file: Some("/ca".into()),
+                reload_seconds: 10,
+            }),
+            ..Config::default()
+        };
+        c.authorization.policy_file = Some("/p".into());
+        c.identity.ldap = Some(LdapSection {
+            url: "ldaps://x".into(),
+            starttls: false,
+            ca_file: Some("/ldap-ca".into()),
+            bind_dn: None,
+            bind_password: None,
+            user_base: "dc=x".into(),
+            user_filter: None,
+            group_base: String::new(),
+            group_filter: None,
+            group_name_attribute: None,
+            disabled_filter: None,
+            role_map: Default::default(),
+            timeout_secs: None,
+            require_tls: None,
+        });
+        fn walk(prefix: &str, v: &toml::Value, out: &mut Vec<String>) {
+            if let Some(t) = v.as_table() {
+                for (k, v) in t {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    walk(&key, v, out);
+                }
+            } else {
+                out.push(prefix.to_owned());
+            }
+        }
+        let mut keys = Vec::new();
+        walk("", &toml::Value::try_from(&c).unwrap(), &mut keys);
+        let mut named_file: Vec<&str> = keys
+            .iter()
+            .map(String::as_str)
+            .filter(|k| k.ends_with("_file"))
+            .collect();
+        named_file.sort_unstable();
+        let mut listed = FILE_KEYS.to_vec();
+        listed.sort_unstable();
+        assert_eq!(named_file, listed);
+
+        let c = load_from(
+            &Overrides::default(),
+            &env(&[
+                ("HAVEN_TLS__CERT_FILE", "/etc/haven/tls.crt"),
+                ("HAVEN_TLS__KEY_FILE", "/etc/haven/tls.key"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            c.tls.unwrap().cert_file,
+            PathBuf::from("/etc/haven/tls.crt")
+        );
     }
 
     #[test]
@@ -1135,6 +1288,110 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("trusted_proxies"), "{e}");
+    }
+
+    /// Plain HTTP beyond loopback only from a declared gateway (issue 8); TLS anywhere.
+    #[test]
+    fn non_loopback_listen_needs_tls_or_a_declared_gateway() {
+        let load = |pairs: &[(&str, &str)]| load_from(&Overrides::default(), &env(pairs));
+        let err = |pairs: &[(&str, &str)]| load(pairs).unwrap_err().to_string();
+        let listen = ("HAVEN_LISTEN", "0.0.0.0:8080");
+        let https = ("HAVEN_PUBLIC_URL", "https://ehr.example.org/fhir");
+        let gateway = ("HAVEN_BEHIND_GATEWAY", "true");
+        let proxies = ("HAVEN_TRUSTED_PROXIES", "10.244.0.0/16");
+        // An https public_url alone no longer suffices (the old rule): nothing says who may
+        // send plain HTTP.
+        let e = err(&[listen, https]);
+        assert!(e.contains("[tls]") && e.contains("behind_gateway"), "{e}");
+        assert!(err(&[("HAVEN_LISTEN", "[::]:8080"), https]).contains("behind_gateway"));
+        assert!(err(&[("HAVEN_LISTEN", "192.0.2.1:8080"), https]).contains("behind_gateway"));
+        let e = err(&[listen, https, gateway]);
+        assert!(e.contains("needs trusted_proxies"), "{e}");
+        let e = err(&[listen, gateway, proxies]);
+        assert!(e.contains("https:// public_url"), "{e}");
+        let e = err(&[
+            listen,
+            gateway,
+            proxies,
+            ("HAVEN_PUBLIC_URL", "http://x/fhir"),
+        ]);
+        assert!(e.contains("https:// public_url"), "{e}");
+        let c = load(&[listen, https, gateway, proxies]).unwrap();
+        assert!(c.behind_gateway && c.tls.is_none());
+        // With TLS, any address; an http public_url would contradict it.
+        let cert = ("HAVEN_TLS__CERT_FILE", "/etc/haven/tls.crt");
+        let key = ("HAVEN_TLS__KEY_FILE", "/etc/haven/tls.key");
+        let c = load(&[listen, cert, key]).unwrap();
+        let tls = c.tls.unwrap();
+        assert_eq!(tls.reload_seconds, 10);
+        assert!(tls.client_ca_file.is_none());
+        assert!(
+            err(&[listen, cert, key, ("HAVEN_PUBLIC_URL", "http://x/fhir")]).contains("https://")
+        );
+        assert!(
+            err(&[listen, cert, key, ("HAVEN_TLS__RELOAD_SECONDS", "0")])
+                .contains("reload_seconds")
+        );
+        assert!(err(&[listen, cert]).contains("key_file"));
+        // Loopback needs neither.
+        assert!(load(&[("HAVEN_LISTEN", "127.0.0.1:8080")]).is_ok());
+    }
+
+    /// Encrypted hops: a remote database only with verified TLS; a remote plain LDAP
+    /// directory only with StartTLS.
+    #[test]
+    fn remote_hops_in_clear_are_refused() {
+        let load = |pairs: &[(&str, &str)]| load_from(&Overrides::default(), &env(pairs));
+        let db = |url: &str| ("HAVEN_DATABASE_URL", url.to_owned());
+        let err = |pairs: &[(&str, String)]| {
+            let pairs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            load(&pairs).unwrap_err().to_string()
+        };
+        let ok = |pairs: &[(&str, String)]| {
+            let pairs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            load(&pairs)
+                .map(|_| ())
+                .unwrap_or_else(|e| panic!("{pairs:?}: {e}"));
+        };
+        let e = err(&[db("postgres://haven:pa55word@db.internal:5432/haven")]);
+        assert!(
+            e.contains("db.internal") && e.contains("sslmode=verify-full"),
+            "{e}"
+        );
+        assert!(!e.contains("pa55word"), "the password leaked: {e}");
+        let e = err(&[db("postgres://haven@db.internal/haven?sslmode=require")]);
+        assert!(e.contains("sslmode=require"), "{e}");
+        ok(&[db(
+            "postgres://haven@db.internal/haven?sslmode=verify-full&sslrootcert=/ca.crt",
+        )]);
+        ok(&[db("postgres://haven@127.0.0.1:5432/haven")]);
+        ok(&[db("postgres://haven@localhost/haven")]);
+        // The driver's own environment counts, as the driver reads it.
+        ok(&[
+            db("postgres://haven@db.internal/haven"),
+            ("PGSSLMODE", "verify-full".into()),
+        ]);
+        assert!(
+            err(&[db("postgres:///haven"), ("PGHOST", "db.internal".into())])
+                .contains("db.internal")
+        );
+        let ldap = |url: &str, starttls: bool| {
+            vec![
+                ("HAVEN_IDENTITY__LDAP__URL", url.to_owned()),
+                (
+                    "HAVEN_IDENTITY__LDAP__USER_BASE",
+                    "ou=people,dc=example,dc=org".to_owned(),
+                ),
+                ("HAVEN_IDENTITY__LDAP__STARTTLS", starttls.to_string()),
+                // The directory module's own rule is not what is tested here.
+                ("HAVEN_IDENTITY__LDAP__REQUIRE_TLS", "false".to_owned()),
+            ]
+        };
+        let e = err(&ldap("ldap://dc1.example.org", false));
+        assert!(e.contains("identity.ldap") && e.contains("starttls"), "{e}");
+        ok(&ldap("ldap://dc1.example.org", true));
+        ok(&ldap("ldaps://dc1.example.org", false));
+        ok(&ldap("ldap://127.0.0.1:3389", false));
     }
 
     #[test]

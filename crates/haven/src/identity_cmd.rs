@@ -28,14 +28,19 @@ pub fn server_root(config: &Config) -> String {
             .trim_end_matches('/')
             .trim_end_matches(haven_http::FHIR_BASE)
             .to_owned(),
-        None => format!("http://{}", config.listen),
+        None => format!("{}://{}", config.scheme(), config.listen),
     }
 }
 
 pub fn fhir_base(config: &Config) -> String {
     match &config.public_url {
         Some(u) => u.trim_end_matches('/').to_owned(),
-        None => format!("http://{}{}", config.listen, haven_http::FHIR_BASE),
+        None => format!(
+            "{}://{}{}",
+            config.scheme(),
+            config.listen,
+            haven_http::FHIR_BASE
+        ),
     }
 }
 

@@ -3,11 +3,14 @@
 mod audit_cmd;
 mod backup_cmd;
 mod config;
+mod dev_certs;
 mod healthcheck;
+mod hops;
 mod identity_cmd;
 mod keys_cmd;
 mod serve;
 mod telemetry;
+mod tls;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -193,6 +196,20 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Make a local certificate authority, a server certificate for the hosts and client
+    /// certificates (mutual TLS), to try `[tls]` on one machine; prints the configuration to
+    /// use. Never overwrites files. Not for production.
+    DevCerts {
+        /// The directory to write into (created owner-only).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Names and addresses the server certificate is for.
+        #[arg(long, value_delimiter = ',', default_value = "localhost,127.0.0.1")]
+        hosts: Vec<String>,
+        /// Also a client certificate with this name (repeat for more).
+        #[arg(long = "client", value_name = "NAME")]
+        clients: Vec<String>,
+    },
     /// Probe a running server's /healthz (for container health checks); exit 0 when healthy.
     Healthcheck {
         /// Probe /readyz instead: healthy only when the database answers (readiness probes).
@@ -371,6 +388,21 @@ pub enum Role {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Needs no configuration: it makes the files a configuration will name.
+    if let Command::DevCerts {
+        out,
+        hosts,
+        clients,
+    } = &cli.command
+    {
+        return match dev_certs::run(out, hosts, clients) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("haven: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let overrides = config::Overrides {
         config_file: cli.config.clone(),
         listen: cli.listen.clone(),
@@ -392,6 +424,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Healthcheck { ready } => healthcheck::run(&config, ready),
+        Command::DevCerts { .. } => unreachable!("handled before the configuration is loaded"),
         Command::Migrate => run_async(async move { serve::migrate(&config).await }),
         Command::Db {
             command: DbCommand::Grant { app_role },

@@ -160,6 +160,13 @@ pub async fn run(config: Config, role: Role, audit_writes: bool) -> anyhow::Resu
     // graceful shutdown, not the default action (termination).
     let shutdown = shutdown_signal()?;
     telemetry::init_logging(&config)?;
+    // TLS files first: a certificate that does not load stops start-up before anything else.
+    let tls = config
+        .tls
+        .as_ref()
+        .map(crate::tls::TlsServer::load)
+        .transpose()?;
+    let scheme = config.scheme();
     let metrics = telemetry::init_metrics()?;
     let process = metrics_process::Collector::default();
     process.describe();
@@ -178,7 +185,7 @@ pub async fn run(config: Config, role: Role, audit_writes: bool) -> anyhow::Resu
         .public_url
         .clone()
         .map(|u| u.trim_end_matches('/').to_owned())
-        .unwrap_or_else(|| format!("http://{local}{}", haven_http::FHIR_BASE));
+        .unwrap_or_else(|| format!("{scheme}://{local}{}", haven_http::FHIR_BASE));
     let policy = Arc::new(config.policy()?);
     record_policy(&config, store.as_ref(), &policy).await?;
     let (batcher, batching) = haven_service::audit::AuditBatcher::new(store.clone(), 4_096);
@@ -213,7 +220,7 @@ pub async fn run(config: Config, role: Role, audit_writes: bool) -> anyhow::Resu
         );
     }
     let root = config.public_url.as_deref().map_or_else(
-        || format!("http://{local}"),
+        || format!("{scheme}://{local}"),
         |u| {
             u.trim_end_matches('/')
                 .trim_end_matches(haven_http::FHIR_BASE)
@@ -265,7 +272,6 @@ pub async fn run(config: Config, role: Role, audit_writes: bool) -> anyhow::Resu
         // The database may be briefly unreachable at start; readiness reports that.
         Err(e) => tracing::warn!(error = %e, "cannot check the search index version"),
     }
-    // Connect info gives the middleware each request's TCP peer (see `trusted_proxies`).
     tokio::spawn(watch_readiness(service.clone()));
     tokio::spawn(watch_backups(store.clone()));
     // Exported from the start, so an alert sees the first emergency access as an increase.
@@ -274,23 +280,49 @@ pub async fn run(config: Config, role: Role, audit_writes: bool) -> anyhow::Resu
         "Emergency accesses (break-glass) opened through this process."
     );
     metrics::counter!("haven_break_glass_total").absolute(0);
-    let app =
-        haven_http::app(state, modules(role)).into_make_service_with_connect_info::<SocketAddr>();
+    let router = haven_http::app(state, modules(role));
     let backend = if config.database_url.is_some() {
         "postgres"
     } else {
         "sqlite"
     };
-    tracing::info!(address = %local, base_url = %base_url, role = ?role, backend, "haven listening");
-
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = stop_rx.await;
+    let stopped = async move {
+        let _ = stop_rx.await;
+    };
+    let mutual_tls = tls.as_ref().is_some_and(|t| t.mutual());
+    // Connect info gives the middleware each request's TCP peer (see `trusted_proxies`).
+    let server = match tls {
+        Some(tls) => {
+            use crate::tls::listener::{TlsListener, TlsPeer, for_tls};
+            tokio::spawn(tls.clone().watch());
+            let listener = TlsListener::new(listener, tls)?;
+            let app = for_tls(router).into_make_service_with_connect_info::<TlsPeer>();
+            tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stopped)
+                    .await
             })
-            .await
-    });
+        }
+        None => {
+            let app = router.into_make_service_with_connect_info::<SocketAddr>();
+            tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stopped)
+                    .await
+            })
+        }
+    };
+    tracing::info!(
+        address = %local,
+        base_url = %base_url,
+        role = ?role,
+        backend,
+        tls = config.tls.is_some(),
+        mutual_tls,
+        "haven listening"
+    );
+
     shutdown.await;
     tracing::info!("shutdown requested; finishing in-flight requests");
     let _ = stop_tx.send(());

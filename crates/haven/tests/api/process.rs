@@ -129,29 +129,54 @@ async fn sigterm_lets_an_in_flight_request_finish_then_exits_cleanly() {
         .assert_status(200);
 }
 
-/// Passwords and tokens must not cross a network in clear: a non-loopback address needs an
-/// https public URL (the TLS gateway clients reach Haven through).
+/// Passwords and tokens must not cross a network in clear: a non-loopback address needs
+/// `[tls]`, or a declared gateway (`behind_gateway` with `trusted_proxies` and an https
+/// public URL) that terminates TLS in front. An https public URL alone no longer suffices.
 #[tokio::test]
-async fn non_loopback_addresses_need_an_https_public_url() {
+async fn non_loopback_addresses_need_tls_or_a_declared_gateway() {
     let dir = tempfile::tempdir().unwrap();
-    for (listen, public) in [
-        ("0.0.0.0:0", None),
-        ("[::]:0", None),
-        ("192.0.2.1:8080", None),
-        ("0.0.0.0:0", Some("http://ehr.example.org/fhir")),
+    let https = ("HAVEN_PUBLIC_URL", "https://ehr.example.org/fhir");
+    let gateway = ("HAVEN_BEHIND_GATEWAY", "true");
+    for (listen, env, expected) in [
+        ("0.0.0.0:0", vec![], "behind_gateway"),
+        ("[::]:0", vec![https], "behind_gateway"),
+        ("192.0.2.1:8080", vec![https], "[tls]"),
+        ("0.0.0.0:0", vec![https, gateway], "trusted_proxies"),
+        (
+            "0.0.0.0:0",
+            vec![
+                ("HAVEN_PUBLIC_URL", "http://ehr.example.org/fhir"),
+                gateway,
+                ("HAVEN_TRUSTED_PROXIES", "10.0.0.0/8"),
+            ],
+            "https:// public_url",
+        ),
     ] {
-        let mut cmd = haven();
-        cmd.args(["serve", "--listen", listen, "--data-dir"])
+        let out = haven()
+            .args(["serve", "--listen", listen, "--data-dir"])
             .arg(dir.path().join("data"))
-            .stdin(Stdio::null());
-        if let Some(p) = public {
-            cmd.env("HAVEN_PUBLIC_URL", p);
-        }
-        let out = cmd.output().await.unwrap();
-        assert!(!out.status.success(), "{listen} was accepted");
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{listen} {env:?} was accepted");
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains("https:// public_url"), "{listen}: {stderr}");
+        assert!(stderr.contains(expected), "{listen} {env:?}: {stderr}");
     }
+    // Declared, the configuration is valid.
+    let out = haven()
+        .args(["config", "check", "--listen", "0.0.0.0:8080"])
+        .envs([https, gateway, ("HAVEN_TRUSTED_PROXIES", "10.0.0.0/8")])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("behind_gateway = true"));
 }
 
 #[tokio::test]

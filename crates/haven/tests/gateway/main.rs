@@ -2,6 +2,9 @@
 //! script, run by a real nginx in front of the real `haven` binary, and probed with curl,
 //! `openssl s_client` and sslyze.
 //!
+//! `tls_native` checks the same TLS profile, and mutual TLS and certificate reload, with Haven
+//! terminating TLS itself (`[tls]`), no nginx involved.
+//!
 //! Needs nginx (1.22 or newer), openssl, curl and sslyze on the machine; a missing one fails
 //! the test with the install command (`fixture::INSTALL`).
 
@@ -15,3 +18,4 @@ mod http;
 mod local_stack;
 mod smuggling;
 mod tls;
+mod tls_native;

@@ -55,11 +55,12 @@ async fn only_tls_1_2_and_1_3_with_aead_suites() {
     }
 }
 
-/// Runs sslyze against the gateway; returns its success, its report and its JSON result.
-async fn sslyze(gw: &Gateway, extra: &[&str]) -> (bool, String, Value) {
+/// Runs sslyze against `localhost:port` (at 127.0.0.1); returns its success, its report and its
+/// JSON result. Also used against Haven's own TLS (`tls_native`).
+pub async fn sslyze(port: u16, extra: &[&str]) -> (bool, String, Value) {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("sslyze.json");
-    let target = format!("localhost:{}{{127.0.0.1}}", gw.tls_port);
+    let target = format!("localhost:{port}{{127.0.0.1}}");
     let mut args = vec![
         "-m",
         "sslyze",
@@ -85,7 +86,7 @@ async fn sslyze(gw: &Gateway, extra: &[&str]) -> (bool, String, Value) {
 }
 
 /// The compliance issues sslyze lists (`* name: explanation` under its compliance heading).
-fn compliance_issues(report: &str) -> Vec<String> {
+pub fn compliance_issues(report: &str) -> Vec<String> {
     report
         .split("COMPLIANCE AGAINST TLS CONFIGURATION")
         .nth(1)
@@ -103,7 +104,7 @@ async fn sslyze_finds_mozilla_intermediate_compliance() {
 
     // With the throwaway CA as a trust store, sslyze finds nothing to object to.
     let ca = gw.pki.ca.to_str().unwrap().to_owned();
-    let (ok, report, json) = sslyze(&gw, &["--certinfo_ca_file", &ca]).await;
+    let (ok, report, json) = sslyze(gw.tls_port, &["--certinfo_ca_file", &ca]).await;
     assert!(ok, "{report}");
     assert!(report.contains("OK - Compliant."), "{report}");
     assert!(compliance_issues(&report).is_empty(), "{report}");
@@ -200,7 +201,7 @@ async fn sslyze_finds_mozilla_intermediate_compliance() {
     );
 
     // Without it the one objection is trust: the public stores do not know the throwaway CA.
-    let (ok, report, _) = sslyze(&gw, &[]).await;
+    let (ok, report, _) = sslyze(gw.tls_port, &[]).await;
     assert!(!ok, "{report}");
     assert_eq!(
         compliance_issues(&report),
