@@ -7,6 +7,11 @@ mod healthcheck;
 mod identity_cmd;
 mod serve;
 mod telemetry;
+#[expect(
+    dead_code,
+    reason = "the Vault/OpenBao provider is wired into `haven serve` and `haven keys` with the key-provider configuration (issue 8)"
+)]
+mod vault;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -313,6 +318,9 @@ pub enum Role {
 }
 
 fn main() -> ExitCode {
+    // reqwest brings rustls without a crypto provider (its only built-in one is ring): every
+    // HTTP client in the process uses aws-lc-rs, the one provider Haven ships (deny.toml).
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();
     let overrides = config::Overrides {
         config_file: cli.config.clone(),
