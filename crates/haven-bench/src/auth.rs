@@ -226,6 +226,7 @@ mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
 
     fn sent(bearer: &Bearer) -> Option<String> {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let request = bearer
             .authorize(reqwest::Client::new().get("http://127.0.0.1:9/fhir/Patient"))
             .build()

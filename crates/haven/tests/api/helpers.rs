@@ -56,6 +56,14 @@ pub struct TestApp {
 /// The backend the suite runs against: `HAVEN_TEST_BACKEND=postgres` selects PostgreSQL (one
 /// throwaway database per data directory, see `haven_store_postgres::testing`); otherwise the
 /// embedded SQLite store.
+/// A client builder. The workspace's reqwest has rustls without a crypto provider, so the
+/// process's provider (aws-lc-rs, as in the binary) is installed first; building a client
+/// without one panics.
+pub fn http_client() -> reqwest::ClientBuilder {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    reqwest::Client::builder()
+}
+
 pub fn postgres_backend() -> bool {
     std::env::var("HAVEN_TEST_BACKEND").is_ok_and(|b| b == "postgres")
 }
@@ -260,7 +268,7 @@ pub fn uuid_like() -> String {
 /// from the address the test reaches it at).
 async fn suite_token(root: &str, data_dir: &Path) -> Option<String> {
     let pem = std::fs::read_to_string(suite_key_path(data_dir)).ok()?;
-    let http = reqwest::Client::new();
+    let http = http_client().build().ok()?;
     let discovery: Value = http
         .get(format!("{root}/.well-known/openid-configuration"))
         .send()
@@ -383,7 +391,7 @@ pub async fn spawn_server(data_dir: &Path, env: &[(&str, &str)], serve_args: &[&
             header::HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
         );
     }
-    let client = reqwest::Client::builder()
+    let client = http_client()
         .timeout(Duration::from_secs(30))
         .default_headers(headers)
         .build()

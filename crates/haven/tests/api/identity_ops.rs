@@ -41,7 +41,7 @@ async fn add_user(app: &TestApp, name: &str, role: &str) {
 
 /// A plain HTTP client: no suite token, no redirects.
 fn browser() -> reqwest::Client {
-    reqwest::Client::builder()
+    crate::helpers::http_client()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(60))
         .build()

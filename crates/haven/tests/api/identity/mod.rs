@@ -185,7 +185,7 @@ pub async fn add_service(app: &TestApp, id: &str, scope: &str) -> PathBuf {
 
 /// An HTTP client that sends no token and follows no redirect.
 pub fn anonymous() -> reqwest::Client {
-    reqwest::Client::builder()
+    crate::helpers::http_client()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(30))
         .build()
@@ -199,7 +199,7 @@ pub fn bearer(token: &str) -> reqwest::Client {
         header::AUTHORIZATION,
         header::HeaderValue::from_str(&format!("Bearer {token}")).expect("a header-safe token"),
     );
-    reqwest::Client::builder()
+    crate::helpers::http_client()
         .default_headers(headers)
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(30))
