@@ -646,7 +646,7 @@ fn main() -> ExitCode {
         } => {
             let mut intact = false;
             let code = run_async(async {
-                let store = serve::open_store(&config).await?;
+                let store = serve::open_raw_store(&config).await?;
                 intact = audit_cmd::verify(&config, store.clone(), &public_keys, &checkpoint_logs)
                     .await?;
                 store.close().await;
@@ -675,7 +675,7 @@ fn main() -> ExitCode {
                 Some(u) => audit_cmd::parse_when(&u)?,
                 None => haven_domain::Timestamp::now(),
             };
-            let store = serve::open_store(&config).await?;
+            let store = serve::open_raw_store(&config).await?;
             audit_cmd::report(
                 store.clone(),
                 &patient,

@@ -172,7 +172,17 @@ async fn a_body_moved_into_another_row_does_not_open() {
 }
 
 async fn cli(app: &TestApp, args: &[&str]) -> (bool, String) {
-    let out = app.cli().args(args).output().await.expect("run haven");
+    cli_with(app, &[], args).await
+}
+
+async fn cli_with(app: &TestApp, env: &[(&str, &str)], args: &[&str]) -> (bool, String) {
+    let out = app
+        .cli()
+        .envs(env.iter().copied())
+        .args(args)
+        .output()
+        .await
+        .expect("run haven");
     (
         out.status.success(),
         format!(
@@ -195,7 +205,23 @@ fn copy_dir(from: &Path, to: &Path) {
 
 #[tokio::test]
 async fn erasure_destroys_the_key_and_survives_no_copy() {
-    let mut app = spawn_app_with(&sensitive_env()).await;
+    erasure_scenario(&[]).await;
+}
+
+#[tokio::test]
+async fn erasure_with_vault_keys_destroys_the_key_and_survives_no_copy() {
+    let bao = Bao::start().await;
+    erasure_scenario(&bao.env()).await;
+}
+
+/// `keys`: the key provider's settings (none: the default keyring file).
+async fn erasure_scenario(keys: &[(&str, &str)]) {
+    init_keys(keys).await;
+    let env: Vec<(&str, &str)> = sensitive_env()
+        .into_iter()
+        .chain(keys.iter().copied())
+        .collect();
+    let mut app = spawn_app_with(&env).await;
     let p = app.create(&canary_patient()).await;
     let pid = p["id"].as_str().unwrap().to_owned();
     let o = app.create(&canary_observation(&pid)).await;
@@ -215,7 +241,7 @@ async fn erasure_destroys_the_key_and_survives_no_copy() {
     // A backup made before the erasure.
     let backups = tempfile::tempdir().unwrap();
     let backup = backups.path().join("before");
-    let (ok, out) = cli(&app, &["backup", "--out", backup.to_str().unwrap()]).await;
+    let (ok, out) = cli_with(&app, keys, &["backup", "--out", backup.to_str().unwrap()]).await;
     assert!(ok, "{out}");
     // Stop the server (the erasure CLI is a second writer) and, on SQLite, keep a copy of the
     // database files as they were, as a stolen disk or an old snapshot would.
@@ -225,8 +251,9 @@ async fn erasure_destroys_the_key_and_survives_no_copy() {
     copy_dir(&app.data_dir, before.path());
 
     // A legal hold refuses the erasure, and nothing changes.
-    let (ok, out) = cli(
+    let (ok, out) = cli_with(
         &app,
+        keys,
         &[
             "patient",
             "hold",
@@ -237,8 +264,9 @@ async fn erasure_destroys_the_key_and_survives_no_copy() {
     )
     .await;
     assert!(ok, "{out}");
-    let (ok, out) = cli(
+    let (ok, out) = cli_with(
         &app,
+        keys,
         &[
             "patient",
             "erase",
@@ -250,8 +278,9 @@ async fn erasure_destroys_the_key_and_survives_no_copy() {
     .await;
     assert!(!ok, "erasure under a legal hold succeeded: {out}");
     assert!(out.contains("legal hold"), "{out}");
-    let (ok, out) = cli(
+    let (ok, out) = cli_with(
         &app,
+        keys,
         &[
             "patient",
             "hold",
@@ -264,8 +293,9 @@ async fn erasure_destroys_the_key_and_survives_no_copy() {
     .await;
     assert!(ok, "{out}");
 
-    let (ok, out) = cli(
+    let (ok, out) = cli_with(
         &app,
+        keys,
         &[
             "patient",
             "erase",
@@ -280,7 +310,7 @@ async fn erasure_destroys_the_key_and_survives_no_copy() {
     assert!(out.contains("1 kept"), "{out}");
     assert!(out.contains("retired"), "{out}");
 
-    let app2 = spawn_app_in(&app.data_dir, &sensitive_env()).await;
+    let app2 = spawn_app_in(&app.data_dir, &env).await;
     for path in [format!("Patient/{pid}"), format!("Observation/{oid}")] {
         let r = app2.get(&path).await;
         assert_eq!(r.status, 410, "{path}: {}", r.text());
@@ -327,7 +357,9 @@ async fn erasure_destroys_the_key_and_survives_no_copy() {
     let data = target.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
     for f in ["audit-signing.key", "keyring.toml"] {
-        std::fs::copy(app.data_dir.join(f), data.join(f)).unwrap();
+        if app.data_dir.join(f).exists() {
+            std::fs::copy(app.data_dir.join(f), data.join(f)).unwrap();
+        }
     }
     std::fs::copy(suite_key_path(&app.data_dir), suite_key_path(&data)).unwrap();
     let db = if postgres_backend() {
@@ -355,7 +387,7 @@ async fn erasure_destroys_the_key_and_survives_no_copy() {
         "an old backup restored after erasure: {text}"
     );
     assert!(!text.contains("qwertyuiop"), "{text}");
-    let restored = spawn_app_in(&data, &[]).await;
+    let restored = spawn_app_in(&data, keys).await;
     for path in [format!("Patient/{pid}"), format!("Observation/{oid}")] {
         let r = restored.get(&path).await;
         assert_ne!(
@@ -368,12 +400,14 @@ async fn erasure_destroys_the_key_and_survives_no_copy() {
 
     // On SQLite, the database files copied before the erasure do not open either.
     if !postgres_backend() {
-        std::fs::copy(
-            app.data_dir.join("keyring.toml"),
-            before.path().join("keyring.toml"),
-        )
-        .unwrap();
-        let copy_app = spawn_app_in(before.path(), &[]).await;
+        if app.data_dir.join("keyring.toml").exists() {
+            std::fs::copy(
+                app.data_dir.join("keyring.toml"),
+                before.path().join("keyring.toml"),
+            )
+            .unwrap();
+        }
+        let copy_app = spawn_app_in(before.path(), keys).await;
         let r = copy_app.get(&format!("Observation/{oid}")).await;
         assert_ne!(
             r.status, 200,
@@ -385,13 +419,24 @@ async fn erasure_destroys_the_key_and_survives_no_copy() {
 }
 #[tokio::test]
 async fn rotation_rewraps_keys_under_load_without_failed_requests() {
-    let app = spawn_app().await;
+    rotation_scenario(&[]).await;
+}
+
+#[tokio::test]
+async fn rotation_with_vault_keys_rewraps_under_load_without_failed_requests() {
+    let bao = Bao::start().await;
+    rotation_scenario(&bao.env()).await;
+}
+
+async fn rotation_scenario(keys: &[(&str, &str)]) {
+    init_keys(keys).await;
+    let app = spawn_app_with(keys).await;
     let mut ids = Vec::new();
     for _ in 0..20 {
         let p = app.create(&patient()).await;
         ids.push(p["id"].as_str().unwrap().to_owned());
     }
-    let (ok, out) = cli(&app, &["keys", "status"]).await;
+    let (ok, out) = cli_with(&app, keys, &["keys", "status"]).await;
     assert!(ok, "{out}");
     assert!(out.contains("current key version:     1"), "{out}");
 
@@ -432,13 +477,13 @@ async fn rotation_rewraps_keys_under_load_without_failed_requests() {
         })
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (ok, out) = cli(&app, &["keys", "rotate"]).await;
+    let (ok, out) = cli_with(&app, keys, &["keys", "rotate"]).await;
     assert!(ok, "{out}");
     // The server notices the new version and re-wraps in the background.
     let mut done = false;
     let deadline = std::time::Instant::now() + Duration::from_secs(90);
     while std::time::Instant::now() < deadline {
-        let (_, out) = cli(&app, &["keys", "status"]).await;
+        let (_, out) = cli_with(&app, keys, &["keys", "status"]).await;
         if out.contains("current key version:     2") && out.contains("(100.0%)") {
             done = true;
             break;
@@ -450,7 +495,7 @@ async fn rotation_rewraps_keys_under_load_without_failed_requests() {
     assert!(
         done,
         "data keys were not re-wrapped: {}",
-        cli(&app, &["keys", "status"]).await.1
+        cli_with(&app, keys, &["keys", "status"]).await.1
     );
     assert!(
         failed.is_empty(),
@@ -458,7 +503,7 @@ async fn rotation_rewraps_keys_under_load_without_failed_requests() {
     );
     assert!(served > 50, "too little load: {served}");
     // Old versions can now be retired; everything still reads.
-    let (ok, out) = cli(&app, &["keys", "retire"]).await;
+    let (ok, out) = cli_with(&app, keys, &["keys", "retire"]).await;
     assert!(ok, "{out}");
     for id in &ids {
         app.get(&format!("Patient/{id}")).await.assert_status(200);
@@ -501,7 +546,33 @@ struct Bao {
     token: String,
 }
 
+/// Makes the key provider's key (Vault: the Transit key); nothing for the keyring file.
+async fn init_keys(keys: &[(&str, &str)]) {
+    if keys.is_empty() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = haven()
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["keys", "init"])
+        .envs(keys.iter().copied())
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "haven keys init: {out:?}");
+}
+
 impl Bao {
+    /// The settings that make Haven use this server's Transit.
+    fn env(&self) -> Vec<(&str, &str)> {
+        vec![
+            ("HAVEN_ENCRYPTION__PROVIDER", "vault"),
+            ("HAVEN_ENCRYPTION__VAULT__ADDRESS", self.addr.as_str()),
+            ("HAVEN_ENCRYPTION__VAULT__TOKEN", self.token.as_str()),
+        ]
+    }
+
     async fn start() -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()

@@ -353,6 +353,31 @@ impl Bao {
             .status()
             .expect("run kill");
         assert!(status.success(), "kill -s {signal} failed");
+        if signal == "STOP" {
+            // The stop reaches each of the Go runtime's threads on its own; until all are
+            // stopped one may still answer a request sent right away.
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while !self.all_threads_stopped() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "bao did not stop within 5 s"
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+
+    fn all_threads_stopped(&self) -> bool {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.pid())) else {
+            return false;
+        };
+        tasks.filter_map(Result::ok).all(|t| {
+            std::fs::read_to_string(t.path().join("stat")).is_ok_and(|stat| {
+                // The state follows the parenthesised command name.
+                stat.rsplit_once(')')
+                    .is_some_and(|(_, rest)| rest.trim_start().starts_with(['T', 't']))
+            })
+        })
     }
 
     /// Stops the server for good (SIGKILL) and waits for it.
