@@ -41,9 +41,11 @@ fn sensitive_env() -> [(&'static str, &'static str); 1] {
 
 /// Every byte the database holds: the SQLite files, or a plain `pg_dump` of the database.
 async fn raw_database(app: &TestApp) -> Vec<u8> {
-    match app.database_url() {
+    let raw = match app.database_url() {
         Some(url) => {
+            // bytea as escaped text, not hex: printable bytes stay greppable.
             let out = tokio::process::Command::new("pg_dump")
+                .env("PGOPTIONS", "-c bytea_output=escape")
                 .args(["--no-owner", "--data-only", &url])
                 .output()
                 .await
@@ -61,7 +63,14 @@ async fn raw_database(app: &TestApp) -> Vec<u8> {
             assert!(all.len() > 4096, "no database files found");
             all
         }
-    }
+    };
+    // A control: what is stored in clear (a data key record's JSON) must be found, or the
+    // search below could not find a leak either.
+    assert!(
+        contains(&raw, "\"wrapped\""),
+        "the raw database does not show stored records in clear: the canary check would be blind"
+    );
+    raw
 }
 
 fn contains(hay: &[u8], needle: &str) -> bool {
