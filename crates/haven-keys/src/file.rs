@@ -311,6 +311,9 @@ impl KeyProvider for FileKeyring {
     }
 
     async fn generate(&self, context: &[u8]) -> Result<(AeadKey, String), KeyError> {
+        // A new data key goes under the newest version: a rotation (and retirement) by another
+        // process must be seen now, not at the next refresh. One stat when nothing changed.
+        self.reload()?;
         let key = AeadKey::generate().map_err(|e| KeyError::Unavailable(e.to_string()))?;
         let wrapped = self.wrap_current(&key, context)?;
         Ok((key, wrapped))
@@ -331,6 +334,7 @@ impl KeyProvider for FileKeyring {
     }
 
     async fn rewrap(&self, wrapped: &str, context: &[u8]) -> Result<String, KeyError> {
+        self.reload()?;
         let key = self.unwrap(wrapped, context).await?;
         self.wrap_current(&key, context)
     }
