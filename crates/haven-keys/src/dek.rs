@@ -272,8 +272,20 @@ impl DataKeys {
                 serde_json::to_vec(&DekRecord { wrapped, ..old }).map_err(StoreError::internal)?;
             let version = rec.version;
             let key = scope.clone();
+            let expected = rec.body.clone();
             let r = haven_store::run_write(store, move |tx| {
                 Box::pin(async move {
+                    // The very record we re-wrapped, not merely one at the same version: a key
+                    // destroyed by an erasure and created anew starts again at version 1, and
+                    // must never be overwritten by the destroyed one.
+                    match tx.record_get(DEK_KIND, &key).await? {
+                        Some(now) if now.version == version && now.body == expected => {}
+                        _ => {
+                            return Err(StoreError::VersionConflict(format!(
+                                "data key of {key} changed while it was re-wrapped"
+                            )));
+                        }
+                    }
                     tx.record_put(DEK_KIND, &key, body, None, Expect::Version(version))
                         .await
                 })

@@ -267,6 +267,24 @@ impl FileKeyring {
         Ok(())
     }
 
+    /// Serializes changes of the keyring between processes (two rotations at once would each
+    /// write their own new version under the same number): an exclusive lock on
+    /// `<keyring>.lock`, held from re-reading the file to replacing it.
+    fn change_lock(&self) -> Result<std::fs::File, KeyError> {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let path = self.path.with_extension("lock");
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| cfg(&self.path, format!("cannot open {}: {e}", path.display())))?;
+        f.lock()
+            .map_err(|e| cfg(&self.path, format!("cannot lock {}: {e}", path.display())))?;
+        Ok(f)
+    }
+
     fn wrap_current(&self, key: &AeadKey, context: &[u8]) -> Result<String, KeyError> {
         let st = self.read();
         let (v, kek) = st
@@ -348,6 +366,7 @@ impl KeyProvider for FileKeyring {
     }
 
     async fn rotate(&self) -> Result<u32, KeyError> {
+        let _lock = self.change_lock()?;
         self.reload()?;
         let created = created_dates(&self.path);
         let mut st = self.write();
@@ -360,6 +379,7 @@ impl KeyProvider for FileKeyring {
     }
 
     async fn retire_below(&self, version: u32) -> Result<(), KeyError> {
+        let _lock = self.change_lock()?;
         self.reload()?;
         let created = created_dates(&self.path);
         let mut st = self.write();

@@ -88,6 +88,14 @@ fn clean_reason(reason: &str) -> Result<String, ServiceError> {
     Ok(r.chars().filter(|c| !c.is_control()).collect())
 }
 
+/// The lock that serializes a patient's legal hold with their erasure.
+fn hold_lock(scope: &str) -> i64 {
+    let d = haven_crypto::sha256(&[b"legal-hold\0", scope.as_bytes()]);
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&d[..8]);
+    i64::from_be_bytes(b)
+}
+
 enum Refusal {
     Held,
 }
@@ -137,6 +145,7 @@ impl FhirService {
         )?;
         run_write(self.store.as_ref(), move |tx| {
             Box::pin(async move {
+                tx.lock_criteria(hold_lock(&key)).await?;
                 if on {
                     tx.record_put(HOLD_KIND, &key, body, None, Expect::Any)
                         .await?;
@@ -194,9 +203,17 @@ impl FhirService {
         let patient_id = patient.clone();
         let outcome = run_write(self.store.as_ref(), move |tx: &mut dyn WriteTx| {
             Box::pin(async move {
+                // Serialize with legal holds on this patient (the hold may not exist yet, so
+                // its row cannot be locked) ...
+                tx.lock_criteria(hold_lock(&scope)).await?;
                 if tx.record_get(HOLD_KIND, &scope).await?.is_some() {
                     return Ok(Err(Refusal::Held));
                 }
+                // ... and with writers of the patient's data: they hold the data key's record
+                // until they commit, so once it is ours every write sealed under the key is
+                // committed and the search below sees it; later writers wait, then find no key
+                // and make a new one.
+                tx.record_get(haven_keys::DEK_KIND, &scope).await?;
                 let mac_key = keys.for_write(tx, PSEUDONYM_SCOPE).await?;
                 let mac = haven_crypto::MacKey::from_bytes(mac_key.key.secret_bytes())
                     .map_err(StoreError::internal)?;

@@ -105,8 +105,9 @@ impl From<StoreError> for ServiceError {
                 tracing::error!(%detail, "lost the database while committing");
                 ServiceError::OutcomeUnknown
             }
-            StoreError::Erased(scope) => {
-                tracing::info!(%scope, "read of erased data");
+            StoreError::Erased(_) => {
+                // Not the scope: it names the erased patient.
+                tracing::info!("read of erased data");
                 ServiceError::Gone {
                     message: "this record was erased (its encryption key was destroyed on request); it cannot be read".into(),
                     version: None,

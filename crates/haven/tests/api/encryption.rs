@@ -252,6 +252,11 @@ async fn erasure_scenario(keys: &[(&str, &str)]) {
     let backup = backups.path().join("before");
     let (ok, out) = cli_with(&app, keys, &["backup", "--out", backup.to_str().unwrap()]).await;
     assert!(ok, "{out}");
+    // The keyring as it was, for the control below: with it the same backup does open.
+    let keyring_before = backups.path().join("keyring-before.toml");
+    if keys.is_empty() {
+        std::fs::copy(app.data_dir.join("keyring.toml"), &keyring_before).unwrap();
+    }
     // Stop the server (the erasure CLI is a second writer) and, on SQLite, keep a copy of the
     // database files as they were, as a stolen disk or an old snapshot would.
     app.sigterm();
@@ -405,6 +410,41 @@ async fn erasure_scenario(keys: &[(&str, &str)]) {
         );
         assert!(!r.text().contains("qwertyuiop"));
         assert_no_leak(&r);
+    }
+
+    // The control: the same backup with the keys from before the erasure restores and reads,
+    // so what failed above was the retired key, not the backup.
+    if keys.is_empty() {
+        let control = tempfile::tempdir().unwrap();
+        let data = control.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::copy(
+            app.data_dir.join("audit-signing.key"),
+            data.join("audit-signing.key"),
+        )
+        .unwrap();
+        std::fs::copy(&keyring_before, data.join("keyring.toml")).unwrap();
+        std::fs::copy(suite_key_path(&app.data_dir), suite_key_path(&data)).unwrap();
+        let db = if postgres_backend() {
+            Some(database_for(&data).await)
+        } else {
+            None
+        };
+        let mut restore = haven();
+        restore
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("restore")
+            .arg(&backup);
+        if let Some(db) = &db {
+            restore.env("HAVEN_DATABASE_URL", &db.url);
+        }
+        let out = restore.output().await.unwrap();
+        assert!(out.status.success(), "the control restore failed: {out:?}");
+        let old = spawn_app_in(&data, &[]).await;
+        let r = old.get(&format!("Observation/{oid}")).await;
+        r.assert_status(200);
+        assert_eq!(r.json()["note"][0]["text"], CANARY_TEXT);
     }
 
     // On SQLite, the database files copied before the erasure do not open either.
