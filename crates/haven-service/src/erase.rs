@@ -308,19 +308,7 @@ impl FhirService {
         let id = ResourceId::parse(patient)
             .map_err(|e| ServiceError::BadRequest(format!("not a patient id: {e}")))?;
         let req = Requester {
-            actor: Actor {
-                user: match principal.kind {
-                    haven_domain::PrincipalKind::User => Some(
-                        principal
-                            .username
-                            .clone()
-                            .unwrap_or_else(|| principal.subject.clone()),
-                    ),
-                    haven_domain::PrincipalKind::Client => None,
-                },
-                role: (!principal.roles.is_empty()).then(|| principal.role_names()),
-                client: Some(principal.client_id.clone()),
-            },
+            actor: crate::audit::actor_of(principal),
             source_ip,
             request_id,
         };

@@ -168,6 +168,15 @@ async fn record_operator(
 }
 
 /// The audit record of something an operator did at the command line, for a unit of work.
+/// The actor of a command an operator runs: their login name, role `operator`, `haven-cli`.
+pub(crate) fn operator_actor() -> haven_audit::Actor {
+    haven_audit::Actor {
+        user: std::env::var("USER").ok(),
+        role: Some("operator".into()),
+        client: Some("haven-cli".into()),
+    }
+}
+
 pub(crate) fn operator_entry(
     action: &str,
     status: u16,
@@ -181,11 +190,7 @@ pub(crate) fn operator_entry(
         action: action.to_owned(),
         status,
         outcome: Outcome::from_status(status),
-        actor: haven_audit::Actor {
-            user: std::env::var("USER").ok(),
-            role: Some("operator".into()),
-            client: Some("haven-cli".into()),
-        },
+        actor: operator_actor(),
         source_ip: None,
         request_id: None,
         purpose_of_use: None,

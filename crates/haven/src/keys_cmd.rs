@@ -274,11 +274,7 @@ pub async fn retire(config: &Config, store: &dyn ResourceStore) -> anyhow::Resul
 
 fn operator() -> haven_service::Requester {
     haven_service::Requester {
-        actor: haven_audit::Actor {
-            user: std::env::var("USER").ok(),
-            role: Some("operator".into()),
-            client: Some("haven-cli".into()),
-        },
+        actor: crate::audit_cmd::operator_actor(),
         source_ip: None,
         request_id: None,
     }

@@ -150,22 +150,27 @@ pub(crate) struct Who {
     pub emergency: Vec<haven_domain::EmergencyAccess>,
 }
 
+/// The audit actor a principal stands for: a person by account name (a client acting for
+/// itself has no user), their roles, the client.
+pub(crate) fn actor_of(p: &haven_domain::Principal) -> Actor {
+    Actor {
+        user: match p.kind {
+            haven_domain::PrincipalKind::User => {
+                Some(p.username.clone().unwrap_or_else(|| p.subject.clone()))
+            }
+            haven_domain::PrincipalKind::Client => None,
+        },
+        role: (!p.roles.is_empty()).then(|| p.role_names()),
+        client: Some(p.client_id.clone()),
+    }
+}
+
 impl Who {
     pub(crate) fn of(ctx: &RequestContext) -> Self {
         let actor = ctx
             .principal
             .as_deref()
-            .map_or_else(Actor::default, |p| Actor {
-                // A person by account name; a client acting for itself has no user.
-                user: match p.kind {
-                    haven_domain::PrincipalKind::User => {
-                        Some(p.username.clone().unwrap_or_else(|| p.subject.clone()))
-                    }
-                    haven_domain::PrincipalKind::Client => None,
-                },
-                role: (!p.roles.is_empty()).then(|| p.role_names()),
-                client: Some(p.client_id.clone()),
-            });
+            .map_or_else(Actor::default, actor_of);
         Self {
             request_id: ctx.request_id.clone(),
             client_address: ctx.client_address.clone(),

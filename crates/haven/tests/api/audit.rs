@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, observation, patient, postgres_backend, spawn_app, spawn_app_in};
+use crate::helpers::{
+    TestApp, exec, observation, patient, postgres_backend, spawn_app, spawn_app_in,
+};
 
 async fn run(mut cmd: tokio::process::Command) -> Output {
     cmd.output().await.expect("run haven")
@@ -294,30 +296,6 @@ async fn when_the_trail_refuses_records_no_data_is_served_or_changed() {
     );
     let all = app.get("Patient?_summary=count").await.json();
     assert_eq!(all["total"], 1, "the refused create was stored");
-}
-
-/// Runs SQL against the server's database from outside, as an operator or attacker would.
-async fn exec(app: &TestApp, sql: &str) {
-    use sqlx::Connection as _;
-    match app.database_url() {
-        Some(url) => {
-            let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
-            sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
-                .execute(&mut c)
-                .await
-                .unwrap();
-        }
-        None => {
-            let path = app.data_dir.join("haven.db");
-            let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
-                .await
-                .unwrap();
-            sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
-                .execute(&mut c)
-                .await
-                .unwrap();
-        }
-    }
 }
 
 async fn verify(app: &TestApp, extra: &[&str]) -> (bool, String) {

@@ -132,29 +132,6 @@ async fn a_canary_patient_is_not_in_the_database_files_in_clear() {
     assert_eq!(mode & 0o077, 0, "keyring mode {mode:o}");
 }
 
-async fn exec(app: &TestApp, sql: &str) {
-    use sqlx::Connection as _;
-    match app.database_url() {
-        Some(url) => {
-            let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
-            sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
-                .execute(&mut c)
-                .await
-                .unwrap();
-        }
-        None => {
-            let path = app.data_dir.join("haven.db");
-            let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
-                .await
-                .unwrap();
-            sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
-                .execute(&mut c)
-                .await
-                .unwrap();
-        }
-    }
-}
-
 #[tokio::test]
 async fn a_body_moved_into_another_row_does_not_open() {
     let app = spawn_app().await;

@@ -793,3 +793,27 @@ pub async fn raw_http(addr: &str, request: &[u8]) -> String {
         .expect("read the response");
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// Runs SQL against the server's database from outside, as an operator or attacker would.
+pub async fn exec(app: &TestApp, sql: &str) {
+    use sqlx::Connection as _;
+    match app.database_url() {
+        Some(url) => {
+            let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+                .execute(&mut c)
+                .await
+                .unwrap();
+        }
+        None => {
+            let path = app.data_dir.join("haven.db");
+            let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+                .await
+                .unwrap();
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+                .execute(&mut c)
+                .await
+                .unwrap();
+        }
+    }
+}
