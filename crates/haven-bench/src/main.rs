@@ -625,8 +625,12 @@ fn group_commit(metrics: &str) -> Option<String> {
     if commits == 0.0 {
         return None;
     }
+    // Reads' audit records, stored with the commits (absent from older builds' pages).
+    let records = total("haven_store_commit_audit_records_sum")
+        .map(|r| format!(", {:.1} reads' audit records", r / commits))
+        .unwrap_or_default();
     Some(format!(
-        "{commits:.0} commits, {:.1} units of work per commit on average, {:.2} ms per commit on average",
+        "{commits:.0} commits, {:.1} units of work{records} per commit on average, {:.2} ms per commit on average",
         units / commits,
         1000.0 * seconds / commits
     ))
@@ -648,6 +652,13 @@ mod tests {
             group_commit(page).as_deref(),
             Some(
                 "10 commits, 4.0 units of work per commit on average, 5.00 ms per commit on average"
+            )
+        );
+        let with_reads = format!("{page}haven_store_commit_audit_records_sum 250\n");
+        assert_eq!(
+            group_commit(&with_reads).as_deref(),
+            Some(
+                "10 commits, 4.0 units of work, 25.0 reads' audit records per commit on average, 5.00 ms per commit on average"
             )
         );
         assert_eq!(group_commit("haven_http_requests_total 3\n"), None);

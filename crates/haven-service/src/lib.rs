@@ -166,8 +166,6 @@ impl FhirResponse {
 pub struct FhirService {
     store: Arc<dyn ResourceStore>,
     config: ServiceConfig,
-    /// Group commit for reads' audit records; without one, each is its own unit of work.
-    audit_batcher: Option<audit::AuditBatcher>,
     /// Patients' Consents, briefly cached (`consent`).
     consents: consent::ConsentCache,
     /// The data keys of a sealed store (`sealed`), for erasure; `None` without encryption.
@@ -188,7 +186,6 @@ impl FhirService {
         Self {
             store,
             config,
-            audit_batcher: None,
             consents: consent::ConsentCache::default(),
             keys: None,
         }
@@ -198,13 +195,6 @@ impl FhirService {
     #[must_use]
     pub fn with_keys(mut self, keys: Arc<haven_keys::DataKeys>) -> Self {
         self.keys = Some(keys);
-        self
-    }
-
-    /// Writes reads' audit records through `batcher` (see `audit::batch`).
-    #[must_use]
-    pub fn with_audit_batcher(mut self, batcher: audit::AuditBatcher) -> Self {
-        self.audit_batcher = Some(batcher);
         self
     }
 

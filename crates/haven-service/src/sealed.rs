@@ -477,6 +477,10 @@ impl ResourceStore for SealedStore {
         self.inner.write_erased(wrapped).await
     }
 
+    async fn record_audit(&self, entry: AuditEntry) -> Result<(), StoreError> {
+        self.inner.record_audit(entry).await
+    }
+
     async fn audit_links(
         &self,
         after_seq: i64,

@@ -18,9 +18,10 @@ fn sql(text: &str) -> sqlx::query::Query<'static, sqlx::Postgres, sqlx::postgres
     sqlx::query(sqlx::AssertSqlSafe(q::placeholders(text, PH)))
 }
 
-/// Many events: one insert from arrays for the events (in chunks), one for their patients. The
-/// rows are inserted in array order (`ORDER BY o`), so the identity ids they take grow in that
-/// order; the returned ids, sorted, belong to the entries in order.
+/// Many events in one statement per thousand: the events take ids drawn from their identity
+/// sequence first, so that their patients' rows can name them in the same statement. On its
+/// own (outside a transaction) the statement is its own transaction: one round trip and one
+/// commit for a whole batch of reads' records.
 pub(crate) async fn insert_many(
     conn: &mut PgConnection,
     entries: Vec<AuditEntry>,
@@ -28,44 +29,36 @@ pub(crate) async fn insert_many(
     for chunk in entries.chunks(1000) {
         let times: Vec<i64> = chunk.iter().map(|e| e.time.micros()).collect();
         let records: Vec<Vec<u8>> = chunk.iter().map(|e| e.record.clone()).collect();
-        let mut ids: Vec<i64> = sqlx::query_scalar(
-            "INSERT INTO audit_event (time, record) \
-             SELECT t, r FROM unnest($1::bigint[], $2::bytea[]) WITH ORDINALITY AS u(t, r, o) \
-             ORDER BY o RETURNING id",
+        let mut patients = Vec::new();
+        let mut ordinals = Vec::new();
+        for (o, e) in (1i64..).zip(chunk) {
+            for p in &e.patients {
+                patients.push(p.clone());
+                ordinals.push(o);
+            }
+        }
+        // `u` is materialized once (it calls a volatile function), so each event has one id,
+        // used by its row and by its patients' rows. The foreign key from audit_patient is
+        // checked at the end of the statement, after the events' insert.
+        sqlx::query(
+            "WITH u AS MATERIALIZED ( \
+                 SELECT nextval(pg_get_serial_sequence('audit_event', 'id')) AS id, t, r, o \
+                 FROM unnest($1::bigint[], $2::bytea[]) WITH ORDINALITY AS a(t, r, o) \
+             ), ev AS ( \
+                 INSERT INTO audit_event (id, time, record) OVERRIDING SYSTEM VALUE \
+                 SELECT id, t, r FROM u ORDER BY o \
+             ) \
+             INSERT INTO audit_patient (patient, event_id, time) \
+             SELECT p.patient, u.id, u.t \
+             FROM unnest($3::text[], $4::bigint[]) AS p(patient, o) JOIN u ON u.o = p.o",
         )
         .bind(times)
         .bind(records)
-        .fetch_all(&mut *conn)
+        .bind(patients)
+        .bind(ordinals)
+        .execute(&mut *conn)
         .await
         .map_err(map_err)?;
-        ids.sort_unstable();
-        if ids.len() != chunk.len() {
-            return Err(StoreError::Internal(
-                "audit insert returned too few ids".into(),
-            ));
-        }
-        let mut patients = Vec::new();
-        let mut event_ids = Vec::new();
-        let mut event_times = Vec::new();
-        for (e, id) in chunk.iter().zip(&ids) {
-            for p in &e.patients {
-                patients.push(p.clone());
-                event_ids.push(*id);
-                event_times.push(e.time.micros());
-            }
-        }
-        if !patients.is_empty() {
-            sqlx::query(
-                "INSERT INTO audit_patient (patient, event_id, time) \
-                 SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[])",
-            )
-            .bind(patients)
-            .bind(event_ids)
-            .bind(event_times)
-            .execute(&mut *conn)
-            .await
-            .map_err(map_err)?;
-        }
     }
     Ok(())
 }

@@ -26,6 +26,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::FutureExt;
 use haven_domain::{ResourceId, ResourceType, Timestamp, VersionId};
+use haven_store::batch::{BatchLimits, Batcher};
 use haven_store::sql::Placeholders;
 use haven_store::sql::records::conflict;
 use haven_store::sql::search::PendingIndex;
@@ -63,6 +64,8 @@ impl Default for PgOptions {
 
 pub struct PgStore {
     pool: PgPool,
+    /// Group commit for reads' audit records, started on first use (`record_audit`).
+    audit_batch: std::sync::OnceLock<Batcher<AuditEntry>>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -141,6 +144,31 @@ pub async fn grant_application_role(url: &str, role: &str) -> Result<(), StoreEr
 }
 
 impl PgStore {
+    /// The batcher of reads' audit records: each batch is one statement outside any
+    /// transaction, so one round trip and one commit (PostgreSQL also groups concurrent
+    /// commits into one WAL flush).
+    fn audit_batcher(&self) -> &Batcher<AuditEntry> {
+        self.audit_batch.get_or_init(|| {
+            let pool = self.pool.clone();
+            let (batcher, work) = Batcher::new(
+                move |entries: Vec<AuditEntry>| {
+                    let pool = pool.clone();
+                    async move {
+                        let mut conn = pool.acquire().await.map_err(map_err)?;
+                        audit::insert_many(&mut conn, entries).await
+                    }
+                },
+                BatchLimits {
+                    queue: 4_096,
+                    max_batch: 2_000,
+                    in_flight: 4,
+                },
+            );
+            tokio::spawn(work);
+            batcher
+        })
+    }
+
     /// Connects, applies migrations (serialised across replicas by sqlx's advisory lock) and
     /// returns the store.
     pub async fn connect(url: &str, options: PgOptions) -> Result<Self, StoreError> {
@@ -163,7 +191,10 @@ impl PgStore {
                 ))
             })?;
         }
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            audit_batch: std::sync::OnceLock::new(),
+        })
     }
 
     /// Applies migrations and returns how many the schema has.
@@ -249,6 +280,10 @@ impl ResourceStore for PgStore {
                 Err(StoreError::Internal("unit of work panicked".into()))
             }
         }
+    }
+
+    async fn record_audit(&self, entry: AuditEntry) -> Result<(), StoreError> {
+        self.audit_batcher().submit(entry).await
     }
 
     async fn search(&self, query: &SearchQuery) -> Result<SearchPage, StoreError> {

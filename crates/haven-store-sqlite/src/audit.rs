@@ -1,15 +1,15 @@
 //! The audit tables (SQL text shared in `haven_store::sql::audit`).
 
 use haven_domain::Timestamp;
-use haven_store::sql::Placeholders;
 use haven_store::sql::audit as q;
+use haven_store::sql::{Placeholders, SqlArg};
 use haven_store::{
     AuditEntry, AuditPos, ChainHead, ChainLink, LinkedRecord, PatientEvent, StoreError,
     StoredCheckpoint, UnsealedEvent,
 };
 use sqlx::{Row, SqliteConnection};
 
-use crate::reads::{map_err, statement};
+use crate::reads::{bind, map_err, statement};
 
 const PH: Placeholders = Placeholders::Question;
 
@@ -49,6 +49,87 @@ pub(crate) async fn insert_many(
                 .map_err(map_err)?;
         }
     }
+    Ok(())
+}
+
+/// Rows per statement in [`insert_then`]: three bound values each, well below SQLite's limit
+/// of 32,766 per statement.
+const ROWS_PER_STATEMENT: usize = 2_000;
+
+/// The largest audit event id ever used: `audit_event` counts with AUTOINCREMENT, whose
+/// sequence never goes back, even past rows a rolled-back batch held.
+const TOP_ID: &str = "max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'audit_event'), 0), \
+                         coalesce((SELECT max(id) FROM audit_event), 0))";
+
+/// Inserts `entries` with their patients, then runs `then` (the commit), as one query: its
+/// statements run one after another on SQLite's thread, so a whole batch of records costs one
+/// round trip to it instead of four. The events are numbered in the statement itself, from the
+/// largest id so far (read inside this write transaction, so other processes writing to the
+/// file, such as `haven user add`, are counted), so that their patients' rows can name them
+/// without the ids being read back first.
+pub(crate) async fn insert_then(
+    conn: &mut SqliteConnection,
+    entries: &[AuditEntry],
+    then: &str,
+) -> Result<(), StoreError> {
+    let total = i64::try_from(entries.len()).map_err(StoreError::internal)?;
+    let mut sql = String::new();
+    let mut args = Vec::new();
+    let mut patients: Vec<(&str, i64, i64)> = Vec::new();
+    let mut ordinal = 0i64;
+    for chunk in entries.chunks(ROWS_PER_STATEMENT) {
+        // Event k of the chunk takes top + k: the SELECT reads audit_event, so SQLite computes
+        // all its rows before inserting any, and `top` is the same for every row.
+        sql.push_str("INSERT INTO audit_event (id, time, record) SELECT t.top + v.column1, v.column2, v.column3 FROM (VALUES ");
+        for (i, e) in chunk.iter().enumerate() {
+            ordinal += 1;
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str("(?, ?, ?)");
+            args.push(SqlArg::Int(
+                i64::try_from(i + 1).map_err(StoreError::internal)?,
+            ));
+            args.push(SqlArg::Int(e.time.micros()));
+            args.push(SqlArg::Blob(e.record.clone()));
+            patients.extend(
+                e.patients
+                    .iter()
+                    .map(|p| (p.as_str(), ordinal, e.time.micros())),
+            );
+        }
+        sql.push_str(") AS v, (SELECT ");
+        sql.push_str(TOP_ID);
+        sql.push_str(" AS top) AS t;\n");
+    }
+    // After the events, the largest id is that of the last one: event n (from 1) of the whole
+    // batch is top - total + n.
+    for chunk in patients.chunks(ROWS_PER_STATEMENT) {
+        sql.push_str("INSERT INTO audit_patient (patient, event_id, time) SELECT v.column1, t.top - ? + v.column2, v.column3 FROM (VALUES ");
+        args.push(SqlArg::Int(total));
+        for (i, (p, n, time)) in chunk.iter().enumerate() {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str("(?, ?, ?)");
+            args.extend([
+                SqlArg::Text((*p).to_owned()),
+                SqlArg::Int(*n),
+                SqlArg::Int(*time),
+            ]);
+        }
+        sql.push_str(") AS v, (SELECT max(id) AS top FROM audit_event) AS t;\n");
+    }
+    sql.push_str(then);
+    sql.push(';');
+    // Not kept prepared: the text differs with every batch size.
+    bind(
+        sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false),
+        args,
+    )
+    .execute(&mut *conn)
+    .await
+    .map_err(map_err)?;
     Ok(())
 }
 

@@ -26,16 +26,15 @@ use async_trait::async_trait;
 use haven_domain::{ResourceId, ResourceType, Timestamp, VersionId};
 use haven_store::backup::BackupSink;
 use haven_store::{
-    ErasedOutcome, ErasedWriteFn, Found, HistoryPage, HistoryQuery, LinkedRecord, PatientEvent,
-    Related, ResourceStore, SearchPage, SearchQuery, StoreError, StoredCheckpoint, StoredRecord,
-    StoredVersion,
+    AuditEntry, ErasedOutcome, ErasedWriteFn, Found, HistoryPage, HistoryQuery, LinkedRecord,
+    PatientEvent, Related, ResourceStore, SearchPage, SearchQuery, StoreError, StoredCheckpoint,
+    StoredRecord, StoredVersion,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{ConnectOptions, Connection, SqliteConnection};
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -76,7 +75,8 @@ pub struct SqliteStore {
     readers: SqlitePool,
     statement_timeout: Duration,
     jobs: Mutex<Option<mpsc::Sender<writer::Job>>>,
-    writer: Mutex<Option<JoinHandle<()>>>,
+    /// Answers (or is dropped) when the writer thread has finished.
+    writer: Mutex<Option<oneshot::Receiver<()>>>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -129,7 +129,7 @@ impl SqliteStore {
             .map_err(|e| StoreError::Unavailable(format!("cannot open readers: {e}")))?;
 
         let (tx, rx) = mpsc::channel(options.queue_depth.max(1));
-        let handle = tokio::spawn(writer::run(conn, rx, options.max_batch.max(1)));
+        let handle = writer::start(conn, rx, options.max_batch.max(1))?;
         Ok(Self {
             path: path.to_owned(),
             readers,
@@ -220,7 +220,18 @@ impl ResourceStore for SqliteStore {
     async fn write_erased(&self, work: ErasedWriteFn) -> Result<ErasedOutcome, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.sender()?
-            .send(writer::Job { work, reply })
+            .send(writer::Job::Unit { work, reply })
+            .await
+            .map_err(|_| StoreError::Unavailable("the store is shutting down".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Unavailable("the writer stopped before answering".into()))?
+    }
+
+    async fn record_audit(&self, entry: AuditEntry) -> Result<(), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.sender()?
+            .send(writer::Job::Audit { entry, reply })
             .await
             .map_err(|_| StoreError::Unavailable("the store is shutting down".into()))?;
         answer

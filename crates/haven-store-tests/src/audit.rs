@@ -369,6 +369,116 @@ pub async fn audit_many_keeps_each_record_with_its_patients(store: &dyn Resource
     }
 }
 
+/// Reads' records stored outside any unit (`record_audit`), concurrently with units that record
+/// their own, one that fails, and one that reads the audit tables after recording: every
+/// acknowledged record is stored once with its patients, the failed unit's is not, and sealing
+/// chains them all exactly once.
+pub async fn records_of_reads_are_stored_with_their_patients_and_sealed_once(
+    store: &dyn ResourceStore,
+) {
+    let reads = (0..300).map(|i| {
+        let patient = format!("r{}", i % 5);
+        store.record_audit(entry(
+            &format!("read-{i:03}"),
+            10_000 + i,
+            &[patient.as_str()],
+        ))
+    });
+    let units = (0..20).map(|i| {
+        run_write(store, move |tx: &mut dyn WriteTx| {
+            Box::pin(async move {
+                tx.append(new_version(
+                    "Patient",
+                    &format!("u{i}"),
+                    1,
+                    20_000 + i,
+                    ChangeKind::Create,
+                ))
+                .await?;
+                tx.audit(entry(&format!("write-{i:02}"), 20_000 + i, &["w"]))
+                    .await?;
+                if i == 7 {
+                    // Fails after recording: its record must go with its data.
+                    return Err(StoreError::VersionConflict("refused on purpose".into()));
+                }
+                if i == 11 {
+                    // Reads the audit tables after recording (on SQLite its record is then
+                    // inserted at once, outside the writer's count of ids).
+                    tx.unsealed_audit(None, 100_000).await?;
+                }
+                Ok::<_, StoreError>(())
+            })
+        })
+    });
+    let (reads, units) = futures::join!(
+        futures::future::join_all(reads),
+        futures::future::join_all(units)
+    );
+    for r in reads {
+        r.unwrap();
+    }
+    for (i, r) in units.into_iter().enumerate() {
+        assert_eq!(r.is_err(), i == 7, "unit {i}: {r:?}");
+    }
+    // After a unit numbered records itself, reads' records still go in.
+    store
+        .record_audit(entry("read-last", 30_000, &["r0", "w"]))
+        .await
+        .unwrap();
+
+    let for_patient = |p: &'static str| async move {
+        let mut got = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = store
+                .audit_for_patient(
+                    p,
+                    Timestamp::from_micros(0),
+                    Timestamp::from_micros(1_000_000),
+                    after,
+                    100,
+                )
+                .await
+                .unwrap();
+            let Some(last) = page.last() else { break };
+            after = last.id;
+            got.extend(
+                page.into_iter()
+                    .map(|e| String::from_utf8(e.record).unwrap()),
+            );
+        }
+        got.sort();
+        got
+    };
+    let mut expected: Vec<String> = (0..300)
+        .filter(|i| i % 5 == 0)
+        .map(|i| format!("read-{i:03}"))
+        .chain(["read-last".to_owned()])
+        .collect();
+    expected.sort();
+    assert_eq!(for_patient("r0").await, expected);
+    let mut writes: Vec<String> = (0..20)
+        .filter(|i| *i != 7)
+        .map(|i| format!("write-{i:02}"))
+        .chain(["read-last".to_owned()])
+        .collect();
+    writes.sort();
+    assert_eq!(for_patient("w").await, writes);
+
+    let mut sealed = Vec::new();
+    loop {
+        let round = seal_round(store).await;
+        if round.is_empty() {
+            break;
+        }
+        sealed.extend(round);
+    }
+    assert_eq!(sealed.len(), 300 + 19 + 1, "every record sealed once");
+    sealed.sort();
+    sealed.dedup();
+    assert_eq!(sealed.len(), 320, "no record sealed twice");
+}
+
 pub async fn audit_events_read_by_id_and_by_time(store: &dyn ResourceStore) {
     for (label, at) in [("a", 100), ("b", 200), ("c", 300), ("d", 400)] {
         record(store, entry(label, at, &[])).await;

@@ -67,6 +67,7 @@ macro_rules! store_contract_tests {
             sealing_waits_for_an_event_that_commits_late,
             audit_reads_serve_verification_and_accounting,
             audit_many_keeps_each_record_with_its_patients,
+            records_of_reads_are_stored_with_their_patients_and_sealed_once,
             audit_events_read_by_id_and_by_time,
             // Records (`records` module).
             records_are_created_once_and_read_back,

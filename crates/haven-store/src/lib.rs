@@ -13,6 +13,7 @@
 
 pub mod audit;
 pub mod backup;
+pub mod batch;
 mod error;
 mod history;
 pub mod records;
@@ -161,6 +162,13 @@ pub trait ResourceStore: Send + Sync + 'static {
     /// Runs a unit of work in one transaction and returns once it is durable (or rolled back).
     /// Use the typed wrapper [`run_write`] rather than calling this directly.
     async fn write_erased(&self, work: ErasedWriteFn) -> Result<ErasedOutcome, StoreError>;
+
+    /// Stores one audit record outside any unit of work (a read's record) and returns once it
+    /// is durable. Concurrent callers' records share commits: on SQLite the writer adds them to
+    /// the group commit it is building, on PostgreSQL a batcher writes them in one statement.
+    /// Nothing is acknowledged before its commit; an error means the record may not be stored,
+    /// and the data it describes must not be served.
+    async fn record_audit(&self, entry: AuditEntry) -> Result<(), StoreError>;
 
     /// Chain links in seq order after `after_seq`, at most `limit`, each with its event's
     /// record (for verification).

@@ -188,8 +188,6 @@ pub async fn run(config: Config, role: Role, audit_writes: bool) -> anyhow::Resu
         .unwrap_or_else(|| format!("{scheme}://{local}{}", haven_http::FHIR_BASE));
     let policy = Arc::new(config.policy()?);
     record_policy(&config, store.as_ref(), &policy).await?;
-    let (batcher, batching) = haven_service::audit::AuditBatcher::new(store.clone(), 4_096);
-    tokio::spawn(batching);
     let mut service = FhirService::new(
         store.clone(),
         ServiceConfig {
@@ -198,8 +196,7 @@ pub async fn run(config: Config, role: Role, audit_writes: bool) -> anyhow::Resu
             audit_writes,
             policy: policy.clone(),
         },
-    )
-    .with_audit_batcher(batcher);
+    );
     match &keys {
         Some(keys) => {
             service = service.with_keys(keys.clone());

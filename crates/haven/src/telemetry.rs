@@ -40,6 +40,10 @@ pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY)?
         .set_buckets_for_metric(Matcher::Full("haven_store_commit_units".into()), &UNITS)?
+        .set_buckets_for_metric(
+            Matcher::Full("haven_store_commit_audit_records".into()),
+            &UNITS,
+        )?
         .install_recorder()
         .map_err(|e| anyhow::anyhow!("cannot install the metrics recorder: {e}"))?;
     metrics::describe_counter!(
@@ -59,6 +63,10 @@ pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
     metrics::describe_histogram!(
         "haven_store_commit_units",
         "Units of work made durable by one commit (group commit)"
+    );
+    metrics::describe_histogram!(
+        "haven_store_commit_audit_records",
+        "Audit records of reads made durable by one commit (embedded SQLite store)"
     );
     metrics::describe_gauge!(
         "haven_ready",

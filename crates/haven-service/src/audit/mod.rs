@@ -13,19 +13,17 @@
 //!
 //! The sealer (`seal`) then chains committed records and signs checkpoints.
 
-pub mod batch;
 pub mod seal;
 
 use haven_audit::{Actor, AuditRecord, Category, Entity, Outcome};
 use haven_domain::{ResourceType, Timestamp};
 use haven_fhir::definitions;
 use haven_fhir::search::{IndexValue, extract};
-use haven_store::{AuditEntry, StoredVersion, WriteTx, run_write};
+use haven_store::{AuditEntry, StoredVersion, WriteTx};
 use serde_json::{Map, Value};
 
 use crate::{FhirService, RequestContext, ServiceError};
 
-pub use batch::AuditBatcher;
 pub use seal::{AuditOutput, Round, Sealer, SealerConfig};
 
 /// The patients whose compartment `resource` (of type `ty`) is in: itself for a Patient, and
@@ -312,23 +310,14 @@ pub(crate) async fn touch_written(
 }
 
 impl FhirService {
-    /// Makes `entry` durable in a unit of its own, before the answer it describes is sent. A
-    /// failure is a 503: the data is not served unaudited.
+    /// Makes `entry` durable outside any unit of work (grouped with other requests' records by
+    /// the store), before the answer it describes is sent. A failure is a 503: the data is not
+    /// served unaudited.
     pub(crate) async fn audit_alone(&self, entry: AuditEntry) -> Result<(), ServiceError> {
         if !self.config.audit_writes {
             return Ok(());
         }
-        if let Some(batcher) = &self.audit_batcher {
-            return batcher.record(entry).await.map_err(refused);
-        }
-        run_write(self.store.as_ref(), move |tx: &mut dyn WriteTx| {
-            Box::pin(async move {
-                tx.audit(entry).await?;
-                Ok::<_, haven_store::StoreError>(())
-            })
-        })
-        .await
-        .map_err(refused)
+        self.store.record_audit(entry).await.map_err(refused)
     }
 
     /// Records a search, history or `$everything` answer: every resource in the Bundle and
