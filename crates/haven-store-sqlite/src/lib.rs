@@ -3,9 +3,9 @@
 //! Design:
 //! - **Durability first.** WAL journal with `synchronous=FULL`: a commit returns only after the
 //!   WAL is fsynced, so an acknowledged write survives `kill -9` and power loss.
-//! - **One writer, many readers.** SQLite allows one writer at a time. A single writer task owns
-//!   the only read-write connection; readers use a pool of read-only connections, which WAL lets
-//!   run concurrently with the writer.
+//! - **One writer, many readers.** SQLite allows one writer at a time. A single writer, on a
+//!   thread of its own, owns the only read-write connection; readers use a pool of read-only
+//!   connections, which WAL lets run concurrently with the writer.
 //! - **Group commit.** The disk here does ~250-300 fsyncs/s, so one commit per request would cap
 //!   writes near that. The writer runs each unit of work inside its own `SAVEPOINT` and commits
 //!   every unit that queued up meanwhile with one fsync. A unit is acknowledged only after that
