@@ -128,6 +128,7 @@ async fn run(mut conn: SqliteConnection, mut jobs: mpsc::Receiver<Job>, max_batc
             audit_acks,
             ..
         } = batch;
+        let units_done = started.elapsed();
         let committed = if !sound {
             // A savepoint could not be rolled back or released: SQLite may have rolled the
             // whole transaction back by itself (full disk, I/O error). Nothing of this batch can
@@ -149,7 +150,18 @@ async fn run(mut conn: SqliteConnection, mut jobs: mpsc::Receiver<Job>, max_batc
             // Whatever failed (a statement, the commit itself), leave no transaction open.
             let _ = exec(&mut conn, "ROLLBACK").await;
         }
-        metrics::histogram!("haven_store_commit_seconds").record(started.elapsed().as_secs_f64());
+        let took = started.elapsed();
+        if took > SLOW_COMMIT {
+            // Every write and every audited read waited this long: say where the time went.
+            tracing::warn!(
+                units = acks.len(),
+                records = audit_acks.len(),
+                units_ms = units_done.as_millis() as u64,
+                commit_ms = (took - units_done).as_millis() as u64,
+                "slow group commit"
+            );
+        }
+        metrics::histogram!("haven_store_commit_seconds").record(took.as_secs_f64());
         metrics::histogram!("haven_store_commit_units").record(acks.len() as f64);
         metrics::histogram!("haven_store_commit_audit_records").record(audit_acks.len() as f64);
         last_records = audit_acks.len();
@@ -177,6 +189,9 @@ async fn run(mut conn: SqliteConnection, mut jobs: mpsc::Receiver<Job>, max_batc
     }
     let _ = conn.close().await;
 }
+
+/// A group commit slower than this is logged with where its time went.
+const SLOW_COMMIT: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// How long the writer may wait for more reads' records before it commits: see [`gather`].
 const GATHER_WAIT: std::time::Duration = std::time::Duration::from_millis(1);
