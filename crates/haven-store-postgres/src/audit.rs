@@ -18,21 +18,29 @@ fn sql(text: &str) -> sqlx::query::Query<'static, sqlx::Postgres, sqlx::postgres
     sqlx::query(sqlx::AssertSqlSafe(q::placeholders(text, PH)))
 }
 
-/// Many events in one statement per thousand: the events take ids drawn from their identity
-/// sequence first, so that their patients' rows can name them in the same statement. On its
-/// own (outside a transaction) the statement is its own transaction: one round trip and one
-/// commit for a whole batch of reads' records.
+/// Records per statement of [`insert_many`], and the PostgreSQL batcher's largest batch.
+pub(crate) const AUDIT_BATCH: usize = 2_000;
+
+/// Many events in one statement per [`AUDIT_BATCH`] (the arrays are single bound values, so no
+/// parameter limit applies): the events take ids drawn from their identity sequence first, so
+/// that their patients' rows can name them in the same statement. On its own (outside a
+/// transaction) the statement is its own transaction: one round trip and one commit for a
+/// whole batch of reads' records, all stored or none.
 pub(crate) async fn insert_many(
     conn: &mut PgConnection,
     entries: Vec<AuditEntry>,
 ) -> Result<(), StoreError> {
-    for chunk in entries.chunks(1000) {
+    for chunk in entries.chunks(AUDIT_BATCH) {
         let times: Vec<i64> = chunk.iter().map(|e| e.time.micros()).collect();
         let records: Vec<Vec<u8>> = chunk.iter().map(|e| e.record.clone()).collect();
         let mut patients = Vec::new();
         let mut ordinals = Vec::new();
         for (o, e) in (1i64..).zip(chunk) {
-            for p in &e.patients {
+            // Each patient once per event (audit_patient's key), whatever the caller sent.
+            let mut own: Vec<&String> = e.patients.iter().collect();
+            own.sort_unstable();
+            own.dedup();
+            for p in own {
                 patients.push(p.clone());
                 ordinals.push(o);
             }

@@ -164,7 +164,8 @@ impl PgStore {
                 // reads (no better in the benchmark, and more of PostgreSQL's CPU).
                 BatchLimits {
                     queue: 4_096,
-                    max_batch: 2_000,
+                    // One statement, so one transaction, per batch.
+                    max_batch: audit::AUDIT_BATCH,
                     in_flight: 1,
                 },
             );

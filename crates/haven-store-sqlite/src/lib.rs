@@ -10,6 +10,9 @@
 //!   writes near that. The writer runs each unit of work inside its own `SAVEPOINT` and commits
 //!   every unit that queued up meanwhile with one fsync. A unit is acknowledged only after that
 //!   commit; a unit that fails rolls back to its savepoint without touching its neighbours.
+//!   The audit records of the batch (the units' and reads') are inserted together just before
+//!   the commit: if they cannot be stored, nothing of that commit is (every read 503, every
+//!   write rolled back), since neither may go unaudited.
 
 mod audit;
 pub mod backup;
@@ -45,7 +48,8 @@ pub struct SqliteOptions {
     pub read_connections: u32,
     /// Most units of work committed by one fsync.
     pub max_batch: usize,
-    /// Queued units of work before callers wait (back-pressure).
+    /// Queued jobs before callers wait (back-pressure): units of work, and reads' audit
+    /// records (one each).
     pub queue_depth: usize,
     /// How long a reader waits for a lock before giving up.
     pub busy_timeout: Duration,

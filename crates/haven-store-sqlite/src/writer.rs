@@ -76,18 +76,34 @@ pub(crate) fn start(
     jobs: mpsc::Receiver<Job>,
     max_batch: usize,
 ) -> Result<oneshot::Receiver<()>, StoreError> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| StoreError::Internal(format!("cannot start the writer's runtime: {e}")))?;
     let (done, finished) = oneshot::channel();
+    // The runtime is built on the writer's thread: dropped in the caller's (an async context)
+    // after a failed start, it would panic.
+    let (started, start) = std::sync::mpsc::sync_channel(1);
     std::thread::Builder::new()
         .name("haven-sqlite-writer".into())
         .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    let _ = started.send(Err(StoreError::Internal(format!(
+                        "cannot start the writer's runtime: {e}"
+                    ))));
+                    return;
+                }
+            };
+            let _ = started.send(Ok(()));
             runtime.block_on(run(conn, jobs, max_batch));
             let _ = done.send(());
         })
         .map_err(|e| StoreError::Internal(format!("cannot start the writer thread: {e}")))?;
+    // Answered at once by the new thread (it only builds a runtime first).
+    start
+        .recv()
+        .map_err(|_| StoreError::Internal("the writer thread stopped at start".into()))??;
     Ok(finished)
 }
 

@@ -1,6 +1,7 @@
 //! Reads' audit records are numbered inside the write transaction that stores them, so another
 //! writer on the same database file (a `haven user add` while the server runs) cannot make
-//! them collide: two stores on one file, recording at once, lose nothing.
+//! them collide: two stores on one file (each with its own writer connection, as two processes
+//! would have; SQLite locks the file the same way), recording at once, lose nothing.
 
 use haven_domain::Timestamp;
 use haven_store::{AuditEntry, ResourceStore, StoreError, WriteTx, run_write};

@@ -40,8 +40,9 @@ pub struct BatchLimits {
     pub queue: usize,
     /// Most records in one `write` call.
     pub max_batch: usize,
-    /// `write` calls running at once. More than one: while one waits for its commit, the next
-    /// is on its way, so a record waits for about one commit, not for the one before it too.
+    /// `write` calls running at once. One is classic group commit: the next batch is what came
+    /// while the last one was written. More overlap commits (a record waits for about one, not
+    /// for the one before it too) at the price of smaller batches.
     pub in_flight: usize,
 }
 

@@ -165,7 +165,7 @@ pub trait ResourceStore: Send + Sync + 'static {
 
     /// Stores one audit record outside any unit of work (a read's record) and returns once it
     /// is durable. Concurrent callers' records share commits: on SQLite the writer adds them to
-    /// the group commit it is building, on PostgreSQL a batcher writes them in one statement.
+    /// the group commit it is building, on PostgreSQL a batcher writes each batch in one statement.
     /// Nothing is acknowledged before its commit; an error means the record may not be stored,
     /// and the data it describes must not be served.
     async fn record_audit(&self, entry: AuditEntry) -> Result<(), StoreError>;
