@@ -13,45 +13,6 @@ use crate::reads::{bind, map_err, statement};
 
 const PH: Placeholders = Placeholders::Question;
 
-/// Many events: one multi-row insert for the events (in chunks), one for their patients.
-pub(crate) async fn insert_many(
-    conn: &mut SqliteConnection,
-    entries: Vec<AuditEntry>,
-) -> Result<(), StoreError> {
-    for chunk in entries.chunks(500) {
-        let rows = statement(q::insert_events_values(chunk))
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(map_err)?;
-        let mut ids = rows
-            .iter()
-            .map(|r| r.try_get::<i64, _>(0).map_err(map_err))
-            .collect::<Result<Vec<_>, _>>()?;
-        ids.sort_unstable();
-        if ids.len() != chunk.len() {
-            return Err(StoreError::Internal(
-                "audit insert returned too few ids".into(),
-            ));
-        }
-        let patients: Vec<(String, i64, i64)> = chunk
-            .iter()
-            .zip(&ids)
-            .flat_map(|(e, id)| {
-                e.patients
-                    .iter()
-                    .map(move |p| (p.clone(), *id, e.time.micros()))
-            })
-            .collect();
-        for part in patients.chunks(1000) {
-            statement(q::insert_patient_rows(part, PH))
-                .execute(&mut *conn)
-                .await
-                .map_err(map_err)?;
-        }
-    }
-    Ok(())
-}
-
 /// Rows per statement in [`insert_then`]: three bound values each, well below SQLite's limit
 /// of 32,766 per statement.
 const ROWS_PER_STATEMENT: usize = 2_000;
@@ -61,7 +22,7 @@ const ROWS_PER_STATEMENT: usize = 2_000;
 const TOP_ID: &str = "max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'audit_event'), 0), \
                          coalesce((SELECT max(id) FROM audit_event), 0))";
 
-/// Inserts `entries` with their patients, then runs `then` (the commit), as one query: its
+/// Inserts `entries` with their patients, then runs `then` (the commit, if any), as one query: its
 /// statements run one after another on SQLite's thread, so a whole batch of records costs one
 /// round trip to it instead of four. The events are numbered in the statement itself, from the
 /// largest id so far (read inside this write transaction, so other processes writing to the
@@ -70,7 +31,7 @@ const TOP_ID: &str = "max(coalesce((SELECT seq FROM sqlite_sequence WHERE name =
 pub(crate) async fn insert_then(
     conn: &mut SqliteConnection,
     entries: &[AuditEntry],
-    then: &str,
+    then: Option<&str>,
 ) -> Result<(), StoreError> {
     let total = i64::try_from(entries.len()).map_err(StoreError::internal)?;
     let mut sql = String::new();
@@ -121,8 +82,10 @@ pub(crate) async fn insert_then(
         }
         sql.push_str(") AS v, (SELECT max(id) AS top FROM audit_event) AS t;\n");
     }
-    sql.push_str(then);
-    sql.push(';');
+    if let Some(then) = then {
+        sql.push_str(then);
+        sql.push(';');
+    }
     // Not kept prepared: the text differs with every batch size.
     bind(
         sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false),

@@ -162,6 +162,21 @@ impl SqliteStore {
         Ok(MIGRATOR.iter().count())
     }
 
+    /// Queues `job` for the writer and waits for its answer.
+    async fn submit<T>(
+        &self,
+        job: writer::Job,
+        answer: oneshot::Receiver<T>,
+    ) -> Result<T, StoreError> {
+        self.sender()?
+            .send(job)
+            .await
+            .map_err(|_| StoreError::Unavailable("the store is shutting down".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Unavailable("the writer stopped before answering".into()))
+    }
+
     fn sender(&self) -> Result<mpsc::Sender<writer::Job>, StoreError> {
         self.jobs
             .lock()
@@ -223,24 +238,14 @@ impl ResourceStore for SqliteStore {
 
     async fn write_erased(&self, work: ErasedWriteFn) -> Result<ErasedOutcome, StoreError> {
         let (reply, answer) = oneshot::channel();
-        self.sender()?
-            .send(writer::Job::Unit { work, reply })
-            .await
-            .map_err(|_| StoreError::Unavailable("the store is shutting down".into()))?;
-        answer
-            .await
-            .map_err(|_| StoreError::Unavailable("the writer stopped before answering".into()))?
+        self.submit(writer::Job::Unit { work, reply }, answer)
+            .await?
     }
 
     async fn record_audit(&self, entry: AuditEntry) -> Result<(), StoreError> {
         let (reply, answer) = oneshot::channel();
-        self.sender()?
-            .send(writer::Job::Audit { entry, reply })
-            .await
-            .map_err(|_| StoreError::Unavailable("the store is shutting down".into()))?;
-        answer
-            .await
-            .map_err(|_| StoreError::Unavailable("the writer stopped before answering".into()))?
+        self.submit(writer::Job::Audit { entry, reply }, answer)
+            .await?
     }
 
     async fn audit_links(

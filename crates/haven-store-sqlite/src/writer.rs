@@ -158,7 +158,7 @@ async fn run(mut conn: SqliteConnection, mut jobs: mpsc::Receiver<Job>, max_batc
             // The audit records go in last, for the whole batch, with the commit: one request
             // to SQLite's thread. If they cannot be stored, nothing of the batch commits: the
             // units' data would be unaudited, and the reads would be served unaudited.
-            audit::insert_then(&mut conn, &audits, "COMMIT")
+            audit::insert_then(&mut conn, &audits, Some("COMMIT"))
                 .await
                 .map_err(|e| e.to_string())
         };
@@ -597,7 +597,8 @@ impl SqliteTx<'_> {
         if self.audits.is_empty() {
             return Ok(());
         }
-        audit::insert_many(self.conn, std::mem::take(&mut self.audits)).await
+        let audits = std::mem::take(&mut self.audits);
+        audit::insert_then(self.conn, &audits, None).await
     }
 
     /// Writes the buffered index changes.

@@ -29,6 +29,31 @@ async fn record(store: &dyn ResourceStore, e: AuditEntry) {
     .unwrap();
 }
 
+/// Every record (as its label) the accounting lists for `patient`, page by page, in id order.
+async fn labels_for_patient(store: &dyn ResourceStore, patient: &str) -> Vec<String> {
+    let mut got = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = store
+            .audit_for_patient(
+                patient,
+                Timestamp::from_micros(0),
+                Timestamp::from_micros(1_000_000),
+                after,
+                100,
+            )
+            .await
+            .unwrap();
+        let Some(last) = page.last() else { break };
+        after = last.id;
+        got.extend(
+            page.into_iter()
+                .map(|e| String::from_utf8(e.record).unwrap()),
+        );
+    }
+    got
+}
+
 /// One sealing round as the service runs it: lock, read the head, seal what is final.
 /// Returns the labels sealed. The "hash" is the label, which is all the store needs.
 async fn seal_round(store: &dyn ResourceStore) -> Vec<String> {
@@ -340,26 +365,7 @@ pub async fn audit_many_keeps_each_record_with_its_patients(store: &dyn Resource
     b.unwrap();
     for prefix in ["a", "b"] {
         for k in 0..7 {
-            let mut got = Vec::new();
-            let mut after = 0;
-            loop {
-                let page = store
-                    .audit_for_patient(
-                        &format!("{prefix}{k}"),
-                        Timestamp::from_micros(0),
-                        Timestamp::from_micros(1_000_000),
-                        after,
-                        100,
-                    )
-                    .await
-                    .unwrap();
-                let Some(last) = page.last() else { break };
-                after = last.id;
-                got.extend(
-                    page.into_iter()
-                        .map(|e| String::from_utf8(e.record).unwrap()),
-                );
-            }
+            let got = labels_for_patient(store, &format!("{prefix}{k}")).await;
             let expected: Vec<String> = (0..1_200)
                 .filter(|i| i % 7 == k)
                 .map(|i| format!("{prefix}-{i:04}"))
@@ -428,26 +434,7 @@ pub async fn records_of_reads_are_stored_with_their_patients_and_sealed_once(
         .unwrap();
 
     let for_patient = |p: &'static str| async move {
-        let mut got = Vec::new();
-        let mut after = 0;
-        loop {
-            let page = store
-                .audit_for_patient(
-                    p,
-                    Timestamp::from_micros(0),
-                    Timestamp::from_micros(1_000_000),
-                    after,
-                    100,
-                )
-                .await
-                .unwrap();
-            let Some(last) = page.last() else { break };
-            after = last.id;
-            got.extend(
-                page.into_iter()
-                    .map(|e| String::from_utf8(e.record).unwrap()),
-            );
-        }
+        let mut got = labels_for_patient(store, p).await;
         got.sort();
         got
     };

@@ -12,43 +12,6 @@ fn finish(sql: String, args: Vec<SqlArg>, ph: Placeholders) -> Statement {
     Statement { sql, args }
 }
 
-/// Inserts several events in one statement (SQLite form: a VALUES list, inserted in order). The
-/// ids it returns, sorted, belong to the entries in order: ids only grow as rows are inserted.
-#[must_use]
-pub fn insert_events_values(entries: &[crate::AuditEntry]) -> Statement {
-    let mut sql = String::from("INSERT INTO audit_event (time, record) VALUES ");
-    let mut args = Vec::with_capacity(entries.len() * 2);
-    for (i, e) in entries.iter().enumerate() {
-        if i > 0 {
-            sql.push_str(", ");
-        }
-        sql.push_str("(?, ?)");
-        args.push(SqlArg::Int(e.time.micros()));
-        args.push(SqlArg::Blob(e.record.clone()));
-    }
-    sql.push_str(" RETURNING id");
-    Statement { sql, args }
-}
-
-/// The patient rows of several events: (patient, event id, time) for each.
-#[must_use]
-pub fn insert_patient_rows(rows: &[(String, i64, i64)], ph: Placeholders) -> Statement {
-    let mut sql = String::from("INSERT INTO audit_patient (patient, event_id, time) VALUES ");
-    let mut args = Vec::with_capacity(rows.len() * 3);
-    for (i, (p, id, time)) in rows.iter().enumerate() {
-        if i > 0 {
-            sql.push_str(", ");
-        }
-        sql.push_str("(?, ?, ?)");
-        args.extend([
-            SqlArg::Text(p.clone()),
-            SqlArg::Int(*id),
-            SqlArg::Int(*time),
-        ]);
-    }
-    finish(sql, args, ph)
-}
-
 /// The newest link with its event's position (`txid` is 0 where the store has none).
 #[must_use]
 pub fn head(with_txid: bool) -> &'static str {
