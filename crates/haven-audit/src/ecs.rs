@@ -25,7 +25,7 @@
 //! adds `denied` and a status of 500 or more adds `error`.
 
 use haven_domain::Timestamp;
-use serde_json::{Map, Value, json};
+use serde::Serialize;
 
 use crate::record::{AuditRecord, Category, Outcome};
 
@@ -123,6 +123,10 @@ pub const ECS_EVENT_TYPES: &[&str] = &[
 ];
 
 /// One ECS JSON object on one line. `seq` is the record's place in the chain, if it has one yet.
+///
+/// Written through borrowed structs rather than a `serde_json::Value`: every record that is
+/// sealed becomes a line, so this runs once per audited request, and building a map of owned
+/// keys and values cost about as much as hashing and storing the record.
 #[must_use]
 pub fn ecs_line(
     record: &AuditRecord,
@@ -131,92 +135,173 @@ pub fn ecs_line(
     service_version: &str,
 ) -> String {
     let (category, types) = classify(record);
+    let user = (record.actor.user.is_some() || record.actor.role.is_some()).then(|| User {
+        id: record.actor.user.as_deref(),
+        name: record.actor.user.as_deref(),
+        roles: record.actor.role.as_deref().map(|r| [r]),
+    });
+    // `source.ip` is an `ip` field: a value that does not parse would make Elasticsearch reject
+    // the whole document, so such values go to the keyword `source.address` only.
+    let source = record.source_ip.as_deref().map(|addr| Source {
+        ip: addr.parse::<std::net::IpAddr>().ok(),
+        address: addr,
+    });
+    let entities: Vec<String> = record
+        .entities
+        .iter()
+        .map(|e| match e.version {
+            Some(v) => format!("{}/{}/_history/{v}", e.resource_type, e.id),
+            None => format!("{}/{}", e.resource_type, e.id),
+        })
+        .collect();
+    let audit = HavenAudit {
+        entities: &entities,
+        patients: &record.patients,
+        detail: record.detail.as_deref(),
+    };
+    let has_audit =
+        !audit.entities.is_empty() || !audit.patients.is_empty() || audit.detail.is_some();
+    let line = Line {
+        timestamp: timestamp(record.time),
+        ecs: Version {
+            version: ECS_VERSION,
+        },
+        event: Event {
+            kind: "event",
+            category: [category],
+            types: &types,
+            action: &record.action,
+            outcome: match record.outcome {
+                Outcome::Success => "success",
+                Outcome::Failure => "failure",
+            },
+            dataset: ECS_DATASET,
+            id: seq.map(|s| s.to_string()),
+            sequence: seq,
+            reason: record.purpose_of_use.as_deref(),
+        },
+        user,
+        labels: record
+            .actor
+            .client
+            .as_deref()
+            .map(|client_id| Labels { client_id }),
+        source,
+        service: Service {
+            name: service_name,
+            version: service_version,
+        },
+        trace: record.request_id.as_deref().map(|id| Trace { id }),
+        http: Http {
+            response: Response {
+                status_code: record.status,
+            },
+        },
+        haven: has_audit.then_some(Haven { audit }),
+    };
+    serde_json::to_string(&line).expect("an ECS line always serializes")
+}
 
-    let mut event = Map::new();
-    event.insert("kind".into(), json!("event"));
-    event.insert("category".into(), json!([category]));
-    event.insert("type".into(), json!(types));
-    event.insert("action".into(), json!(record.action));
-    event.insert(
-        "outcome".into(),
-        json!(match record.outcome {
-            Outcome::Success => "success",
-            Outcome::Failure => "failure",
-        }),
-    );
-    event.insert("dataset".into(), json!(ECS_DATASET));
-    if let Some(seq) = seq {
-        event.insert("id".into(), json!(seq.to_string()));
-        event.insert("sequence".into(), json!(seq));
-    }
-    if let Some(purpose) = &record.purpose_of_use {
-        event.insert("reason".into(), json!(purpose));
-    }
+// The shape of a line, field by field in the order they are written.
 
-    let mut line = Map::new();
-    line.insert("@timestamp".into(), json!(timestamp(record.time)));
-    line.insert("ecs".into(), json!({ "version": ECS_VERSION }));
-    line.insert("event".into(), Value::Object(event));
+#[derive(Serialize)]
+struct Line<'a> {
+    #[serde(rename = "@timestamp")]
+    timestamp: String,
+    ecs: Version,
+    event: Event<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<User<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    labels: Option<Labels<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source: Option<Source<'a>>,
+    service: Service<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trace: Option<Trace<'a>>,
+    http: Http,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    haven: Option<Haven<'a>>,
+}
 
-    let mut user = Map::new();
-    if let Some(u) = &record.actor.user {
-        user.insert("id".into(), json!(u));
-        user.insert("name".into(), json!(u));
-    }
-    if let Some(role) = &record.actor.role {
-        user.insert("roles".into(), json!([role]));
-    }
-    if !user.is_empty() {
-        line.insert("user".into(), Value::Object(user));
-    }
-    if let Some(client) = &record.actor.client {
-        line.insert("labels".into(), json!({ "client_id": client }));
-    }
-    if let Some(addr) = &record.source_ip {
-        // `source.ip` is an `ip` field: a value that does not parse would make Elasticsearch
-        // reject the whole document, so such values go to the keyword `source.address` only.
-        let mut source = Map::new();
-        if let Ok(ip) = addr.parse::<std::net::IpAddr>() {
-            source.insert("ip".into(), json!(ip.to_string()));
-        }
-        source.insert("address".into(), json!(addr));
-        line.insert("source".into(), Value::Object(source));
-    }
-    line.insert(
-        "service".into(),
-        json!({ "name": service_name, "version": service_version }),
-    );
-    if let Some(id) = &record.request_id {
-        line.insert("trace".into(), json!({ "id": id }));
-    }
-    line.insert(
-        "http".into(),
-        json!({ "response": { "status_code": record.status } }),
-    );
+#[derive(Serialize)]
+struct Version {
+    version: &'static str,
+}
 
-    let mut audit = Map::new();
-    if !record.entities.is_empty() {
-        let refs: Vec<String> = record
-            .entities
-            .iter()
-            .map(|e| match e.version {
-                Some(v) => format!("{}/{}/_history/{v}", e.resource_type, e.id),
-                None => format!("{}/{}", e.resource_type, e.id),
-            })
-            .collect();
-        audit.insert("entities".into(), json!(refs));
-    }
-    if !record.patients.is_empty() {
-        audit.insert("patients".into(), json!(record.patients));
-    }
-    if let Some(detail) = &record.detail {
-        audit.insert("detail".into(), json!(detail));
-    }
-    if !audit.is_empty() {
-        line.insert("haven".into(), json!({ "audit": audit }));
-    }
+#[derive(Serialize)]
+struct Event<'a> {
+    kind: &'static str,
+    category: [&'static str; 1],
+    #[serde(rename = "type")]
+    types: &'a [&'static str],
+    action: &'a str,
+    outcome: &'static str,
+    dataset: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sequence: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+}
 
-    serde_json::to_string(&Value::Object(line)).expect("a JSON value always serializes")
+#[derive(Serialize)]
+struct User<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    roles: Option<[&'a str; 1]>,
+}
+
+#[derive(Serialize)]
+struct Labels<'a> {
+    client_id: &'a str,
+}
+
+#[derive(Serialize)]
+struct Source<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ip: Option<std::net::IpAddr>,
+    address: &'a str,
+}
+
+#[derive(Serialize)]
+struct Service<'a> {
+    name: &'a str,
+    version: &'a str,
+}
+
+#[derive(Serialize)]
+struct Trace<'a> {
+    id: &'a str,
+}
+
+#[derive(Serialize)]
+struct Http {
+    response: Response,
+}
+
+#[derive(Serialize)]
+struct Response {
+    status_code: u16,
+}
+
+#[derive(Serialize)]
+struct Haven<'a> {
+    audit: HavenAudit<'a>,
+}
+
+#[derive(Serialize)]
+struct HavenAudit<'a> {
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    entities: &'a [String],
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    patients: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<&'a str>,
 }
 
 /// RFC 3339 UTC with microseconds.
@@ -277,6 +362,7 @@ fn verb_type(action: &str) -> &'static str {
 mod tests {
     use super::*;
     use crate::record::{Actor, Entity};
+    use serde_json::Value;
 
     const ACTIONS: &[(Category, &str)] = &[
         (Category::Data, "create"),

@@ -110,6 +110,15 @@ impl Recorded {
         Ok(())
     }
 
+    /// Adds a later measurement of the same thing (another slice of the window): its
+    /// interactions, and its length.
+    pub fn append(&mut self, other: Recorded) -> anyhow::Result<()> {
+        let seconds = other.seconds;
+        self.merge(other)?;
+        self.seconds += seconds;
+        Ok(())
+    }
+
     /// Successful interactions per second.
     pub fn rate(&self) -> f64 {
         self.ok as f64 / self.seconds
@@ -303,6 +312,23 @@ pub async fn run(
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[test]
+    fn slices_add_up_to_one_window() {
+        let mut total = Recorded::new(1.0).unwrap();
+        total.ok = 100;
+        total.latency.record(1_000).unwrap();
+        let mut slice = Recorded::new(1.5).unwrap();
+        slice.ok = 200;
+        slice.errors = 1;
+        slice.latency.record(3_000).unwrap();
+        total.append(slice).unwrap();
+        // 300 interactions in 2.5 s of measurement, both slices' latencies kept.
+        assert!((total.seconds - 2.5).abs() < 1e-9);
+        assert!((total.rate() - 120.0).abs() < 1e-9);
+        assert_eq!(total.errors, 1);
+        assert_eq!(total.latency.len(), 2);
+    }
 
     /// A keep-alive HTTP/1.1 responder answering every (body-less) request with `status`.
     async fn responder(status: &'static str) -> String {

@@ -114,6 +114,11 @@ struct Args {
     /// --benchmark-without-encryption`), and report what encryption costs.
     #[arg(long)]
     encryption_cost: bool,
+    /// With --audit-cost or --encryption-cost, each scenario's window is cut into this many
+    /// slices, taken in turn on each variant of a backend (all running at once), so that the
+    /// machine's drift from minute to minute weighs on every variant alike.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+    rounds: u32,
     /// Haven's log level (`info`, its default, writes one line per request).
     #[arg(long, default_value = "info")]
     haven_log_level: String,
@@ -281,12 +286,23 @@ async fn bench(args: Args, threads: usize) -> anyhow::Result<u64> {
              load generator: haven-bench, {threads} threads, HTTP/1.1 keep-alive, one request in \
              flight per connection; every request to Haven carries a bearer access token that \
              Haven checks, as in service (a `system/*.cruds` backend client, `private_key_jwt`; \
-             tokens live {} s, renewed at 4/5 of that)",
+             tokens live {} s, renewed at 4/5 of that){}",
             args.duration,
             args.warmup,
             args.connections,
             args.import_connections,
-            args.token_seconds
+            args.token_seconds,
+            if args.audit_cost || args.encryption_cost {
+                format!(
+                    "; the variants of a backend run at once and are measured in turn, each \
+                     window cut into {} slices (A B A B ...; every slice after the first has \
+                     its own {} ms warm-up), so that the machine's drift weighs on each alike",
+                    args.rounds,
+                    SLICE_WARMUP.as_millis()
+                )
+            } else {
+                String::new()
+            }
         ),
         import_note: format!(
             "Each Bundle is one synthetic patient: 1 Patient, 5 Encounter, 80 Observation, \
@@ -319,37 +335,22 @@ async fn bench(args: Args, threads: usize) -> anyhow::Result<u64> {
     let main_scenarios = args.scenarios.iter().any(|s| *s != Scenario::Search);
     if main_scenarios {
         for &backend in &args.backends {
+            let mut variants = vec![Variant::Full];
+            if args.audit_cost {
+                variants.push(Variant::AuditOff);
+            }
+            if args.encryption_cost {
+                variants.push(Variant::EncryptionOff);
+            }
             measure_haven(
                 &args,
                 backend,
-                Variant::Full,
+                &variants,
                 pg_version.as_deref(),
                 shapes,
                 &mut report,
             )
             .await?;
-            if args.audit_cost {
-                measure_haven(
-                    &args,
-                    backend,
-                    Variant::AuditOff,
-                    pg_version.as_deref(),
-                    shapes,
-                    &mut report,
-                )
-                .await?;
-            }
-            if args.encryption_cost {
-                measure_haven(
-                    &args,
-                    backend,
-                    Variant::EncryptionOff,
-                    pg_version.as_deref(),
-                    shapes,
-                    &mut report,
-                )
-                .await?;
-            }
         }
     }
     if args.scenarios.contains(&Scenario::Search) {
@@ -418,117 +419,268 @@ enum Variant {
     EncryptionOff,
 }
 
+/// One Haven under test: a variant, its server and what the scenarios need of it.
+struct Instance {
+    label: String,
+    // Field order is drop order: the server stops before its database and directory go.
+    server: Server,
+    database: Option<postgres::Database>,
+    temp: tempfile::TempDir,
+    base: String,
+    bearer: Bearer,
+    setup: Setup,
+    idle: server::Memory,
+}
+
+impl Instance {
+    fn start(args: &Args, backend: Backend, variant: Variant) -> anyhow::Result<Self> {
+        let label = match variant {
+            Variant::Full => backend.name().to_owned(),
+            Variant::AuditOff => format!("{} (audit off)", backend.name()),
+            Variant::EncryptionOff => format!("{} (encryption off)", backend.name()),
+        };
+        let temp = tempfile::Builder::new()
+            .prefix("haven-bench-")
+            .tempdir()
+            .context("cannot create a temporary directory")?;
+        let database = match backend {
+            Backend::Postgres => Some(postgres::Database::create(&args.postgres_url)?),
+            Backend::Sqlite => None,
+        };
+        let server = Server::haven(
+            &args.haven_bin,
+            &temp.path().join("data"),
+            database.as_ref().map(|d| d.url.as_str()),
+            &temp.path().join("bench-client.pem"),
+            HavenOptions {
+                log_level: &args.haven_log_level,
+                audit: variant != Variant::AuditOff,
+                encryption: variant != Variant::EncryptionOff,
+                token_seconds: args.token_seconds,
+            },
+        )?;
+        let base = server.base_url();
+        let bearer = server.bearer().clone();
+        let setup = Setup::new(&base, &bearer)?;
+        let idle = server.memory()?;
+        eprintln!("{label}: Haven at {base}");
+        Ok(Self {
+            label,
+            server,
+            database,
+            temp,
+            base,
+            bearer,
+            setup,
+            idle,
+        })
+    }
+
+    fn ours(&self) -> cpu::Ours<'_> {
+        cpu::Ours {
+            server: self.server.pid(),
+            postgres_db: self.database.as_ref().map(|d| d.name.as_str()),
+        }
+    }
+}
+
+/// Warm-up of every slice after a server's first: long enough for the background work the
+/// previous slice left on the other server (the audit sealer runs every 200 ms) to end before
+/// this one is measured.
+const SLICE_WARMUP: Duration = Duration::from_millis(500);
+
+/// Measures one workload on every instance. With several instances (variants of one backend),
+/// the window is cut into `rounds` slices taken in turn, A B C A B C ...: this machine's speed
+/// drifts by tens of percent from minute to minute, and variants measured one after the other
+/// would carry that drift into their ratio. Interleaved, a slow spell weighs on each alike.
+async fn measure_all(
+    instances: &[Instance],
+    workloads: Vec<Workload>,
+    shape: Shape,
+    rounds: u32,
+) -> anyhow::Result<Vec<(Recorded, f64)>> {
+    let workloads: Vec<Arc<Workload>> = workloads.into_iter().map(Arc::new).collect();
+    let rounds = if instances.len() > 1 {
+        rounds.max(1)
+    } else {
+        1
+    };
+    let mut totals: Vec<Option<(Recorded, f64)>> = instances.iter().map(|_| None).collect();
+    for round in 0..rounds {
+        for (i, instance) in instances.iter().enumerate() {
+            let slice = Shape {
+                warmup: if round == 0 {
+                    shape.warmup
+                } else {
+                    SLICE_WARMUP
+                },
+                duration: shape.duration / rounds,
+                ..shape
+            };
+            let before = cpu::sample(instance.ours());
+            let rec = load::run(
+                workloads[i].clone(),
+                &instance.base,
+                &instance.bearer,
+                slice,
+            )
+            .await?;
+            let noise = cpu::others_share(before, cpu::sample(instance.ours()));
+            totals[i] = Some(match totals[i].take() {
+                None => (rec, noise),
+                // The noise gauge of a slice, averaged over slices of equal length.
+                Some((mut total, n)) => {
+                    total.append(rec)?;
+                    (total, n + noise)
+                }
+            });
+        }
+    }
+    Ok(totals
+        .into_iter()
+        .flatten()
+        .map(|(rec, noise)| (rec, noise / f64::from(rounds)))
+        .collect())
+}
+
+/// Reports one measurement of every instance: a progress line each, and their rows.
+fn rows(
+    instances: &[Instance],
+    results: Vec<(Recorded, f64)>,
+    what: &str,
+    variant: Option<&str>,
+    out: &mut Vec<Row>,
+) {
+    for (instance, (rec, noise)) in instances.iter().zip(results) {
+        progress(&instance.label, what, &rec);
+        out.push(Row::new(
+            &instance.label,
+            variant.map(str::to_owned),
+            rec,
+            noise,
+        ));
+    }
+}
+
+/// Every selected scenario against a fresh Haven per variant on `backend`, the variants
+/// measured side by side (see [`measure_all`]).
 async fn measure_haven(
     args: &Args,
     backend: Backend,
-    variant: Variant,
+    variants: &[Variant],
     pg_version: Option<&str>,
     shapes: Shapes,
     report: &mut Report,
 ) -> anyhow::Result<()> {
-    let label = match variant {
-        Variant::Full => backend.name().to_owned(),
-        Variant::AuditOff => format!("{} (audit off)", backend.name()),
-        Variant::EncryptionOff => format!("{} (encryption off)", backend.name()),
-    };
-    let name = label.as_str();
-    let temp = tempfile::Builder::new()
-        .prefix("haven-bench-")
-        .tempdir()
-        .context("cannot create a temporary directory")?;
-    // Declared before the server so it is dropped after it: the server must stop first.
-    let database = match backend {
-        Backend::Postgres => Some(postgres::Database::create(&args.postgres_url)?),
-        Backend::Sqlite => None,
-    };
-    let mut server = Server::haven(
-        &args.haven_bin,
-        &temp.path().join("data"),
-        database.as_ref().map(|d| d.url.as_str()),
-        &temp.path().join("bench-client.pem"),
-        HavenOptions {
-            log_level: &args.haven_log_level,
-            audit: variant != Variant::AuditOff,
-            encryption: variant != Variant::EncryptionOff,
-            token_seconds: args.token_seconds,
-        },
-    )?;
-    let base = server.base_url();
-    let bearer = server.bearer().clone();
-    let setup = Setup::new(&base, &bearer)?;
-    let idle = server.memory()?;
-    let ours = cpu::Ours {
-        server: server.pid(),
-        postgres_db: database.as_ref().map(|d| d.name.as_str()),
-    };
-    eprintln!("{name}: Haven at {base}");
-
+    let mut instances = Vec::with_capacity(variants.len());
+    for &variant in variants {
+        instances.push(Instance::start(args, backend, variant)?);
+    }
+    let rounds = args.rounds;
     for &scenario in &args.scenarios {
         match scenario {
             Scenario::Read => {
-                let id = setup.read_target().await?;
-                let path = format!("{FHIR}/Patient/{id}");
-                report
-                    .read_body
-                    .push((name.into(), setup.body_size(&path).await?));
-                let (rec, noise) =
-                    measure(Workload::Get { path }, &base, &bearer, shapes.normal, ours).await?;
-                progress(name, "read", &rec);
-                report.read.push(Row::new(name, None, rec, noise));
+                let mut workloads = Vec::new();
+                for instance in &instances {
+                    let id = instance.setup.read_target().await?;
+                    let path = format!("{FHIR}/Patient/{id}");
+                    report.read_body.push((
+                        instance.label.clone(),
+                        instance.setup.body_size(&path).await?,
+                    ));
+                    workloads.push(Workload::Get { path });
+                }
+                let results = measure_all(&instances, workloads, shapes.normal, rounds).await?;
+                rows(&instances, results, "read", None, &mut report.read);
             }
             Scenario::Crud => {
-                let (rec, noise) =
-                    measure(Workload::Crud, &base, &bearer, shapes.normal, ours).await?;
-                progress(name, "crud (interactions)", &rec);
-                report.crud.push(Row::new(name, None, rec, noise));
+                let workloads = instances.iter().map(|_| Workload::Crud).collect();
+                let results = measure_all(&instances, workloads, shapes.normal, rounds).await?;
+                rows(
+                    &instances,
+                    results,
+                    "crud (interactions)",
+                    None,
+                    &mut report.crud,
+                );
             }
             Scenario::History => {
-                let id = setup.history_target().await?;
-                let variants = [
+                let mut targets = Vec::new();
+                for instance in &instances {
+                    targets.push(instance.setup.history_target().await?);
+                }
+                let kinds = [
                     (
                         format!("instance, {} versions", scenarios::HISTORY_VERSIONS),
-                        format!("{FHIR}/Patient/{id}/_history"),
+                        None,
                     ),
                     (
                         "type, _count=50".to_owned(),
-                        format!("{FHIR}/Patient/_history?_count=50"),
+                        Some("/Patient/_history?_count=50"),
                     ),
                 ];
-                for (variant, path) in variants {
-                    let (rec, noise) =
-                        measure(Workload::Get { path }, &base, &bearer, shapes.normal, ours)
-                            .await?;
-                    progress(name, &format!("history {variant}"), &rec);
-                    report
-                        .history
-                        .push(Row::new(name, Some(variant), rec, noise));
+                for (kind, fixed) in kinds {
+                    let workloads = targets
+                        .iter()
+                        .map(|id| Workload::Get {
+                            path: match fixed {
+                                Some(p) => format!("{FHIR}{p}"),
+                                None => format!("{FHIR}/Patient/{id}/_history"),
+                            },
+                        })
+                        .collect();
+                    let results = measure_all(&instances, workloads, shapes.normal, rounds).await?;
+                    rows(
+                        &instances,
+                        results,
+                        &format!("history {kind}"),
+                        Some(&kind),
+                        &mut report.history,
+                    );
                 }
             }
             Scenario::Import => {
-                let workload = Workload::Import { seed: args.seed };
-                let (rec, noise) = measure(workload, &base, &bearer, shapes.import, ours).await?;
-                progress(name, "import (bundles)", &rec);
-                report.import.push(Row::new(name, None, rec, noise));
+                let workloads = instances
+                    .iter()
+                    .map(|_| Workload::Import { seed: args.seed })
+                    .collect();
+                let results = measure_all(&instances, workloads, shapes.import, rounds).await?;
+                rows(
+                    &instances,
+                    results,
+                    "import (bundles)",
+                    None,
+                    &mut report.import,
+                );
             }
             // Run on a server of its own, after the others (see `search`).
             Scenario::Search => {}
         }
     }
 
-    let peak = server.memory().unwrap_or_default();
-    let group_commit = setup.metrics().await.as_deref().and_then(group_commit);
-    report
-        .durability
-        .push(durability(database.as_ref(), pg_version, temp.path()));
-    let stop = server.stop()?;
-    report.servers.push(ServerRun {
-        name: name.into(),
-        idle,
-        peak,
-        logs: server.logs(),
-        group_commit,
-        stop,
-    });
+    for mut instance in instances {
+        let peak = instance.server.memory().unwrap_or_default();
+        let group_commit = instance
+            .setup
+            .metrics()
+            .await
+            .as_deref()
+            .and_then(group_commit);
+        report.durability.push(durability(
+            instance.database.as_ref(),
+            pg_version,
+            instance.temp.path(),
+        ));
+        let stop = instance.server.stop()?;
+        report.servers.push(ServerRun {
+            name: instance.label,
+            idle: instance.idle,
+            peak,
+            logs: instance.server.logs(),
+            group_commit,
+            stop,
+        });
+    }
     Ok(())
 }
 

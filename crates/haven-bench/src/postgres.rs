@@ -63,7 +63,11 @@ impl Database {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        let name = format!("haven_bench_{}_{stamp}", std::process::id());
+        // Several databases may be made in the same second (the variants of a backend run at
+        // once): a counter keeps their names apart.
+        static MADE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("haven_bench_{}_{stamp}_{n}", std::process::id());
         psql(admin_url, &format!("CREATE DATABASE {name}"))
             .context("cannot create the benchmark database")?;
         Ok(Self {

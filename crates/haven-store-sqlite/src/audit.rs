@@ -30,11 +30,16 @@ const TOP_ID: &str = "max(coalesce((SELECT seq FROM sqlite_sequence WHERE name =
 /// without the ids being read back first.
 pub(crate) async fn insert_then(
     conn: &mut SqliteConnection,
+    first: Option<&str>,
     entries: &[AuditEntry],
     then: Option<&str>,
 ) -> Result<(), StoreError> {
     let total = i64::try_from(entries.len()).map_err(StoreError::internal)?;
     let mut sql = String::new();
+    if let Some(first) = first {
+        sql.push_str(first);
+        sql.push_str(";\n");
+    }
     let mut args = Vec::new();
     let mut patients: Vec<(&str, i64, i64)> = Vec::new();
     let mut ordinal = 0i64;

@@ -110,77 +110,61 @@ pub(crate) fn start(
 async fn run(mut conn: SqliteConnection, mut jobs: mpsc::Receiver<Job>, max_batch: usize) {
     // Reads' records in the last commit: how many readers are about.
     let mut last_records = 0usize;
-    while let Some(first) = jobs.recv().await {
-        let gathered = gather(&mut jobs, first, last_records).await;
-        if let Err(e) = exec(&mut conn, "BEGIN IMMEDIATE").await {
-            tracing::error!(error = %e, "cannot begin a write transaction");
-            for job in gathered {
-                job.fail(StoreError::Unavailable(e.to_string()));
-            }
-            continue;
-        }
-        let started = Instant::now();
-        let mut batch = Batch::default();
-        let mut sound = true;
-        for job in gathered {
-            if sound {
-                sound = take(&mut conn, job, &mut batch).await;
-            } else {
-                job.fail(StoreError::Unavailable(
-                    "the write could not be completed; retry".into(),
-                ));
-            }
-        }
-        // Everything that queued while the previous commit was syncing joins this one.
-        while sound && batch.acks.len() < max_batch && batch.audit_acks.len() < MAX_AUDIT_RECORDS {
-            match jobs.try_recv() {
-                Ok(job) => sound = take(&mut conn, job, &mut batch).await,
-                Err(_) => break,
-            }
-        }
-        let Batch {
-            acks,
-            audits,
-            audit_acks,
-            ..
-        } = batch;
-        let units_done = started.elapsed();
-        let committed = if !sound {
-            // A savepoint could not be rolled back or released: SQLite may have rolled the
-            // whole transaction back by itself (full disk, I/O error). Nothing of this batch can
-            // be trusted to commit, so none of it is acknowledged.
-            Err("write batch abandoned after a savepoint failure".to_owned())
-        } else if acks.is_empty() && audit_acks.is_empty() {
-            exec(&mut conn, "ROLLBACK").await.map_err(|e| e.to_string())
-        } else if audits.is_empty() {
-            exec(&mut conn, "COMMIT").await.map_err(|e| e.to_string())
-        } else {
-            // The audit records go in last, for the whole batch, with the commit: one request
-            // to SQLite's thread. If they cannot be stored, nothing of the batch commits: the
-            // units' data would be unaudited, and the reads would be served unaudited.
-            audit::insert_then(&mut conn, &audits, Some("COMMIT"))
-                .await
-                .map_err(|e| e.to_string())
+    // A unit met while collecting a commit of records only: it starts the next batch.
+    let mut carried: Option<Job> = None;
+    loop {
+        let first = match carried.take() {
+            Some(job) => job,
+            None => match jobs.recv().await {
+                Some(job) => job,
+                None => break,
+            },
         };
-        if committed.is_err() {
-            // Whatever failed (a statement, the commit itself), leave no transaction open.
-            let _ = exec(&mut conn, "ROLLBACK").await;
-        }
+        let gathered = gather(&mut jobs, first, last_records).await;
+        let started = Instant::now();
+        let outcome = if gathered.iter().all(|j| matches!(j, Job::Audit { .. })) {
+            records_only(&mut conn, &mut jobs, gathered, &mut carried).await
+        } else {
+            with_units(&mut conn, &mut jobs, gathered, max_batch).await
+        };
+        last_records = outcome.audit_acks.len();
+        outcome.finish(started);
+    }
+    let _ = conn.close().await;
+}
+
+/// What a batch came to: who to answer, and whether it committed.
+struct Outcome {
+    acks: Vec<Ack>,
+    audit_acks: Vec<oneshot::Sender<Result<(), StoreError>>>,
+    committed: Result<(), String>,
+    /// Time spent running units, before the records and the commit.
+    units_took: std::time::Duration,
+}
+
+impl Outcome {
+    /// Records the batch's metrics and answers every job of it.
+    fn finish(self, started: Instant) {
+        let Outcome {
+            acks,
+            audit_acks,
+            committed,
+            units_took,
+        } = self;
         let took = started.elapsed();
         if took > SLOW_COMMIT {
             // Every write and every audited read waited this long: say where the time went.
             tracing::warn!(
                 units = acks.len(),
                 records = audit_acks.len(),
-                units_ms = units_done.as_millis() as u64,
-                commit_ms = (took - units_done).as_millis() as u64,
+                units_ms = units_took.as_millis() as u64,
+                commit_ms = took.saturating_sub(units_took).as_millis() as u64,
                 "slow group commit"
             );
         }
         metrics::histogram!("haven_store_commit_seconds").record(took.as_secs_f64());
         metrics::histogram!("haven_store_commit_units").record(acks.len() as f64);
         metrics::histogram!("haven_store_commit_audit_records").record(audit_acks.len() as f64);
-        last_records = audit_acks.len();
         match committed {
             Ok(()) => {
                 for (reply, outcome) in acks {
@@ -203,7 +187,128 @@ async fn run(mut conn: SqliteConnection, mut jobs: mpsc::Receiver<Job>, max_batc
             }
         }
     }
-    let _ = conn.close().await;
+}
+
+/// A commit of reads' records only (the common case under read load): the records queued
+/// meanwhile join it, and the transaction's begin, the records and its commit go to SQLite as
+/// one request, one round trip to its thread instead of two. A unit met in the queue is kept
+/// for the next batch, which it starts.
+async fn records_only(
+    conn: &mut SqliteConnection,
+    jobs: &mut mpsc::Receiver<Job>,
+    gathered: Vec<Job>,
+    carried: &mut Option<Job>,
+) -> Outcome {
+    let mut audits = Vec::with_capacity(gathered.len());
+    let mut audit_acks = Vec::with_capacity(gathered.len());
+    let mut queued = gathered.into_iter();
+    loop {
+        let job = match queued.next() {
+            Some(job) => job,
+            None if audit_acks.len() < MAX_AUDIT_RECORDS => match jobs.try_recv() {
+                Ok(job) => job,
+                Err(_) => break,
+            },
+            None => break,
+        };
+        match job {
+            Job::Audit { entry, reply } => {
+                audits.push(entry);
+                audit_acks.push(reply);
+            }
+            unit @ Job::Unit { .. } => {
+                *carried = Some(unit);
+                break;
+            }
+        }
+    }
+    let committed = audit::insert_then(conn, Some("BEGIN IMMEDIATE"), &audits, Some("COMMIT"))
+        .await
+        .map_err(|e| e.to_string());
+    if committed.is_err() {
+        // Whatever failed (the begin, an insert, the commit), leave no transaction open.
+        let _ = exec(conn, "ROLLBACK").await;
+    }
+    Outcome {
+        acks: Vec::new(),
+        audit_acks,
+        committed,
+        units_took: std::time::Duration::ZERO,
+    }
+}
+
+/// A commit with units of work: each runs in a savepoint, then the records of the batch (the
+/// units' and the reads') go in with the commit.
+async fn with_units(
+    conn: &mut SqliteConnection,
+    jobs: &mut mpsc::Receiver<Job>,
+    gathered: Vec<Job>,
+    max_batch: usize,
+) -> Outcome {
+    let started = Instant::now();
+    if let Err(e) = exec(conn, "BEGIN IMMEDIATE").await {
+        tracing::error!(error = %e, "cannot begin a write transaction");
+        for job in gathered {
+            job.fail(StoreError::Unavailable(e.to_string()));
+        }
+        return Outcome {
+            acks: Vec::new(),
+            audit_acks: Vec::new(),
+            committed: Ok(()),
+            units_took: started.elapsed(),
+        };
+    }
+    let mut batch = Batch::default();
+    let mut sound = true;
+    for job in gathered {
+        if sound {
+            sound = take(conn, job, &mut batch).await;
+        } else {
+            job.fail(StoreError::Unavailable(
+                "the write could not be completed; retry".into(),
+            ));
+        }
+    }
+    // Everything that queued while the previous commit was syncing joins this one.
+    while sound && batch.acks.len() < max_batch && batch.audit_acks.len() < MAX_AUDIT_RECORDS {
+        match jobs.try_recv() {
+            Ok(job) => sound = take(conn, job, &mut batch).await,
+            Err(_) => break,
+        }
+    }
+    let Batch {
+        acks,
+        audits,
+        audit_acks,
+    } = batch;
+    let units_took = started.elapsed();
+    let committed = if !sound {
+        // A savepoint could not be rolled back or released: SQLite may have rolled the
+        // whole transaction back by itself (full disk, I/O error). Nothing of this batch can
+        // be trusted to commit, so none of it is acknowledged.
+        Err("write batch abandoned after a savepoint failure".to_owned())
+    } else if acks.is_empty() && audit_acks.is_empty() {
+        exec(conn, "ROLLBACK").await.map_err(|e| e.to_string())
+    } else if audits.is_empty() {
+        exec(conn, "COMMIT").await.map_err(|e| e.to_string())
+    } else {
+        // The audit records go in last, for the whole batch, with the commit: one request
+        // to SQLite's thread. If they cannot be stored, nothing of the batch commits: the
+        // units' data would be unaudited, and the reads would be served unaudited.
+        audit::insert_then(conn, None, &audits, Some("COMMIT"))
+            .await
+            .map_err(|e| e.to_string())
+    };
+    if committed.is_err() {
+        // Whatever failed (a statement, the commit itself), leave no transaction open.
+        let _ = exec(conn, "ROLLBACK").await;
+    }
+    Outcome {
+        acks,
+        audit_acks,
+        committed,
+        units_took,
+    }
 }
 
 /// A group commit slower than this is logged with where its time went.
@@ -598,7 +703,7 @@ impl SqliteTx<'_> {
             return Ok(());
         }
         let audits = std::mem::take(&mut self.audits);
-        audit::insert_then(self.conn, &audits, None).await
+        audit::insert_then(self.conn, None, &audits, None).await
     }
 
     /// Writes the buffered index changes.

@@ -53,6 +53,15 @@ pub(crate) fn patients_of(ty: ResourceType, resource: &Map<String, Value>, out: 
     }
 }
 
+/// Whether a resource's JSON may hold a literal reference, the only way its compartment
+/// parameters can name a patient. Most reads' bodies have none (a Patient without links, a
+/// Practitioner), and this test spares them a full parse on every audited read. A `reference`
+/// key can only be spelt literally or with a `\u` escape, so a body with neither has none.
+fn may_reference(body: &[u8]) -> bool {
+    memchr::memmem::find(body, b"\"reference\"").is_some()
+        || memchr::memmem::find(body, b"\\u").is_some()
+}
+
 /// What an interaction touched, gathered for its record.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Touched {
@@ -78,6 +87,7 @@ impl Touched {
             self.patients.push(v.id.as_str().to_owned());
         }
         if let Some(body) = &v.body
+            && may_reference(body)
             && let Ok(Value::Object(m)) = serde_json::from_slice::<Value>(body)
         {
             patients_of(v.resource_type, &m, &mut self.patients);
@@ -375,5 +385,47 @@ impl FhirService {
         self.audit_alone(entry(&Who::of(ctx), action, code, t, detail))
             .await?;
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use haven_domain::{ResourceId, Timestamp, VersionId};
+    use haven_store::ChangeKind;
+
+    fn patients(ty: &str, body: &str) -> Vec<String> {
+        let mut t = Touched::default();
+        t.patients_of_version(&StoredVersion {
+            resource_type: ResourceType::parse(ty).unwrap(),
+            id: ResourceId::parse("self").unwrap(),
+            version: VersionId::FIRST,
+            last_updated: Timestamp::from_micros(0),
+            change: ChangeKind::Create,
+            body: Some(bytes::Bytes::copy_from_slice(body.as_bytes())),
+        });
+        t.patients.sort();
+        t.patients.dedup();
+        t.patients
+    }
+
+    #[test]
+    fn the_patients_of_a_body_are_found_with_or_without_the_shortcut() {
+        // No reference: the patient itself only (the parse is skipped).
+        assert_eq!(
+            patients("Patient", r#"{"resourceType":"Patient","id":"self"}"#),
+            ["self"]
+        );
+        assert!(!may_reference(br#"{"resourceType":"Patient","id":"self"}"#));
+        // A linked patient is in the compartment too.
+        let linked = r#"{"resourceType":"Patient","id":"self","link":[{"other":{"reference":"Patient/p2"},"type":"seealso"}]}"#;
+        assert_eq!(patients("Patient", linked), ["p2", "self"]);
+        // The key spelt with an escape is still a reference.
+        let escaped = r#"{"resourceType":"Observation","id":"self","status":"final","code":{"text":"x"},"subject":{"\u0072eference":"Patient/p3"}}"#;
+        assert!(may_reference(escaped.as_bytes()));
+        assert_eq!(patients("Observation", escaped), ["p3"]);
+        // A word "reference" in a value does not make a reference, but costs only a parse.
+        let text = r#"{"resourceType":"Practitioner","id":"self","name":[{"text":"reference"}]}"#;
+        assert!(patients("Practitioner", text).is_empty());
     }
 }
