@@ -20,6 +20,7 @@ use haven_domain::{ResourceType, Timestamp};
 use haven_fhir::definitions;
 use haven_fhir::search::{IndexValue, extract};
 use haven_store::{AuditEntry, StoredVersion, WriteTx};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::{FhirService, RequestContext, ServiceError};
@@ -60,6 +61,31 @@ pub(crate) fn patients_of(ty: ResourceType, resource: &Map<String, Value>, out: 
 fn may_reference(body: &[u8]) -> bool {
     memchr::memmem::find(body, b"\"reference\"").is_some()
         || memchr::memmem::find(body, b"\\u").is_some()
+}
+
+/// A Bundle as [`Touched::bundle`] reads it: its entries, left raw.
+#[derive(serde::Deserialize)]
+struct BundleView<'a> {
+    #[serde(borrow, default)]
+    entry: Vec<&'a RawValue>,
+}
+
+#[derive(serde::Deserialize)]
+struct EntryView<'a> {
+    #[serde(borrow, default)]
+    resource: Option<&'a RawValue>,
+}
+
+/// The few fields of a resource a record names. Values, not typed, so that an odd value
+/// (a number for an id) is read as the full parse would read it rather than failing the entry.
+#[derive(serde::Deserialize)]
+struct ResourceHead {
+    #[serde(rename = "resourceType", default)]
+    resource_type: Option<Value>,
+    #[serde(default)]
+    id: Option<Value>,
+    #[serde(default)]
+    meta: Option<Value>,
 }
 
 /// What an interaction touched, gathered for its record.
@@ -107,19 +133,28 @@ impl Touched {
     }
 
     /// Every resource of a Bundle the service answered with (search, history, `$everything`).
+    ///
+    /// Read without building the Bundle as a JSON value: each entry's resource stays raw text,
+    /// of which only the type, id and version are taken, and only a resource that may hold a
+    /// reference (see [`may_reference`]) is parsed whole for its compartment. A page of fifty
+    /// Patients otherwise cost the audited read more than the page itself.
     pub(crate) fn bundle(&mut self, body: &[u8]) {
-        let Ok(Value::Object(bundle)) = serde_json::from_slice::<Value>(body) else {
+        let Ok(bundle) = serde_json::from_slice::<BundleView<'_>>(body) else {
             return;
         };
-        let Some(Value::Array(entries)) = bundle.get("entry") else {
-            return;
-        };
-        for e in entries {
-            let Some(Value::Object(r)) = e.get("resource") else {
+        for e in bundle.entry {
+            let Ok(EntryView {
+                resource: Some(raw),
+            }) = serde_json::from_str::<EntryView<'_>>(e.get())
+            else {
                 continue;
             };
-            let Some(ty) = r
-                .get("resourceType")
+            let Ok(head) = serde_json::from_str::<ResourceHead>(raw.get()) else {
+                continue;
+            };
+            let Some(ty) = head
+                .resource_type
+                .as_ref()
                 .and_then(Value::as_str)
                 .and_then(ResourceType::parse)
             else {
@@ -129,9 +164,10 @@ impl Touched {
             if ty.as_str() == "OperationOutcome" {
                 continue;
             }
-            let id = r.get("id").and_then(Value::as_str).unwrap_or_default();
-            let version = r
-                .get("meta")
+            let id = head.id.as_ref().and_then(Value::as_str).unwrap_or_default();
+            let version = head
+                .meta
+                .as_ref()
                 .and_then(|m| m.get("versionId"))
                 .and_then(Value::as_str)
                 .and_then(|v| v.parse().ok());
@@ -140,7 +176,14 @@ impl Touched {
                 id: id.to_owned(),
                 version,
             });
-            patients_of(ty, r, &mut self.patients);
+            if may_reference(raw.get().as_bytes()) {
+                if let Ok(r) = serde_json::from_str::<Map<String, Value>>(raw.get()) {
+                    patients_of(ty, &r, &mut self.patients);
+                }
+            } else if ty.as_str() == "Patient" && head.id.as_ref().is_some_and(Value::is_string) {
+                // What `patients_of` finds in a resource without references: a Patient itself.
+                self.patients.push(id.to_owned());
+            }
         }
     }
 }
@@ -427,5 +470,40 @@ mod tests {
         // A word "reference" in a value does not make a reference, but costs only a parse.
         let text = r#"{"resourceType":"Practitioner","id":"self","name":[{"text":"reference"}]}"#;
         assert!(patients("Practitioner", text).is_empty());
+    }
+
+    #[test]
+    fn a_bundle_names_each_resource_and_its_patients() {
+        let body = br#"{"resourceType":"Bundle","type":"searchset","entry":[
+            {"fullUrl":"x","resource":{"resourceType":"Patient","id":"p1","meta":{"versionId":"2"}}},
+            {"resource":{"resourceType":"Observation","id":"o1","meta":{"versionId":"1"},"status":"final","code":{"text":"x"},"subject":{"reference":"Patient/p2"}}},
+            {"resource":{"resourceType":"Patient","id":"p3","link":[{"other":{"reference":"Patient/p4"},"type":"seealso"}]}},
+            {"resource":{"resourceType":"OperationOutcome","issue":[]}},
+            {"request":{"method":"DELETE","url":"Patient/p5"}},
+            "not an entry",
+            {"resource":{"resourceType":"NoSuchType","id":"z"}}
+        ]}"#;
+        let mut t = Touched::default();
+        t.bundle(body);
+        let names: Vec<String> = t
+            .entities
+            .iter()
+            .map(|e| format!("{}/{}/{:?}", e.resource_type, e.id, e.version))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "Patient/p1/Some(2)",
+                "Observation/o1/Some(1)",
+                "Patient/p3/None"
+            ]
+        );
+        t.patients.sort();
+        assert_eq!(t.patients, ["p1", "p2", "p3", "p4"]);
+        // Not a Bundle at all: nothing, and no panic.
+        let mut t = Touched::default();
+        t.bundle(b"{\"entry\":7}");
+        t.bundle(b"not json");
+        assert!(t.entities.is_empty() && t.patients.is_empty());
     }
 }
