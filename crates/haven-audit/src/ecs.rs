@@ -491,6 +491,22 @@ mod tests {
         }
     }
 
+    /// The exact bytes of one full line, so that a change of field order or spelling, which
+    /// a log pipeline's parsing may depend on, shows.
+    #[test]
+    fn a_full_line_is_exactly_this() {
+        let line = ecs_line(
+            &full(Category::Data, "read", 403),
+            Some(77),
+            "haven",
+            "1.2.3",
+        );
+        assert_eq!(
+            line,
+            r#"{"@timestamp":"2026-09-21T14:13:20.123456Z","ecs":{"version":"8.11.0"},"event":{"kind":"event","category":["api"],"type":["access","denied"],"action":"read","outcome":"failure","dataset":"haven.audit","id":"77","sequence":77,"reason":"TREAT"},"user":{"id":"u-1","name":"u-1","roles":["clinician"]},"labels":{"client_id":"portal"},"source":{"ip":"2001:db8::1","address":"2001:db8::1"},"service":{"name":"haven","version":"1.2.3"},"trace":{"id":"req-1"},"http":{"response":{"status_code":403}},"haven":{"audit":{"entities":["Observation/o1/_history/3","Patient/p1"],"patients":["p1"],"detail":"type=Observation\nline two"}}}"#
+        );
+    }
+
     #[test]
     fn maps_fields_and_types() {
         let line = ecs_line(

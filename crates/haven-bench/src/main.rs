@@ -295,8 +295,9 @@ async fn bench(args: Args, threads: usize) -> anyhow::Result<u64> {
             if args.audit_cost || args.encryption_cost {
                 format!(
                     "; the variants of a backend run at once and are measured in turn, each \
-                     window cut into {} slices (A B A B ...; every slice after the first has \
-                     its own {} ms warm-up), so that the machine's drift weighs on each alike",
+                     window cut into {} slices (A B C, then C B A, ...; every slice after the \
+                     first has its own {} ms warm-up), so that the machine's drift weighs on \
+                     each alike",
                     args.rounds,
                     SLICE_WARMUP.as_millis()
                 )
@@ -410,7 +411,6 @@ async fn measure_ceiling(args: &Args, shapes: Shapes, report: &mut Report) -> an
     Ok(())
 }
 
-/// Every selected scenario against a fresh Haven on `backend`.
 /// Which build of Haven a run measures: as shipped, or with one cost switched off.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Variant {
@@ -490,9 +490,11 @@ impl Instance {
 const SLICE_WARMUP: Duration = Duration::from_millis(500);
 
 /// Measures one workload on every instance. With several instances (variants of one backend),
-/// the window is cut into `rounds` slices taken in turn, A B C A B C ...: this machine's speed
-/// drifts by tens of percent from minute to minute, and variants measured one after the other
-/// would carry that drift into their ratio. Interleaved, a slow spell weighs on each alike.
+/// the window is cut into `rounds` slices taken in turn, A B C, then C B A, and so on: this
+/// machine's speed drifts by tens of percent from minute to minute, and variants measured one
+/// after the other would carry that drift into their ratio. Interleaved, a slow spell weighs on
+/// each alike, and reversing the order every round keeps a steady drift from favouring one
+/// place in it.
 async fn measure_all(
     instances: &[Instance],
     workloads: Vec<Workload>,
@@ -505,9 +507,15 @@ async fn measure_all(
     } else {
         1
     };
-    let mut totals: Vec<Option<(Recorded, f64)>> = instances.iter().map(|_| None).collect();
+    // Per instance: the measurement so far, and its noise share weighted by slice length.
+    let mut totals: Vec<Option<(Recorded, f64, f64)>> = instances.iter().map(|_| None).collect();
     for round in 0..rounds {
-        for (i, instance) in instances.iter().enumerate() {
+        let mut order: Vec<usize> = (0..instances.len()).collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for i in order {
+            let instance = &instances[i];
             let slice = Shape {
                 warmup: if round == 0 {
                     shape.warmup
@@ -517,6 +525,8 @@ async fn measure_all(
                 duration: shape.duration / rounds,
                 ..shape
             };
+            // The CPU gauge covers the slice's warm-up too.
+            let length = (slice.warmup + slice.duration).as_secs_f64();
             let before = cpu::sample(instance.ours());
             let rec = load::run(
                 workloads[i].clone(),
@@ -525,13 +535,12 @@ async fn measure_all(
                 slice,
             )
             .await?;
-            let noise = cpu::others_share(before, cpu::sample(instance.ours()));
+            let noise = cpu::others_share(before, cpu::sample(instance.ours())) * length;
             totals[i] = Some(match totals[i].take() {
-                None => (rec, noise),
-                // The noise gauge of a slice, averaged over slices of equal length.
-                Some((mut total, n)) => {
+                None => (rec, noise, length),
+                Some((mut total, n, l)) => {
                     total.append(rec)?;
-                    (total, n + noise)
+                    (total, n + noise, l + length)
                 }
             });
         }
@@ -539,7 +548,7 @@ async fn measure_all(
     Ok(totals
         .into_iter()
         .flatten()
-        .map(|(rec, noise)| (rec, noise / f64::from(rounds)))
+        .map(|(rec, noise, length)| (rec, noise / length))
         .collect())
 }
 

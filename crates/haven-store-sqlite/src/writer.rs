@@ -110,27 +110,34 @@ pub(crate) fn start(
 async fn run(mut conn: SqliteConnection, mut jobs: mpsc::Receiver<Job>, max_batch: usize) {
     // Reads' records in the last commit: how many readers are about.
     let mut last_records = 0usize;
-    // A unit met while collecting a commit of records only: it starts the next batch.
-    let mut carried: Option<Job> = None;
-    loop {
-        let first = match carried.take() {
-            Some(job) => job,
-            None => match jobs.recv().await {
-                Some(job) => job,
-                None => break,
-            },
-        };
+    while let Some(first) = jobs.recv().await {
         let gathered = gather(&mut jobs, first, last_records).await;
         let started = Instant::now();
         let outcome = if gathered.iter().all(|j| matches!(j, Job::Audit { .. })) {
-            records_only(&mut conn, &mut jobs, gathered, &mut carried).await
+            match records_only(&mut conn, &mut jobs, gathered).await {
+                Collected::Committed(outcome) => Some(outcome),
+                // A write came in behind the records: it joins their commit.
+                Collected::MetUnit(records, unit) => {
+                    with_units(&mut conn, &mut jobs, records, vec![unit], max_batch).await
+                }
+            }
         } else {
-            with_units(&mut conn, &mut jobs, gathered, max_batch).await
+            with_units(&mut conn, &mut jobs, Batch::default(), gathered, max_batch).await
         };
-        last_records = outcome.audit_acks.len();
-        outcome.finish(started);
+        // None: the transaction could not begin, and every job was answered already.
+        if let Some(outcome) = outcome {
+            last_records = outcome.audit_acks.len();
+            outcome.finish(started);
+        }
     }
     let _ = conn.close().await;
+}
+
+/// What collecting a commit of reads' records came to.
+enum Collected {
+    Committed(Outcome),
+    /// A unit of work was next in the queue: the records collected so far, and the unit.
+    MetUnit(Batch, Job),
 }
 
 /// What a batch came to: who to answer, and whether it committed.
@@ -191,21 +198,19 @@ impl Outcome {
 
 /// A commit of reads' records only (the common case under read load): the records queued
 /// meanwhile join it, and the transaction's begin, the records and its commit go to SQLite as
-/// one request, one round trip to its thread instead of two. A unit met in the queue is kept
-/// for the next batch, which it starts.
+/// one request, one round trip to its thread instead of two. If a unit of work is next in the
+/// queue, nothing is sent: the records go with the unit, in one commit.
 async fn records_only(
     conn: &mut SqliteConnection,
     jobs: &mut mpsc::Receiver<Job>,
     gathered: Vec<Job>,
-    carried: &mut Option<Job>,
-) -> Outcome {
-    let mut audits = Vec::with_capacity(gathered.len());
-    let mut audit_acks = Vec::with_capacity(gathered.len());
+) -> Collected {
+    let mut batch = Batch::default();
     let mut queued = gathered.into_iter();
     loop {
         let job = match queued.next() {
             Some(job) => job,
-            None if audit_acks.len() < MAX_AUDIT_RECORDS => match jobs.try_recv() {
+            None if batch.audit_acks.len() < MAX_AUDIT_RECORDS => match jobs.try_recv() {
                 Ok(job) => job,
                 Err(_) => break,
             },
@@ -213,52 +218,50 @@ async fn records_only(
         };
         match job {
             Job::Audit { entry, reply } => {
-                audits.push(entry);
-                audit_acks.push(reply);
+                batch.audits.push(entry);
+                batch.audit_acks.push(reply);
             }
-            unit @ Job::Unit { .. } => {
-                *carried = Some(unit);
-                break;
-            }
+            unit @ Job::Unit { .. } => return Collected::MetUnit(batch, unit),
         }
     }
-    let committed = audit::insert_then(conn, Some("BEGIN IMMEDIATE"), &audits, Some("COMMIT"))
-        .await
-        .map_err(|e| e.to_string());
+    let committed =
+        audit::insert_then(conn, Some("BEGIN IMMEDIATE"), &batch.audits, Some("COMMIT"))
+            .await
+            .map_err(|e| e.to_string());
     if committed.is_err() {
         // Whatever failed (the begin, an insert, the commit), leave no transaction open.
         let _ = exec(conn, "ROLLBACK").await;
     }
-    Outcome {
+    Collected::Committed(Outcome {
         acks: Vec::new(),
-        audit_acks,
+        audit_acks: batch.audit_acks,
         committed,
         units_took: std::time::Duration::ZERO,
-    }
+    })
 }
 
 /// A commit with units of work: each runs in a savepoint, then the records of the batch (the
 /// units' and the reads') go in with the commit.
+/// `batch` may already hold reads' records (collected before a unit was met). `None` when the
+/// transaction could not begin: every job is answered with the error then.
 async fn with_units(
     conn: &mut SqliteConnection,
     jobs: &mut mpsc::Receiver<Job>,
+    mut batch: Batch,
     gathered: Vec<Job>,
     max_batch: usize,
-) -> Outcome {
+) -> Option<Outcome> {
     let started = Instant::now();
     if let Err(e) = exec(conn, "BEGIN IMMEDIATE").await {
         tracing::error!(error = %e, "cannot begin a write transaction");
         for job in gathered {
             job.fail(StoreError::Unavailable(e.to_string()));
         }
-        return Outcome {
-            acks: Vec::new(),
-            audit_acks: Vec::new(),
-            committed: Ok(()),
-            units_took: started.elapsed(),
-        };
+        for reply in batch.audit_acks {
+            let _ = reply.send(Err(StoreError::Unavailable(e.to_string())));
+        }
+        return None;
     }
-    let mut batch = Batch::default();
     let mut sound = true;
     for job in gathered {
         if sound {
@@ -303,12 +306,12 @@ async fn with_units(
         // Whatever failed (a statement, the commit itself), leave no transaction open.
         let _ = exec(conn, "ROLLBACK").await;
     }
-    Outcome {
+    Some(Outcome {
         acks,
         audit_acks,
         committed,
         units_took,
-    }
+    })
 }
 
 /// A group commit slower than this is logged with where its time went.

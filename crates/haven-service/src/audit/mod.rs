@@ -506,4 +506,31 @@ mod tests {
         t.bundle(b"not json");
         assert!(t.entities.is_empty() && t.patients.is_empty());
     }
+
+    /// [`may_reference`] holds only while every Patient-compartment parameter is a reference
+    /// parameter: those name a patient only through a `reference` key
+    /// (`haven_fhir::search::IndexValue::Reference`). Bundle, whose entries embed resources, is
+    /// not in the compartment.
+    #[test]
+    fn the_patient_compartment_is_reached_only_through_references() {
+        let defs = definitions();
+        let mut checked = 0;
+        for &ty in defs.resource_types() {
+            for code in defs.patient_compartment(ty) {
+                if let Some(p) = defs.search_param(ty, code) {
+                    assert_eq!(
+                        p.param_type,
+                        haven_fhir::search::ParamType::Reference,
+                        "{ty}.{code}"
+                    );
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 50, "only {checked} compartment parameters found");
+        assert!(
+            defs.patient_compartment(ResourceType::parse("Bundle").unwrap())
+                .is_empty()
+        );
+    }
 }
