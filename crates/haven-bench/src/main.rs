@@ -419,6 +419,42 @@ enum Variant {
     EncryptionOff,
 }
 
+/// A Haven the harness started, with what measuring it needs: its address, a bearer for its
+/// clients, a setup client and its memory when idle.
+pub(crate) struct Running {
+    pub(crate) server: Server,
+    pub(crate) base: String,
+    pub(crate) bearer: Bearer,
+    pub(crate) setup: Setup,
+    pub(crate) idle: server::Memory,
+}
+
+impl Running {
+    /// `haven serve` on a free loopback port (see [`Server::haven`]), announced as `label`.
+    pub(crate) fn start(
+        bin: &Path,
+        data_dir: &Path,
+        database_url: Option<&str>,
+        client_key: &Path,
+        options: HavenOptions<'_>,
+        label: &str,
+    ) -> anyhow::Result<Self> {
+        let server = Server::haven(bin, data_dir, database_url, client_key, options)?;
+        let base = server.base_url();
+        let bearer = server.bearer().clone();
+        let setup = Setup::new(&base, &bearer)?;
+        let idle = server.memory()?;
+        eprintln!("{label}: Haven at {base}");
+        Ok(Self {
+            server,
+            base,
+            bearer,
+            setup,
+            idle,
+        })
+    }
+}
+
 /// One Haven under test: a variant, its server and what the scenarios need of it.
 struct Instance {
     label: String,
@@ -447,7 +483,13 @@ impl Instance {
             Backend::Postgres => Some(postgres::Database::create(&args.postgres_url)?),
             Backend::Sqlite => None,
         };
-        let server = Server::haven(
+        let Running {
+            server,
+            base,
+            bearer,
+            setup,
+            idle,
+        } = Running::start(
             &args.haven_bin,
             &temp.path().join("data"),
             database.as_ref().map(|d| d.url.as_str()),
@@ -458,12 +500,8 @@ impl Instance {
                 encryption: variant != Variant::EncryptionOff,
                 token_seconds: args.token_seconds,
             },
+            &label,
         )?;
-        let base = server.base_url();
-        let bearer = server.bearer().clone();
-        let setup = Setup::new(&base, &bearer)?;
-        let idle = server.memory()?;
-        eprintln!("{label}: Haven at {base}");
         Ok(Self {
             label,
             server,
@@ -484,9 +522,9 @@ impl Instance {
     }
 }
 
-/// Warm-up of every slice after a server's first: long enough for the background work the
-/// previous slice left on the other server (the audit sealer runs every 200 ms) to end before
-/// this one is measured.
+/// Warm-up of every slice after a server's first: meant to let the background work the previous
+/// slice left on another server (the audit sealer runs every 200 ms) end before this one is
+/// measured. Not measured itself; PostgreSQL's work for the shared cluster may still spill over.
 const SLICE_WARMUP: Duration = Duration::from_millis(500);
 
 /// Measures one workload on every instance. With several instances (variants of one backend),

@@ -25,8 +25,8 @@ use self::queries::{Kind, Query};
 use crate::auth::Bearer;
 use crate::load::Shape;
 use crate::report::{Row, ServerRun};
-use crate::scenarios::{Setup, Workload};
-use crate::server::{HavenOptions, Server};
+use crate::scenarios::Workload;
+use crate::server::HavenOptions;
 use crate::synth::population::{Counts, Facts, Person, rare_codes};
 use crate::{Backend, cpu, postgres};
 
@@ -379,7 +379,13 @@ pub async fn run(
     let name = backend.name();
     let label = format!("{name} (search)");
     let place = place(options, backend)?;
-    let mut server = Server::haven(
+    let crate::Running {
+        mut server,
+        base,
+        bearer,
+        setup,
+        idle,
+    } = crate::Running::start(
         &options.haven_bin,
         &place.data_dir,
         place.database.as_ref().map(|d| d.url.as_str()),
@@ -390,12 +396,8 @@ pub async fn run(
             encryption: true,
             token_seconds: options.token_seconds,
         },
+        &label,
     )?;
-    let base = server.base_url();
-    let bearer = server.bearer().clone();
-    let setup = Setup::new(&base, &bearer)?;
-    let idle = server.memory()?;
-    eprintln!("{label}: Haven at {base}");
     if index_is_stale(setup.metrics().await.as_deref()) {
         bail!(
             "{label}: Haven says the kept data set's search index was built with other search \

@@ -36,12 +36,8 @@ pub(crate) async fn insert_many(
         let mut patients = Vec::new();
         let mut ordinals = Vec::new();
         for (o, e) in (1i64..).zip(chunk) {
-            // Each patient once per event (audit_patient's key), whatever the caller sent.
-            let mut own: Vec<&String> = e.patients.iter().collect();
-            own.sort_unstable();
-            own.dedup();
-            for p in own {
-                patients.push(p.clone());
+            for p in e.distinct_patients() {
+                patients.push(p.to_owned());
                 ordinals.push(o);
             }
         }

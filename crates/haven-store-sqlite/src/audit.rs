@@ -58,12 +58,11 @@ pub(crate) async fn insert_then(
             ));
             args.push(SqlArg::Int(e.time.micros()));
             args.push(SqlArg::Blob(e.record.clone()));
-            // Each patient once per event: a duplicate would break audit_patient's key and,
-            // since the whole batch commits together, fail every neighbour's commit too.
-            let mut own: Vec<&str> = e.patients.iter().map(String::as_str).collect();
-            own.sort_unstable();
-            own.dedup();
-            patients.extend(own.into_iter().map(|p| (p, ordinal, e.time.micros())));
+            patients.extend(
+                e.distinct_patients()
+                    .into_iter()
+                    .map(|p| (p, ordinal, e.time.micros())),
+            );
         }
         sql.push_str(") AS v, (SELECT ");
         sql.push_str(TOP_ID);

@@ -18,6 +18,18 @@ pub struct AuditEntry {
     pub patients: Vec<String>,
 }
 
+impl AuditEntry {
+    /// Each patient once (sorted): `audit_patient` is keyed by patient and event, so a name
+    /// given twice would fail the insert, and with it every record of the batch it is in.
+    #[must_use]
+    pub fn distinct_patients(&self) -> Vec<&str> {
+        let mut own: Vec<&str> = self.patients.iter().map(String::as_str).collect();
+        own.sort_unstable();
+        own.dedup();
+        own
+    }
+}
+
 /// Where an event sits in sealing order: writing transaction (0 on SQLite), then event id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct AuditPos {

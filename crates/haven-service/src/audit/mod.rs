@@ -35,6 +35,11 @@ pub(crate) fn patients_of(ty: ResourceType, resource: &Map<String, Value>, out: 
     {
         out.push(id.to_owned());
     }
+    referenced_patients(ty, resource, out);
+}
+
+/// The Patients `resource`'s compartment parameters reference.
+fn referenced_patients(ty: ResourceType, resource: &Map<String, Value>, out: &mut Vec<String>) {
     let defs = definitions();
     for code in defs.patient_compartment(ty) {
         let Some(param) = defs.search_param(ty, code) else {
@@ -54,10 +59,25 @@ pub(crate) fn patients_of(ty: ResourceType, resource: &Map<String, Value>, out: 
     }
 }
 
+/// [`patients_of`] for a resource still in JSON text, whose type and id are known: the text is
+/// parsed only when it may hold a reference (see [`may_reference`]), which spares most audited
+/// reads (a Patient without links, a Practitioner) a full parse.
+fn patients_of_json(ty: ResourceType, id: Option<&str>, json: &[u8], out: &mut Vec<String>) {
+    if ty.as_str() == "Patient"
+        && let Some(id) = id
+    {
+        out.push(id.to_owned());
+    }
+    if may_reference(json)
+        && let Ok(resource) = serde_json::from_slice::<Map<String, Value>>(json)
+    {
+        referenced_patients(ty, &resource, out);
+    }
+}
+
 /// Whether a resource's JSON may hold a literal reference, the only way its compartment
-/// parameters can name a patient. Most reads' bodies have none (a Patient without links, a
-/// Practitioner), and this test spares them a full parse on every audited read. A `reference`
-/// key can only be spelt literally or with a `\u` escape, so a body with neither has none.
+/// parameters can name a patient. A `reference` key can only be spelt literally or with a `\u`
+/// escape, so a body with neither has none.
 fn may_reference(body: &[u8]) -> bool {
     memchr::memmem::find(body, b"\"reference\"").is_some()
         || memchr::memmem::find(body, b"\\u").is_some()
@@ -109,15 +129,12 @@ impl Touched {
     /// The patients a stored version places it with: a Patient itself, and whom its body's
     /// compartment parameters reference (a deletion marker has no body).
     pub(crate) fn patients_of_version(&mut self, v: &StoredVersion) {
-        if v.resource_type.as_str() == "Patient" {
-            self.patients.push(v.id.as_str().to_owned());
-        }
-        if let Some(body) = &v.body
-            && may_reference(body)
-            && let Ok(Value::Object(m)) = serde_json::from_slice::<Value>(body)
-        {
-            patients_of(v.resource_type, &m, &mut self.patients);
-        }
+        patients_of_json(
+            v.resource_type,
+            Some(v.id.as_str()),
+            v.body.as_deref().unwrap_or_default(),
+            &mut self.patients,
+        );
     }
 
     /// A resource named without its body (a deletion, a failed read).
@@ -164,7 +181,7 @@ impl Touched {
             if ty.as_str() == "OperationOutcome" {
                 continue;
             }
-            let id = head.id.as_ref().and_then(Value::as_str).unwrap_or_default();
+            let string_id = head.id.as_ref().and_then(Value::as_str);
             let version = head
                 .meta
                 .as_ref()
@@ -173,17 +190,10 @@ impl Touched {
                 .and_then(|v| v.parse().ok());
             self.entities.push(Entity {
                 resource_type: ty.as_str().to_owned(),
-                id: id.to_owned(),
+                id: string_id.unwrap_or_default().to_owned(),
                 version,
             });
-            if may_reference(raw.get().as_bytes()) {
-                if let Ok(r) = serde_json::from_str::<Map<String, Value>>(raw.get()) {
-                    patients_of(ty, &r, &mut self.patients);
-                }
-            } else if ty.as_str() == "Patient" && head.id.as_ref().is_some_and(Value::is_string) {
-                // What `patients_of` finds in a resource without references: a Patient itself.
-                self.patients.push(id.to_owned());
-            }
+            patients_of_json(ty, string_id, raw.get().as_bytes(), &mut self.patients);
         }
     }
 }
