@@ -22,7 +22,7 @@ mod writer;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -38,6 +38,12 @@ use sqlx::sqlite::{
 };
 use sqlx::{ConnectOptions, Connection, SqliteConnection};
 use tokio::sync::{mpsc, oneshot};
+
+/// Statements the writer keeps prepared (sqlx's cache, least recently used first out): the
+/// units' statements, and the audit batch shapes of `audit::insert_then`, one per batch size
+/// seen recently. sqlx's default of 100 would let a spread of batch sizes push the units'
+/// statements out.
+const WRITER_STATEMENTS: usize = 400;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -79,6 +85,8 @@ pub struct SqliteStore {
     readers: SqlitePool,
     statement_timeout: Duration,
     jobs: Mutex<Option<mpsc::Sender<writer::Job>>>,
+    /// Wakes the writer when it has gathered enough (see `writer::Gathering`).
+    gathering: Arc<writer::Gathering>,
     /// Answers (or is dropped) when the writer thread has finished.
     writer: Mutex<Option<oneshot::Receiver<()>>>,
 }
@@ -107,9 +115,14 @@ impl SqliteStore {
             .pragma("case_sensitive_like", "ON")
             .disable_statement_logging();
 
-        let mut conn = SqliteConnection::connect_with(&base.clone().create_if_missing(true))
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
+        let mut conn = SqliteConnection::connect_with(
+            &base
+                .clone()
+                .create_if_missing(true)
+                .statement_cache_capacity(WRITER_STATEMENTS),
+        )
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
         MIGRATOR
             .run(&mut conn)
             .await
@@ -133,12 +146,14 @@ impl SqliteStore {
             .map_err(|e| StoreError::Unavailable(format!("cannot open readers: {e}")))?;
 
         let (tx, rx) = mpsc::channel(options.queue_depth.max(1));
-        let handle = writer::start(conn, rx, options.max_batch.max(1))?;
+        let gathering = Arc::new(writer::Gathering::new());
+        let handle = writer::start(conn, rx, gathering.clone(), options.max_batch.max(1))?;
         Ok(Self {
             path: path.to_owned(),
             readers,
             statement_timeout: options.statement_timeout,
             jobs: Mutex::new(Some(tx)),
+            gathering,
             writer: Mutex::new(Some(handle)),
         })
     }
@@ -168,10 +183,13 @@ impl SqliteStore {
         job: writer::Job,
         answer: oneshot::Receiver<T>,
     ) -> Result<T, StoreError> {
-        self.sender()?
+        let sender = self.sender()?;
+        let unit = matches!(job, writer::Job::Unit { .. });
+        sender
             .send(job)
             .await
             .map_err(|_| StoreError::Unavailable("the store is shutting down".into()))?;
+        self.gathering.sent(&sender, unit);
         answer
             .await
             .map_err(|_| StoreError::Unavailable("the writer stopped before answering".into()))
