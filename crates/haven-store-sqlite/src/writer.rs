@@ -402,6 +402,7 @@ async fn gather(
             let unit = matches!(job, Job::Unit { .. });
             gathered.push(job);
             if unit {
+                gathering.wake_at.store(usize::MAX, Ordering::SeqCst);
                 return gathered;
             }
         }
@@ -917,5 +918,6 @@ mod tests {
         assert_eq!(got.len(), 2);
         assert!(matches!(got[1], Job::Unit { .. }));
         assert_eq!(rx.len(), 1);
+        assert_eq!(g.wake_at.load(Ordering::SeqCst), usize::MAX);
     }
 }
