@@ -7,7 +7,13 @@
 -- What the key guarded stays guarded without it:
 -- - an event cannot go away under its patients' rows: audit_event refuses UPDATE, DELETE and
 --   TRUNCATE (migration 0005), and the application role has no DELETE on it (`haven db grant`);
--- - audit_patient is written by one statement only (haven-store-postgres `audit::insert_many`),
---   which takes each row's event id from the event it inserts in the same statement.
+-- - Haven writes audit_patient in one statement (haven-store-postgres `audit::insert_many`),
+--   which takes each row's event id from the event it inserts in the same statement;
+-- - a restore (haven_store::backup::restore) counts the restored rows that name no restored
+--   event and refuses the backup if there is one.
+-- Not guarded any more: a client holding the application role's credentials, which may INSERT
+-- here, could add a row naming no event (it could as well add one naming a wrong event, which
+-- the key never prevented). The accounting reads events through these rows, and every event is
+-- in the hash chain.
 -- SQLite keeps its key (migration 0005 there): its check is an index probe that writes nothing.
 ALTER TABLE audit_patient DROP CONSTRAINT IF EXISTS audit_patient_event_id_fkey;

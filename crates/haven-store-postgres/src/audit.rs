@@ -44,13 +44,15 @@ pub(crate) async fn insert_many(
         // `u` is materialized once (it calls a volatile function), so each event has one id,
         // used by its row and by its patients' rows: this statement is what keeps every
         // patient row naming an event of its own batch (the foreign key that checked it,
-        // row by row, is gone: migration 0007). The sequence is looked up once per statement
-        // (the sub-select), not once per row.
+        // row by row, is gone: migration 0007). The sequence is looked up once per statement:
+        // `OFFSET 0` keeps the planner from pulling the sub-select up into `nextval(...)`,
+        // where it would run once per row (EXPLAIN VERBOSE shows either).
         sqlx::query(
             "WITH u AS MATERIALIZED ( \
                  SELECT nextval(s.seq) AS id, t, r, o \
                  FROM unnest($1::bigint[], $2::bytea[]) WITH ORDINALITY AS a(t, r, o), \
-                      (SELECT pg_get_serial_sequence('audit_event', 'id')::regclass AS seq) s \
+                      (SELECT pg_get_serial_sequence('audit_event', 'id')::regclass AS seq \
+                       OFFSET 0) s \
              ), ev AS ( \
                  INSERT INTO audit_event (id, time, record) OVERRIDING SYSTEM VALUE \
                  SELECT id, t, r FROM u ORDER BY o \

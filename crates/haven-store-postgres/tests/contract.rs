@@ -39,4 +39,12 @@ async fn backup_round_trip() {
         .await
         .expect_err("a restore over data is refused");
     assert!(err.to_string().contains("already holds data"), "{err}");
+
+    // A patient row naming an event the backup does not hold is refused.
+    let orphaned = TempDatabase::create().await;
+    let mut altered = haven_store_tests::with_orphan_patient_row(&before);
+    let err = PgStore::restore(&orphaned.url, &mut altered)
+        .await
+        .expect_err("an orphan audit_patient row is refused");
+    assert!(err.to_string().contains("audit_patient"), "{err}");
 }

@@ -17,8 +17,9 @@ const PH: Placeholders = Placeholders::Question;
 /// of 32,766 per statement.
 const ROWS_PER_STATEMENT: usize = 2_000;
 
-/// Batches of at most this many events and patient rows keep their statement prepared
-/// ([`insert_then`]); larger ones, rare, are parsed each time.
+/// Batches of at most this many rows (events and patient rows together) keep their statement
+/// prepared ([`insert_then`]); larger ones are parsed each time. 32 connections' reads of
+/// one patient each make 64.
 const KEPT_SHAPE: usize = 64;
 
 /// The largest audit event id ever used: `audit_event` counts with AUTOINCREMENT, whose
@@ -94,12 +95,12 @@ pub(crate) async fn insert_then(
         sql.push_str(then);
         sql.push(';');
     }
-    // The text depends only on the batch's shape (how many events, how many patient rows),
-    // and a few shapes make up nearly all batches under load: those are kept prepared in the
-    // connection's statement cache (LRU, see `WRITER_STATEMENTS`). Parsing them anew was a
+    // The text depends only on the batch's shape (how many events, how many patient rows,
+    // whether it begins the transaction), and under load a few shapes recur: small ones are
+    // kept prepared in the connection's statement cache (LRU, see `WRITER_STATEMENTS`). Parsing them anew was a
     // fifth of SQLite's time on the writer (perf, 13 records per commit); keeping them raised
     // audited reads from 75 % to 82 % of reads without audit (median of four runs each).
-    let keep = entries.len() <= KEPT_SHAPE && patients.len() <= KEPT_SHAPE;
+    let keep = entries.len() + patients.len() <= KEPT_SHAPE;
     bind(sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(keep), args)
         .execute(&mut *conn)
         .await

@@ -40,9 +40,9 @@ use sqlx::{ConnectOptions, Connection, SqliteConnection};
 use tokio::sync::{mpsc, oneshot};
 
 /// Statements the writer keeps prepared (sqlx's cache, least recently used first out): the
-/// units' statements, and the audit batch shapes of `audit::insert_then`, one per batch size
-/// seen recently. sqlx's default of 100 would let a spread of batch sizes push the units'
-/// statements out.
+/// units' statements, and the audit batch shapes of `audit::insert_then` seen recently (one
+/// per count of events and patient rows, up to 64 rows in all). sqlx's default of 100 would
+/// let a spread of shapes push the units' statements out.
 const WRITER_STATEMENTS: usize = 400;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

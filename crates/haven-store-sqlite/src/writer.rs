@@ -371,7 +371,11 @@ async fn with_units(
 const SLOW_COMMIT: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// How long the writer may wait for more reads' records before it commits: see [`gather`].
+#[cfg(not(test))]
 const GATHER_WAIT: std::time::Duration = std::time::Duration::from_millis(1);
+/// Long in unit tests, so that a wait ended by a wake-up is told from one that timed out.
+#[cfg(test)]
+const GATHER_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The jobs a commit starts with. A job that is a read's record may wait for others, because
 /// a commit costs the same for one record as for thirty (the disk sync and SQLite's pages are
@@ -398,7 +402,9 @@ async fn gather(
     // A wake-up left from an earlier wait (given as that wait timed out) must not end this one.
     let _ = gathering.ready.notified().now_or_never();
     loop {
-        while let Ok(job) = jobs.try_recv() {
+        while gathered.len() < MAX_AUDIT_RECORDS
+            && let Ok(job) = jobs.try_recv()
+        {
             let unit = matches!(job, Job::Unit { .. });
             gathered.push(job);
             if unit {
@@ -406,14 +412,16 @@ async fn gather(
                 return gathered;
             }
         }
-        if gathered.len() >= want {
+        if gathered.len() >= want || tokio::time::Instant::now() >= deadline {
             break;
         }
-        let missing = want - gathered.len();
-        gathering.wake_at.store(missing, Ordering::SeqCst);
+        gathering
+            .wake_at
+            .store(want - gathered.len(), Ordering::SeqCst);
         fence(Ordering::SeqCst);
-        // Jobs queued before the threshold was set did not look at it.
-        if jobs.len() >= missing {
+        // A job queued before the threshold was set did not look at it: take it first (it
+        // may be a unit of work, which ends the wait).
+        if !jobs.is_empty() {
             continue;
         }
         if tokio::time::timeout_at(deadline, gathering.ready.notified())
@@ -919,5 +927,56 @@ mod tests {
         assert!(matches!(got[1], Job::Unit { .. }));
         assert_eq!(rx.len(), 1);
         assert_eq!(g.wake_at.load(Ordering::SeqCst), usize::MAX);
+    }
+
+    /// Sends `jobs` from another task, one every 20 ms, each announced as `submit` does.
+    fn send_later(tx: mpsc::Sender<Job>, g: Arc<Gathering>, jobs: Vec<Job>) {
+        tokio::spawn(async move {
+            for job in jobs {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                let unit = matches!(job, Job::Unit { .. });
+                tx.send(job).await.unwrap();
+                g.sent(&tx, unit);
+            }
+        });
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_waiting_writer_is_woken_by_the_record_that_completes_its_batch() {
+        let g = Arc::new(Gathering::new());
+        let (tx, mut rx) = mpsc::channel(16);
+        // A wake-up left over from an earlier wait must not end this one early.
+        g.ready.notify_one();
+        send_later(
+            tx.clone(),
+            g.clone(),
+            vec![record().0, record().0, record().0],
+        );
+        let started = std::time::Instant::now();
+        let got = gather(&mut rx, &g, record().0, 4).await;
+        let took = started.elapsed();
+        assert_eq!(got.len(), 4, "the wait lasted until the fourth record");
+        assert!(took < GATHER_WAIT / 2, "woken, not timed out: {took:?}");
+        assert_eq!(g.wake_at.load(Ordering::SeqCst), usize::MAX);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_sent_during_the_wait_ends_it() {
+        let g = Arc::new(Gathering::new());
+        let (tx, mut rx) = mpsc::channel(16);
+        let (reply, _answer) = oneshot::channel();
+        let work: ErasedWriteFn =
+            Box::new(|_tx| Box::pin(async { Ok(Box::new(()) as Box<dyn std::any::Any + Send>) }));
+        send_later(
+            tx.clone(),
+            g.clone(),
+            vec![record().0, Job::Unit { work, reply }],
+        );
+        let started = std::time::Instant::now();
+        let got = gather(&mut rx, &g, record().0, 10).await;
+        let took = started.elapsed();
+        assert_eq!(got.len(), 3);
+        assert!(matches!(got[2], Job::Unit { .. }));
+        assert!(took < GATHER_WAIT / 2, "ended by the write: {took:?}");
     }
 }

@@ -44,4 +44,14 @@ async fn backup_round_trip() {
         .await
         .expect_err("a restore over data is refused");
     assert!(err.to_string().contains("already holds data"), "{err}");
+
+    // A patient row naming an event the backup does not hold is refused (here by the foreign
+    // key, before the restore's own check), and no database is left in place.
+    let orphaned = tempfile::tempdir().unwrap();
+    let path = orphaned.path().join("haven.db");
+    let mut altered = haven_store_tests::with_orphan_patient_row(&before);
+    haven_store_sqlite::backup::restore(&path, &mut altered)
+        .await
+        .expect_err("an orphan audit_patient row is refused");
+    assert!(!path.exists(), "a refused restore leaves no database");
 }

@@ -155,6 +155,24 @@ pub async fn fill_for_backup(store: &dyn ResourceStore) {
     .unwrap();
 }
 
+/// `before` with one more `audit_patient` row, naming an event the backup does not hold: a
+/// restore must refuse it.
+#[must_use]
+pub fn with_orphan_patient_row(before: &MemoryBackup) -> MemoryBackup {
+    let mut altered = before.clone();
+    let (_, rows) = altered
+        .tables
+        .iter_mut()
+        .find(|(n, _)| *n == "audit_patient")
+        .expect("the backup has audit_patient");
+    rows.push(vec![
+        SqlArg::Text("p-orphan".into()),
+        SqlArg::Int(999_999),
+        SqlArg::Int(1),
+    ]);
+    altered
+}
+
 pub async fn export(store: &dyn ResourceStore) -> MemoryBackup {
     let mut m = MemoryBackup::default();
     store.backup(&mut m).await.unwrap();

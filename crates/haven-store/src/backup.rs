@@ -320,6 +320,10 @@ pub struct RestoreCounts {
     pub tables: Vec<(&'static str, u64)>,
 }
 
+/// Patient rows whose event is not in `audit_event`.
+const ORPHAN_PATIENT_ROWS: &str = "SELECT count(*) FROM audit_patient p \
+     WHERE NOT EXISTS (SELECT 1 FROM audit_event e WHERE e.id = p.event_id)";
+
 /// Writes every table from `source` through `conn` (which the store has put in one
 /// transaction on an empty database), in [`TABLES`] order.
 pub async fn restore(
@@ -415,6 +419,20 @@ pub async fn restore(
                 }
             }
             insert.flush(conn, ph).await?;
+            if table.name == AUDIT_PATIENT.name {
+                // Each row must name a restored event. SQLite's foreign key refuses an orphan
+                // on insert; PostgreSQL has no key there (its migration 0007), so the check is
+                // made here, for both: an orphan's id could later be taken by a new event,
+                // which would then be reported as a disclosure of that row's patient.
+                let orphans = conn
+                    .scalar(ORPHAN_PATIENT_ROWS.to_owned(), Vec::new())
+                    .await?;
+                if orphans > 0 {
+                    return Err(StoreError::Corrupt(format!(
+                        "backup table audit_patient: {orphans} rows name audit events the                          backup does not hold; the backup is damaged or was altered, restore                          from another one"
+                    )));
+                }
+            }
             if table.name == RESOURCE_VERSION.name {
                 for sql in dialect.after_explicit_ids {
                     conn.execute((*sql).to_owned(), Vec::new()).await?;
