@@ -491,16 +491,21 @@ mod tests {
         }
     }
 
+    /// The line of [`full`]'s read record answered with `status`, as sequence number 77.
+    fn full_read_line(status: u16) -> String {
+        ecs_line(
+            &full(Category::Data, "read", status),
+            Some(77),
+            "haven",
+            "1.2.3",
+        )
+    }
+
     /// The exact bytes of one full line, so that a change of field order or spelling, which
     /// a log pipeline's parsing may depend on, shows.
     #[test]
     fn a_full_line_is_exactly_this() {
-        let line = ecs_line(
-            &full(Category::Data, "read", 403),
-            Some(77),
-            "haven",
-            "1.2.3",
-        );
+        let line = full_read_line(403);
         assert_eq!(
             line,
             r#"{"@timestamp":"2026-09-21T14:13:20.123456Z","ecs":{"version":"8.11.0"},"event":{"kind":"event","category":["api"],"type":["access","denied"],"action":"read","outcome":"failure","dataset":"haven.audit","id":"77","sequence":77,"reason":"TREAT"},"user":{"id":"u-1","name":"u-1","roles":["clinician"]},"labels":{"client_id":"portal"},"source":{"ip":"2001:db8::1","address":"2001:db8::1"},"service":{"name":"haven","version":"1.2.3"},"trace":{"id":"req-1"},"http":{"response":{"status_code":403}},"haven":{"audit":{"entities":["Observation/o1/_history/3","Patient/p1"],"patients":["p1"],"detail":"type=Observation\nline two"}}}"#
@@ -509,12 +514,7 @@ mod tests {
 
     #[test]
     fn maps_fields_and_types() {
-        let line = ecs_line(
-            &full(Category::Data, "read", 200),
-            Some(77),
-            "haven",
-            "1.2.3",
-        );
+        let line = full_read_line(200);
         let v: Value = serde_json::from_str(&line).unwrap();
         assert_eq!(v["ecs"]["version"], ECS_VERSION);
         assert_eq!(v["event"]["kind"], "event");

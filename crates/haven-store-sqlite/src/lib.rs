@@ -183,13 +183,10 @@ impl SqliteStore {
         job: writer::Job,
         answer: oneshot::Receiver<T>,
     ) -> Result<T, StoreError> {
-        let sender = self.sender()?;
-        let unit = matches!(job, writer::Job::Unit { .. });
-        sender
-            .send(job)
+        self.gathering
+            .send(&self.sender()?, job)
             .await
             .map_err(|_| StoreError::Unavailable("the store is shutting down".into()))?;
-        self.gathering.sent(&sender, unit);
         answer
             .await
             .map_err(|_| StoreError::Unavailable("the writer stopped before answering".into()))
@@ -347,9 +344,7 @@ impl ResourceStore for SqliteStore {
         drop(conn);
         // The writer too: a stuck or dead writer task must make the server unready, not only
         // fail every write. An empty unit writes nothing (no fsync).
-        let noop: ErasedWriteFn =
-            Box::new(|_tx| Box::pin(async { Ok(Box::new(()) as Box<dyn std::any::Any + Send>) }));
-        match self.write_erased(noop).await? {
+        match self.write_erased(writer::noop_unit()).await? {
             Ok(_) => Ok(()),
             Err(_) => Err(StoreError::Unavailable("the writer refused a no-op".into())),
         }

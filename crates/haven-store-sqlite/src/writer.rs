@@ -78,8 +78,20 @@ impl Gathering {
         }
     }
 
+    /// Queues `job` for the writer, waking it if this job ends its wait.
+    pub(crate) async fn send(
+        &self,
+        jobs: &mpsc::Sender<Job>,
+        job: Job,
+    ) -> Result<(), mpsc::error::SendError<Job>> {
+        let unit = matches!(job, Job::Unit { .. });
+        jobs.send(job).await?;
+        self.sent(jobs, unit);
+        Ok(())
+    }
+
     /// Called by a sender once its job is queued.
-    pub(crate) fn sent(&self, jobs: &mpsc::Sender<Job>, unit: bool) {
+    fn sent(&self, jobs: &mpsc::Sender<Job>, unit: bool) {
         // Pairs with the fence in `gather`: either the writer sees this job in the queue, or
         // this sender sees the writer's threshold.
         fence(Ordering::SeqCst);
@@ -98,6 +110,11 @@ impl Gathering {
             self.ready.notify_one();
         }
     }
+}
+
+/// A unit of work that writes nothing (no fsync): the readiness probe's, and the tests'.
+pub(crate) fn noop_unit() -> ErasedWriteFn {
+    Box::new(|_tx| Box::pin(async { Ok(Box::new(()) as Box<dyn std::any::Any + Send>) }))
 }
 
 /// Most audit records of reads in one commit (units are capped by `max_batch`).
@@ -398,9 +415,23 @@ async fn gather(
         return gathered;
     }
     let want = last_records.min(MAX_AUDIT_RECORDS);
-    let deadline = tokio::time::Instant::now() + GATHER_WAIT;
     // A wake-up left from an earlier wait (given as that wait timed out) must not end this one.
     let _ = gathering.ready.notified().now_or_never();
+    wait_for(jobs, gathering, &mut gathered, want).await;
+    gathering.wake_at.store(usize::MAX, Ordering::SeqCst);
+    // What came by the deadline joins (the callers take more from the queue as they build).
+    gathered
+}
+
+/// Takes queued jobs into `gathered` until it holds `want`, a unit of work comes, or
+/// [`GATHER_WAIT`] has passed, sleeping between wake-ups.
+async fn wait_for(
+    jobs: &mut mpsc::Receiver<Job>,
+    gathering: &Gathering,
+    gathered: &mut Vec<Job>,
+    want: usize,
+) {
+    let deadline = tokio::time::Instant::now() + GATHER_WAIT;
     loop {
         while gathered.len() < MAX_AUDIT_RECORDS
             && let Ok(job) = jobs.try_recv()
@@ -408,12 +439,11 @@ async fn gather(
             let unit = matches!(job, Job::Unit { .. });
             gathered.push(job);
             if unit {
-                gathering.wake_at.store(usize::MAX, Ordering::SeqCst);
-                return gathered;
+                return;
             }
         }
         if gathered.len() >= want || tokio::time::Instant::now() >= deadline {
-            break;
+            return;
         }
         gathering
             .wake_at
@@ -428,12 +458,9 @@ async fn gather(
             .await
             .is_err()
         {
-            break;
+            return;
         }
     }
-    gathering.wake_at.store(usize::MAX, Ordering::SeqCst);
-    // What came by the deadline joins (the callers take more from the queue as they build).
-    gathered
 }
 
 /// Adds one job to the batch: a read's audit record is only collected; a unit runs now.
@@ -886,8 +913,7 @@ mod tests {
         let (tx, _rx) = mpsc::channel(16);
         g.wake_at.store(10, Ordering::SeqCst);
         let (reply, _answer) = oneshot::channel();
-        let work: ErasedWriteFn =
-            Box::new(|_tx| Box::pin(async { Ok(Box::new(()) as Box<dyn std::any::Any + Send>) }));
+        let work = noop_unit();
         tx.send(Job::Unit { work, reply }).await.unwrap();
         g.sent(&tx, true);
         assert!(woken(&g));
@@ -918,8 +944,7 @@ mod tests {
         // A unit ends the gathering: jobs behind it stay queued for the next commit.
         let (first, _c) = record();
         let (reply, _answer) = oneshot::channel();
-        let work: ErasedWriteFn =
-            Box::new(|_tx| Box::pin(async { Ok(Box::new(()) as Box<dyn std::any::Any + Send>) }));
+        let work = noop_unit();
         tx.send(Job::Unit { work, reply }).await.unwrap();
         tx.send(record().0).await.unwrap();
         let got = gather(&mut rx, &g, first, 3).await;
@@ -934,9 +959,7 @@ mod tests {
         tokio::spawn(async move {
             for job in jobs {
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                let unit = matches!(job, Job::Unit { .. });
-                tx.send(job).await.unwrap();
-                g.sent(&tx, unit);
+                g.send(&tx, job).await.unwrap();
             }
         });
     }
@@ -965,8 +988,7 @@ mod tests {
         let g = Arc::new(Gathering::new());
         let (tx, mut rx) = mpsc::channel(16);
         let (reply, _answer) = oneshot::channel();
-        let work: ErasedWriteFn =
-            Box::new(|_tx| Box::pin(async { Ok(Box::new(()) as Box<dyn std::any::Any + Send>) }));
+        let work = noop_unit();
         send_later(
             tx.clone(),
             g.clone(),
