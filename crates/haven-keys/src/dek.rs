@@ -147,15 +147,18 @@ impl DataKeys {
     }
 
     /// The scope's DEK inside a unit of work, created (and stored wrapped, in this unit) if the
-    /// scope has none. The record stays locked until the unit ends, so an erasure cannot
-    /// destroy the key between this call and the unit's commit.
+    /// scope has none. The record is held until the unit ends ([`WriteTx::record_hold`]), so
+    /// an erasure cannot destroy the key between this call and the unit's commit. Writers of
+    /// one scope hold it together: on PostgreSQL they do not queue behind each other (every
+    /// write of a non-patient type shares one scope, `type/Organization` for instance), and
+    /// an erasure's exclusive read waits until they have all committed.
     pub async fn for_write(
         &self,
         tx: &mut dyn WriteTx,
         scope: &str,
     ) -> Result<Arc<Dek>, StoreError> {
         for _ in 0..2 {
-            if let Some(rec) = tx.record_get(DEK_KIND, scope).await? {
+            if let Some(rec) = tx.record_hold(DEK_KIND, scope).await? {
                 return self.open_record(scope, &rec.body).await;
             }
             let id: [u8; DEK_ID_LEN] = haven_crypto::random_bytes();
@@ -220,7 +223,7 @@ impl DataKeys {
         if let Some(d) = self.cached(scope, id) {
             return Ok(d);
         }
-        let Some(rec) = tx.record_get(DEK_KIND, scope).await? else {
+        let Some(rec) = tx.record_hold(DEK_KIND, scope).await? else {
             return Err(StoreError::Erased(scope.to_owned()));
         };
         let dek = self.open_record(scope, &rec.body).await?;

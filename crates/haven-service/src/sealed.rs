@@ -365,6 +365,14 @@ impl WriteTx for SealingTx<'_> {
         self.inner.record_get(kind, key).await
     }
 
+    async fn record_hold(
+        &mut self,
+        kind: &str,
+        key: &str,
+    ) -> Result<Option<StoredRecord>, StoreError> {
+        self.inner.record_hold(kind, key).await
+    }
+
     async fn record_put(
         &mut self,
         kind: &str,

@@ -202,7 +202,8 @@ pub(crate) async fn history(
         Placeholders::Numbered,
         sql::HistoryOrder::TxSeq { horizon },
     );
-    let query = bind(sqlx::query(sqlx::AssertSqlSafe(built.sql)), built.args);
+    // Planned for its values, like a search: one shape serves every scope and `_since`.
+    let query = bind(sqlx::query(sqlx::AssertSqlSafe(built.sql)), built.args).persistent(false);
     let rows = query.fetch(&mut *conn).map(|row| {
         let row = row.map_err(map_err)?;
         Ok(HistoryEntry {
@@ -235,6 +236,16 @@ pub(crate) fn bind(mut query: PgQuery, args: Vec<SqlArg>) -> PgQuery {
 
 pub(crate) fn statement(s: Statement) -> PgQuery {
     bind(sqlx::query(sqlx::AssertSqlSafe(s.sql)), s.args)
+}
+
+/// A search statement, sent unnamed so that PostgreSQL plans it for these values each time.
+/// The same text runs with very different values (one patient, or a code on a tenth of all
+/// Observations); a prepared statement would switch after five runs to a generic plan that
+/// assumes every condition is selective, which can be a hundred times slower. Unnamed, it is
+/// also kept out of the connection's statement cache, which the many shapes of searches would
+/// otherwise churn.
+pub(crate) fn planned_for_values(s: Statement) -> PgQuery {
+    statement(s).persistent(false)
 }
 
 /// A row of `rid`, sort keys and version columns.
@@ -279,13 +290,13 @@ pub(crate) async fn search(
         }
     } else {
         let kinds = search_sql::key_kinds(q);
-        let rows = statement(search_sql::search_page(q, Placeholders::Numbered))
+        let rows = planned_for_values(search_sql::search_page(q, Placeholders::Numbered))
             .fetch(&mut *conn)
             .map(|row| found_from_row(&row.map_err(map_err)?, &kinds));
         search_sql::collect_page(q, rows).await?
     };
     if q.total {
-        let count: i64 = statement(search_sql::search_count(q, Placeholders::Numbered))
+        let count: i64 = planned_for_values(search_sql::search_count(q, Placeholders::Numbered))
             .fetch_one(&mut *conn)
             .await
             .map_err(map_err)?
@@ -300,7 +311,7 @@ pub(crate) async fn search_ids(
     conn: &mut PgConnection,
     q: &SearchQuery,
 ) -> Result<Vec<(ResourceType, ResourceId)>, StoreError> {
-    let rows = statement(search_sql::search_ids(q, Placeholders::Numbered))
+    let rows = planned_for_values(search_sql::search_ids(q, Placeholders::Numbered))
         .fetch_all(&mut *conn)
         .await
         .map_err(map_err)?;
@@ -322,7 +333,7 @@ pub(crate) async fn related(
     related: &Related,
     limit: u32,
 ) -> Result<Vec<Found>, StoreError> {
-    let rows = statement(search_sql::related(related, limit, Placeholders::Numbered))
+    let rows = planned_for_values(search_sql::related(related, limit, Placeholders::Numbered))
         .fetch_all(&mut *conn)
         .await
         .map_err(map_err)?;

@@ -1,6 +1,7 @@
 //! The `identity_record` table (SQL text shared in `haven_store::sql::records`). Units run in
-//! parallel here: a unit's read locks the row (`FOR UPDATE`), and every put checks its
-//! expectation in the statement that writes, so the row lock decides a race.
+//! parallel here: a unit's read locks the row (`FOR UPDATE`, or `FOR SHARE` for a record it
+//! only needs kept as it is), and every put checks its expectation in the statement that
+//! writes, so the row lock decides a race.
 
 use haven_domain::Timestamp;
 use haven_store::sql::Placeholders;
@@ -22,12 +23,12 @@ fn record_from_row(row: &PgRow, at: usize) -> Result<StoredRecord, StoreError> {
     )
 }
 
-/// `lock`: hold the row until the transaction ends (inside a unit).
+/// `lock`: how a unit holds the row until its transaction ends.
 pub(crate) async fn get(
     conn: &mut PgConnection,
     kind: &str,
     key: &str,
-    lock: bool,
+    lock: q::RowLock,
 ) -> Result<Option<StoredRecord>, StoreError> {
     q::check(kind, key)?;
     let row = statement(q::get(kind, key, lock, PH))

@@ -48,3 +48,43 @@ async fn backup_round_trip() {
         .expect_err("an orphan audit_patient row is refused");
     assert!(err.to_string().contains("audit_patient"), "{err}");
 }
+
+/// Units that hold one record (`record_hold`, `FOR SHARE`) run side by side: every writer of a
+/// key scope holds its data key, and all writes of a type outside any patient share one scope
+/// (`type/Organization`), so an exclusive lock there would queue them one behind another.
+/// Each unit waits, holding the record, until the other holds it too; with a lock that only
+/// one unit can have, neither gets past its wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holders_of_one_record_do_not_wait_for_each_other() {
+    use haven_store::{Expect, StoreError, WriteTx, run_write};
+    let (store, _db) = fresh().await;
+    let created: Result<i64, StoreError> = run_write(store.as_ref(), |tx: &mut dyn WriteTx| {
+        Box::pin(async move {
+            tx.record_put(
+                "dek",
+                "type/Organization",
+                b"k".to_vec(),
+                None,
+                Expect::Absent,
+            )
+            .await
+        })
+    })
+    .await;
+    assert_eq!(created.unwrap(), 1);
+    let both = Arc::new(tokio::sync::Barrier::new(2));
+    let hold = |both: Arc<tokio::sync::Barrier>| {
+        run_write(store.as_ref(), move |tx: &mut dyn WriteTx| {
+            Box::pin(async move {
+                let held = tx.record_hold("dek", "type/Organization").await?;
+                tokio::time::timeout(std::time::Duration::from_secs(5), both.wait())
+                    .await
+                    .map_err(|_| StoreError::Unavailable("the other holder never came".into()))?;
+                Ok::<_, StoreError>(held.map(|r| r.body))
+            })
+        })
+    };
+    let (a, b) = futures::join!(hold(both.clone()), hold(both.clone()));
+    assert_eq!(a.unwrap(), Some(b"k".to_vec()));
+    assert_eq!(b.unwrap(), Some(b"k".to_vec()));
+}

@@ -27,7 +27,7 @@ pub(crate) async fn get(
     key: &str,
 ) -> Result<Option<StoredRecord>, StoreError> {
     q::check(kind, key)?;
-    let row = statement(q::get(kind, key, false, PH))
+    let row = statement(q::get(kind, key, q::RowLock::None, PH))
         .fetch_optional(&mut *conn)
         .await
         .map_err(map_err)?;

@@ -78,6 +78,7 @@ macro_rules! store_contract_tests {
             record_conflict_leaves_the_unit_usable,
             single_use_record_is_consumed_once,
             racing_record_writers_have_one_winner,
+            a_held_record_stays_until_the_holder_ends,
             records_list_in_key_order_by_kind,
             purge_removes_only_expired_records,
             overlong_record_names_are_refused,

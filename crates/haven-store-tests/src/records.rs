@@ -341,6 +341,67 @@ pub async fn racing_record_writers_have_one_winner(store: &dyn ResourceStore) {
     }
 }
 
+/// How long the holder keeps its unit open in [`a_held_record_stays_until_the_holder_ends`].
+const HOLD: std::time::Duration = std::time::Duration::from_millis(300);
+
+/// A unit that holds the record ([`WriteTx::record_hold`]) for [`HOLD`], telling `held` as soon
+/// as it has it.
+async fn hold_for_a_while(
+    store: &dyn ResourceStore,
+    key: &str,
+    held: tokio::sync::oneshot::Sender<()>,
+) -> Result<Option<StoredRecord>, StoreError> {
+    let key = key.to_owned();
+    run_write(store, move |tx: &mut dyn WriteTx| {
+        Box::pin(async move {
+            let r = tx.record_hold("dek", &key).await?;
+            let _ = held.send(());
+            tokio::time::sleep(HOLD).await;
+            Ok(r)
+        })
+    })
+    .await
+}
+
+/// What a data key's writers rely on: while a unit holds a record, another unit can neither
+/// take it for itself (an erasure's first step) nor delete it; each waits until the holder
+/// has ended.
+pub async fn a_held_record_stays_until_the_holder_ends(store: &dyn ResourceStore) {
+    put(store, "dek", "scope", "k1", None, Expect::Absent)
+        .await
+        .unwrap();
+    for deleting in [false, true] {
+        let (held, is_held) = tokio::sync::oneshot::channel();
+        let other = async {
+            is_held.await.expect("the holder got the record");
+            let since = std::time::Instant::now();
+            let r = if deleting {
+                delete(store, "dek", "scope").await.map(|gone| {
+                    assert!(gone, "the record was there to delete");
+                    None
+                })
+            } else {
+                run_write(store, |tx: &mut dyn WriteTx| {
+                    Box::pin(async move { tx.record_get("dek", "scope").await })
+                })
+                .await
+            };
+            (since.elapsed(), r)
+        };
+        let (holder, (waited, r)) = futures::join!(hold_for_a_while(store, "scope", held), other);
+        assert_eq!(holder.unwrap(), Some(record(1, "k1", None)));
+        let r = r.unwrap();
+        assert!(
+            waited >= HOLD / 2,
+            "deleting {deleting}: done after {waited:?}, while the record was held"
+        );
+        if !deleting {
+            assert_eq!(r, Some(record(1, "k1", None)));
+        }
+    }
+    assert_eq!(get(store, "dek", "scope").await, None);
+}
+
 pub async fn records_list_in_key_order_by_kind(store: &dyn ResourceStore) {
     for key in ["b", "a/1", "c", "A", "a"] {
         put(store, "session", key, key, None, Expect::Absent)

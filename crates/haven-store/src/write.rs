@@ -103,6 +103,20 @@ pub trait WriteTx: Send {
         key: &str,
     ) -> Result<Option<StoredRecord>, StoreError>;
 
+    /// A record, kept from being changed or deleted until the unit ends, while other units
+    /// may hold it at the same time (PostgreSQL `FOR SHARE`). For a record that every writer
+    /// of some data reads and only rare units change, like a data key: writers do not wait for
+    /// each other, and a unit that takes it with [`WriteTx::record_get`] waits until every
+    /// holder has committed. The default takes the writer's lock, which is right for a store
+    /// whose units run one at a time (SQLite).
+    async fn record_hold(
+        &mut self,
+        kind: &str,
+        key: &str,
+    ) -> Result<Option<StoredRecord>, StoreError> {
+        self.record_get(kind, key).await
+    }
+
     /// Writes a record if what is stored matches `expect`; returns the new version.
     /// A mismatch is [`StoreError::VersionConflict`] (the unit may retry or give up).
     async fn record_put(

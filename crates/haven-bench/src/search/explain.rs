@@ -4,9 +4,9 @@
 //! SQLite: `EXPLAIN QUERY PLAN` through the `sqlite3` command-line shell, opened read-only on
 //! the server's `haven.db` while the server runs, and the statement's time over three runs.
 //! PostgreSQL: `EXPLAIN (ANALYZE, BUFFERS)` through `psql` of the statement PREPAREd with the
-//! argument types sqlx binds, at its first execution and at its sixth: sqlx keeps statements
-//! prepared on each connection, and PostgreSQL may switch a prepared statement to a generic
-//! plan after five executions, so the sixth is the plan the server runs in steady state.
+//! argument types sqlx binds, at its first execution: a plan made for these values. Haven sends
+//! search statements unnamed (`haven_store_postgres::reads::planned_for_values`), so PostgreSQL
+//! plans every execution that way and never switches them to a generic plan.
 
 use std::io::Write as _;
 use std::path::Path;
@@ -124,53 +124,14 @@ fn prepared(stmt: &Stmt) -> (String, String) {
     )
 }
 
-/// PostgreSQL's plans of a prepared statement: the first execution's (a custom plan, made for
-/// the arguments) and the sixth's (from the sixth on PostgreSQL may use a generic plan, made
-/// for any arguments, when it estimates that one no dearer).
-#[derive(Debug, Clone)]
-pub struct PgPlans {
-    pub first: String,
-    pub sixth: String,
-}
-
-const SEPARATOR: &str = "-- haven-bench: sixth execution --";
-
-/// `EXPLAIN (ANALYZE, BUFFERS)` of the first and the sixth execution of `stmt` prepared.
-pub fn postgres_plans(url: &str, stmt: &Stmt) -> anyhow::Result<PgPlans> {
+/// `EXPLAIN (ANALYZE, BUFFERS)` of the first execution of `stmt` prepared: the custom plan,
+/// made for its values, which is the plan Haven's unnamed statement gets.
+pub fn postgres_plan(url: &str, stmt: &Stmt) -> anyhow::Result<String> {
     let (prepare, execute) = prepared(stmt);
-    let mut script = format!(
-        "SET statement_timeout = '{TIMEOUT}s';\n{prepare}EXPLAIN (ANALYZE, BUFFERS) {execute};\n\\o /dev/null\n"
+    let script = format!(
+        "SET statement_timeout = '{TIMEOUT}s';\n{prepare}EXPLAIN (ANALYZE, BUFFERS) {execute};\n"
     );
-    for _ in 0..4 {
-        script.push_str(&execute);
-        script.push_str(";\n");
-    }
-    script.push_str(&format!(
-        "\\o\n\\echo '{SEPARATOR}'\nEXPLAIN (ANALYZE, BUFFERS) {execute};\n"
-    ));
-    let out = psql(url, &script)?;
-    let (first, sixth) = out
-        .split_once(SEPARATOR)
-        .context("psql printed no second plan")?;
-    Ok(PgPlans {
-        first: first.trim().to_owned(),
-        sixth: sixth.trim().to_owned(),
-    })
-}
-
-/// Whether a plan is generic: its conditions name parameters (`$1`) instead of values.
-pub fn is_generic(plan: &str) -> bool {
-    plan.lines()
-        .any(|l| (l.contains("Cond:") || l.contains("Filter:")) && l.contains("= $"))
-}
-
-/// The execution time a plan states (`Execution Time: 1.234 ms`).
-pub fn execution_ms(plan: &str) -> Option<f64> {
-    plan.lines()
-        .find_map(|l| l.trim().strip_prefix("Execution Time: "))?
-        .trim_end_matches(" ms")
-        .parse()
-        .ok()
+    Ok(psql(url, &script)?.trim().to_owned())
 }
 
 /// The single number `stmt` (a count) returns in PostgreSQL.

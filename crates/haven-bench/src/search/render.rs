@@ -168,9 +168,9 @@ impl SearchReport {
              SQLite's `EXPLAIN QUERY PLAN` (the `sqlite3` shell{}, read-only on the server's \
              `haven.db`; Haven links its own SQLite, whose planner may differ by version; Haven \
              runs no `ANALYZE`, so the planner has no statistics), and PostgreSQL's \
-             `EXPLAIN (ANALYZE, BUFFERS)` of the sixth execution of the statement prepared as \
-             sqlx prepares it (from the sixth on, PostgreSQL may use a generic plan; `$n` in a \
-             plan shows it did). Line breaks are added to the SQL; placeholders are `?` in \
+             `EXPLAIN (ANALYZE, BUFFERS)` of the statement prepared with sqlx's argument types, \
+             at its first execution: Haven sends search statements unnamed, so PostgreSQL plans \
+             each execution for its values, as it does a first one. Line breaks are added to the SQL; placeholders are `?` in \
              SQLite and `$1`, `$2`, ... in PostgreSQL.\n",
             self.sqlite_shell
                 .as_deref()

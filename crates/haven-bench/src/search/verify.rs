@@ -205,34 +205,13 @@ pub(super) async fn plan_kind(
                     .into(),
                 (Err(e), _) | (_, Err(e)) => format!("statement text not checked: {e:#}"),
             });
-            let plans = |stmt: &sql::Stmt, what: &str, out: &mut BackendPlan| {
-                match explain::postgres_plans(&db.url, stmt) {
-                    Ok(p) => {
-                        let (custom, generic) = (
-                            explain::execution_ms(&p.first),
-                            explain::execution_ms(&p.sixth),
-                        );
-                        if explain::is_generic(&p.sixth) && !explain::is_generic(&p.first) {
-                            out.highlights.push(format!(
-                                "{what} statement: generic plan from the sixth execution on, \
-                                 {} ms (the custom plan of the first: {} ms)",
-                                generic.map_or("?".into(), |t| format!("{t:.1}")),
-                                custom.map_or("?".into(), |t| format!("{t:.1}")),
-                            ));
-                            format!(
-                                "{}\n\nFirst execution (custom plan):\n\n{}",
-                                p.sixth, p.first
-                            )
-                        } else {
-                            p.sixth
-                        }
-                    }
-                    Err(e) => format!("(no plan: {e:#})"),
-                }
+            let plans = |stmt: &sql::Stmt| {
+                explain::postgres_plan(&db.url, stmt)
+                    .unwrap_or_else(|e| format!("(no plan: {e:#})"))
             };
-            out.page = plans(&statements.page, "page", &mut out);
+            out.page = plans(&statements.page);
             if statements.haven_counts {
-                out.count = Some(plans(&statements.count, "count", &mut out));
+                out.count = Some(plans(&statements.count));
             }
             out.checks.push(count_check(
                 explain::postgres_count(&db.url, &statements.count),

@@ -49,13 +49,33 @@ pub fn conflict(kind: &str) -> StoreError {
     StoreError::VersionConflict(format!("{kind} record"))
 }
 
-/// One record as (version, body, expires). `lock`: `FOR UPDATE` (PostgreSQL).
+/// How a read inside a unit locks the record's row (PostgreSQL; SQLite has one writer).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RowLock {
+    /// No lock: a read outside any unit.
+    None,
+    /// `FOR SHARE`: no other unit may change or delete the row until this one ends, but many
+    /// may hold it at once.
+    Share,
+    /// `FOR UPDATE`: one unit at a time.
+    Update,
+}
+
+/// One record as (version, body, expires), locked as `lock` says.
 #[must_use]
-pub fn get(kind: &str, key: &str, lock: bool, ph: Placeholders) -> Statement {
-    let sql = if lock {
-        "SELECT version, body, expires FROM identity_record WHERE kind = ? AND key = ? FOR UPDATE"
-    } else {
-        "SELECT version, body, expires FROM identity_record WHERE kind = ? AND key = ?"
+pub fn get(kind: &str, key: &str, lock: RowLock, ph: Placeholders) -> Statement {
+    let sql = match lock {
+        RowLock::None => {
+            "SELECT version, body, expires FROM identity_record WHERE kind = ? AND key = ?"
+        }
+        RowLock::Share => {
+            "SELECT version, body, expires FROM identity_record WHERE kind = ? AND key = ? \
+             FOR SHARE"
+        }
+        RowLock::Update => {
+            "SELECT version, body, expires FROM identity_record WHERE kind = ? AND key = ? \
+             FOR UPDATE"
+        }
     };
     finish(sql, kind_key(kind, key).into(), ph)
 }
@@ -171,8 +191,9 @@ mod tests {
         let at = Some(Timestamp::from_micros(7));
         for ph in [Placeholders::Question, Placeholders::Numbered] {
             let mut all = vec![
-                get("k", "x", false, ph),
-                get("k", "x", true, ph),
+                get("k", "x", RowLock::None, ph),
+                get("k", "x", RowLock::Share, ph),
+                get("k", "x", RowLock::Update, ph),
                 list("k", None, 10, ph),
                 list("k", Some("a"), 10, ph),
                 delete("k", "x", ph),
