@@ -271,7 +271,10 @@ pub(crate) async fn events(
     after_id: i64,
     limit: u32,
 ) -> Result<Vec<PatientEvent>, StoreError> {
+    // Planned for its range each time (sent unnamed): a generic plan would assume any range
+    // selective and could read the whole trail through the time index, then sort it.
     let rows = sql(q::EVENTS)
+        .persistent(false)
         .bind(since.micros())
         .bind(until.micros())
         .bind(after_id)

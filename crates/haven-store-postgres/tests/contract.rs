@@ -88,3 +88,52 @@ async fn holders_of_one_record_do_not_wait_for_each_other() {
     assert_eq!(a.unwrap(), Some(b"k".to_vec()));
     assert_eq!(b.unwrap(), Some(b"k".to_vec()));
 }
+
+/// Holders cannot starve an exclusive reader: a unit that asks to hold the record after an
+/// exclusive reader (an erasure, a re-wrap) began to wait gets it only after that reader. Row
+/// locks alone would let it in at once (`FOR SHARE` is granted while only sharers hold the
+/// row), so a steady stream of writers could keep the erasure waiting until it timed out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_exclusive_reader_goes_before_later_holders() {
+    use haven_store::{Expect, StoreError, WriteTx, run_write};
+    use std::time::{Duration, Instant};
+    let (store, _db) = fresh().await;
+    let created: Result<i64, StoreError> = run_write(store.as_ref(), |tx: &mut dyn WriteTx| {
+        Box::pin(async move {
+            tx.record_put("dek", "Patient/p1", b"k".to_vec(), None, Expect::Absent)
+                .await
+        })
+    })
+    .await;
+    assert_eq!(created.unwrap(), 1);
+    let start = Instant::now();
+    // Holds the record from the start for `keep`, after waiting `after`; returns when it got it.
+    let unit = |after: Duration, keep: Duration, exclusive: bool| {
+        run_write(store.as_ref(), move |tx: &mut dyn WriteTx| {
+            Box::pin(async move {
+                tokio::time::sleep(after).await;
+                let r = if exclusive {
+                    tx.record_get("dek", "Patient/p1").await?
+                } else {
+                    tx.record_hold("dek", "Patient/p1").await?
+                };
+                let got = start.elapsed();
+                assert!(r.is_some());
+                tokio::time::sleep(keep).await;
+                Ok::<_, StoreError>(got)
+            })
+        })
+    };
+    let ms = Duration::from_millis;
+    let (first, exclusive, later) = futures::join!(
+        unit(ms(0), ms(400), false),
+        unit(ms(100), ms(0), true),
+        unit(ms(200), ms(0), false),
+    );
+    let (first, exclusive, later) = (first.unwrap(), exclusive.unwrap(), later.unwrap());
+    assert!(first < ms(100), "the first holder got it at {first:?}");
+    assert!(
+        exclusive >= ms(400) && exclusive < later,
+        "exclusive reader at {exclusive:?}, later holder at {later:?}"
+    );
+}

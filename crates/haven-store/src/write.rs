@@ -108,7 +108,8 @@ pub trait WriteTx: Send {
     /// of some data reads and only rare units change, like a data key: writers do not wait for
     /// each other, and a unit that takes it with [`WriteTx::record_get`] waits until every
     /// holder has committed. The default takes the writer's lock, which is right for a store
-    /// whose units run one at a time (SQLite).
+    /// whose units run one at a time (SQLite). A unit that holds a record must not then take,
+    /// write or delete the same record: two such units would each wait for the other's hold.
     async fn record_hold(
         &mut self,
         kind: &str,

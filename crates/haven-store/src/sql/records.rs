@@ -49,35 +49,59 @@ pub fn conflict(kind: &str) -> StoreError {
     StoreError::VersionConflict(format!("{kind} record"))
 }
 
-/// How a read inside a unit locks the record's row (PostgreSQL; SQLite has one writer).
+/// How a read inside a unit locks the record (PostgreSQL; SQLite has one writer).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RowLock {
     /// No lock: a read outside any unit.
     None,
-    /// `FOR SHARE`: no other unit may change or delete the row until this one ends, but many
+    /// Shared: no other unit may change or delete the record until this one ends, but many
     /// may hold it at once.
     Share,
-    /// `FOR UPDATE`: one unit at a time.
+    /// Exclusive: one unit at a time, after every unit that holds it shared has ended.
     Update,
 }
 
+/// The first key of the advisory locks that gate records (the two-integer form, a key space
+/// of its own: `lock_criteria` and the sealer use single `bigint` keys). "HV".
+pub const RECORD_GATE: i32 = 0x4856;
+
 /// One record as (version, body, expires), locked as `lock` says.
+///
+/// Locked reads first take a transaction-scoped advisory lock on the record's name (shared or
+/// exclusive), then the row (`FOR SHARE` or `FOR UPDATE`). The row lock alone would not be
+/// fair: PostgreSQL grants `FOR SHARE` at once while only sharers hold the row, even to a unit
+/// that comes after an exclusive one began to wait, so a steady stream of writers holding a
+/// data key could keep an erasure or a re-wrap waiting until its statement times out. The lock
+/// manager queues advisory locks in order: a sharer that comes after a waiting exclusive waits
+/// behind it. The gate is taken even when the record does not exist yet, so an erasure of a
+/// patient without a key still keeps out the writer that would create one. The `LATERAL` join
+/// makes the gate the outer side: it is taken once, before the row is looked up.
 #[must_use]
 pub fn get(kind: &str, key: &str, lock: RowLock, ph: Placeholders) -> Statement {
-    let sql = match lock {
-        RowLock::None => {
-            "SELECT version, body, expires FROM identity_record WHERE kind = ? AND key = ?"
-        }
-        RowLock::Share => {
-            "SELECT version, body, expires FROM identity_record WHERE kind = ? AND key = ? \
-             FOR SHARE"
-        }
-        RowLock::Update => {
-            "SELECT version, body, expires FROM identity_record WHERE kind = ? AND key = ? \
-             FOR UPDATE"
-        }
+    let locked = |gate: &str, rows: &str| {
+        format!(
+            "SELECT r.version, r.body, r.expires \
+             FROM (SELECT {gate}({RECORD_GATE}, hashtext(? || '/' || ?))) g, \
+             LATERAL (SELECT version, body, expires FROM identity_record \
+                      WHERE kind = ? AND key = ? {rows}) r"
+        )
     };
-    finish(sql, kind_key(kind, key).into(), ph)
+    let (sql, args): (String, Vec<SqlArg>) = match lock {
+        RowLock::None => (
+            "SELECT version, body, expires FROM identity_record WHERE kind = ? AND key = ?"
+                .to_owned(),
+            kind_key(kind, key).into(),
+        ),
+        RowLock::Share => (
+            locked("pg_advisory_xact_lock_shared", "FOR SHARE"),
+            [kind_key(kind, key), kind_key(kind, key)].concat(),
+        ),
+        RowLock::Update => (
+            locked("pg_advisory_xact_lock", "FOR UPDATE"),
+            [kind_key(kind, key), kind_key(kind, key)].concat(),
+        ),
+    };
+    finish(&sql, args, ph)
 }
 
 /// Records of one kind as (key, version, body, expires), in key order after `after`.
