@@ -203,7 +203,10 @@ pub(crate) async fn history(
         sql::HistoryOrder::TxSeq { horizon },
     );
     // Planned for its values, like a search: one shape serves every scope and `_since`.
-    let query = bind(sqlx::query(sqlx::AssertSqlSafe(built.sql)), built.args).persistent(false);
+    let query = planned_for_values(Statement {
+        sql: built.sql,
+        args: built.args,
+    });
     let rows = query.fetch(&mut *conn).map(|row| {
         let row = row.map_err(map_err)?;
         Ok(HistoryEntry {
@@ -238,9 +241,9 @@ pub(crate) fn statement(s: Statement) -> PgQuery {
     bind(sqlx::query(sqlx::AssertSqlSafe(s.sql)), s.args)
 }
 
-/// A search statement, sent unnamed so that PostgreSQL plans it for these values each time.
-/// The same text runs with very different values (one patient, or a code on a tenth of all
-/// Observations); a prepared statement would switch after five runs to a generic plan that
+/// A search (or history) statement, sent unnamed so that PostgreSQL plans it for these values
+/// each time. The same text runs with very different values (one patient, or a code on a tenth
+/// of all Observations); a prepared statement would switch after five runs to a generic plan that
 /// assumes every condition is selective, which can be a hundred times slower. Unnamed, it is
 /// also kept out of the connection's statement cache, which the many shapes of searches would
 /// otherwise churn.

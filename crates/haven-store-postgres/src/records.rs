@@ -1,7 +1,8 @@
 //! The `identity_record` table (SQL text shared in `haven_store::sql::records`). Units run in
-//! parallel here: a unit's read locks the row (`FOR UPDATE`, or `FOR SHARE` for a record it
-//! only needs kept as it is), and every put checks its expectation in the statement that
-//! writes, so the row lock decides a race.
+//! parallel here: a unit's read takes the record's advisory gate and locks the row (`FOR
+//! UPDATE`, or shared with `FOR SHARE` for a record it only needs kept as it is; see
+//! `haven_store::sql::records::get`), and every put checks its expectation in the statement
+//! that writes, so the row lock decides a race.
 
 use haven_domain::Timestamp;
 use haven_store::sql::Placeholders;

@@ -104,7 +104,8 @@ pub trait WriteTx: Send {
     ) -> Result<Option<StoredRecord>, StoreError>;
 
     /// A record, kept from being changed or deleted until the unit ends, while other units
-    /// may hold it at the same time (PostgreSQL `FOR SHARE`). For a record that every writer
+    /// may hold it at the same time (PostgreSQL: a shared advisory lock on the record's name,
+    /// queued fairly behind a waiting [`WriteTx::record_get`], then `FOR SHARE`). For a record that every writer
     /// of some data reads and only rare units change, like a data key: writers do not wait for
     /// each other, and a unit that takes it with [`WriteTx::record_get`] waits until every
     /// holder has committed. The default takes the writer's lock, which is right for a store
