@@ -1,4 +1,5 @@
-//! How much CPU other processes used while a scenario ran: a noise gauge for the report.
+//! How much CPU other processes used while a scenario ran (a noise gauge for the report), and
+//! how much each part of the run used per interaction (Haven, PostgreSQL, the load generator).
 //!
 //! On a 2-core machine one `cargo build` elsewhere halves the figures, so the report states, for
 //! each measurement, the share of the machine's CPU time spent by processes that are not part of
@@ -16,6 +17,78 @@ pub struct Sample {
     steal: u64,
     total: u64,
     ours: u64,
+    /// Of `ours`: the server under test, the PostgreSQL processes, the harness itself.
+    parts: Parts,
+}
+
+/// CPU clock ticks of each part of a run, or (as [`PerInteraction`]) microseconds per interaction.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Parts {
+    pub server: u64,
+    pub postgres: u64,
+    pub harness: u64,
+}
+
+impl Parts {
+    fn since(self, before: Parts) -> Parts {
+        Parts {
+            server: self.server.saturating_sub(before.server),
+            postgres: self.postgres.saturating_sub(before.postgres),
+            harness: self.harness.saturating_sub(before.harness),
+        }
+    }
+
+    pub fn add(&mut self, other: Parts) {
+        self.server += other.server;
+        self.postgres += other.postgres;
+        self.harness += other.harness;
+    }
+}
+
+/// CPU time per successful interaction, in microseconds, of each part of a run.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PerInteraction {
+    pub server: f64,
+    pub postgres: f64,
+    pub harness: f64,
+}
+
+impl PerInteraction {
+    /// `ticks` of CPU time spent while `interactions` succeeded, at `hz` ticks per second.
+    /// `None` when nothing succeeded.
+    pub fn of(ticks: Parts, interactions: u64, hz: u64) -> Option<Self> {
+        if interactions == 0 || hz == 0 {
+            return None;
+        }
+        let us = |t: u64| t as f64 * 1e6 / hz as f64 / interactions as f64;
+        Some(Self {
+            server: us(ticks.server),
+            postgres: us(ticks.postgres),
+            harness: us(ticks.harness),
+        })
+    }
+
+    /// What the server side costs per interaction: Haven and its database.
+    pub fn server_side(&self) -> f64 {
+        self.server + self.postgres
+    }
+}
+
+/// Clock ticks per second of `/proc/<pid>/stat` (`getconf CLK_TCK`; 100 on Linux).
+pub fn ticks_per_second() -> u64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .filter(|&hz| hz > 0)
+        .unwrap_or(100)
+}
+
+/// CPU ticks of each part between two samples.
+pub fn parts_between(before: Sample, after: Sample) -> Parts {
+    after.parts.since(before.parts)
 }
 
 /// The processes that belong to a measurement.
@@ -74,7 +147,7 @@ pub fn sample(ours: Ours<'_>) -> Sample {
     let total = (0..8).map(at).sum();
 
     let me = std::process::id();
-    let mut own = 0;
+    let mut parts = Parts::default();
     if let Ok(entries) = std::fs::read_dir("/proc") {
         for entry in entries.flatten() {
             let Some(pid) = entry
@@ -89,21 +162,26 @@ pub fn sample(ours: Ours<'_>) -> Sample {
             else {
                 continue;
             };
-            let counted = pid == me
-                || pid == ours.server
-                || ours.postgres_db.is_some_and(|db| {
-                    comm_of(&text) == Some("postgres") && postgres_works_for(&title_of(pid), db)
-                });
-            if counted {
-                own += process_ticks(&text).unwrap_or(0);
-            }
+            let part = if pid == me {
+                &mut parts.harness
+            } else if pid == ours.server {
+                &mut parts.server
+            } else if ours.postgres_db.is_some_and(|db| {
+                comm_of(&text) == Some("postgres") && postgres_works_for(&title_of(pid), db)
+            }) {
+                &mut parts.postgres
+            } else {
+                continue;
+            };
+            *part += process_ticks(&text).unwrap_or(0);
         }
     }
     Sample {
         busy,
         steal,
         total,
-        ours: own,
+        ours: parts.server + parts.postgres + parts.harness,
+        parts,
     }
 }
 
@@ -156,14 +234,54 @@ mod tests {
             steal: 0,
             total: 1000,
             ours: 50,
+            ..Sample::default()
         };
         let after = Sample {
             busy: 600,
             steal: 10,
             total: 1500,
             ours: 500,
+            ..Sample::default()
         };
         // 500 busy - 450 ours + 10 stolen, of 500 ticks.
         assert!((others_share(before, after) - 0.12).abs() < 1e-9);
+    }
+
+    #[test]
+    fn cpu_per_interaction_is_ticks_over_interactions() {
+        let before = Parts {
+            server: 1_000,
+            postgres: 50,
+            harness: 7,
+        };
+        let after = Parts {
+            server: 1_300,
+            postgres: 170,
+            harness: 67,
+        };
+        let ticks = after.since(before);
+        assert_eq!(
+            ticks,
+            Parts {
+                server: 300,
+                postgres: 120,
+                harness: 60
+            }
+        );
+        // 300 ticks at 100 Hz = 3 s of CPU over 10,000 interactions = 300 µs each.
+        let per = PerInteraction::of(ticks, 10_000, 100).unwrap();
+        assert!((per.server - 300.0).abs() < 1e-9, "{per:?}");
+        assert!((per.postgres - 120.0).abs() < 1e-9, "{per:?}");
+        assert!((per.harness - 60.0).abs() < 1e-9, "{per:?}");
+        assert!((per.server_side() - 420.0).abs() < 1e-9);
+        assert_eq!(PerInteraction::of(ticks, 0, 100), None);
+        // A counter that went back (a process gone) counts as nothing, not as a huge number.
+        assert_eq!(before.since(after), Parts::default());
+    }
+
+    #[test]
+    fn this_machine_reports_its_tick_rate() {
+        let hz = ticks_per_second();
+        assert!((1..=10_000).contains(&hz), "{hz}");
     }
 }

@@ -538,15 +538,18 @@ async fn measure_all(
     workloads: Vec<Workload>,
     shape: Shape,
     rounds: u32,
-) -> anyhow::Result<Vec<(Recorded, f64)>> {
+) -> anyhow::Result<Vec<Measured>> {
     let workloads: Vec<Arc<Workload>> = workloads.into_iter().map(Arc::new).collect();
     let rounds = if instances.len() > 1 {
         rounds.max(1)
     } else {
         1
     };
-    // Per instance: the measurement so far, and its noise share weighted by slice length.
-    let mut totals: Vec<Option<(Recorded, f64, f64)>> = instances.iter().map(|_| None).collect();
+    let hz = cpu::ticks_per_second();
+    // Per instance: the measurement so far, its noise share weighted by slice length, the
+    // slices' total length, and the CPU ticks each part of the run spent in measured windows.
+    let mut totals: Vec<Option<(Recorded, f64, f64, cpu::Parts)>> =
+        instances.iter().map(|_| None).collect();
     for round in 0..rounds {
         let mut order: Vec<usize> = (0..instances.len()).collect();
         if round % 2 == 1 {
@@ -563,22 +566,35 @@ async fn measure_all(
                 duration: shape.duration / rounds,
                 ..shape
             };
-            // The CPU gauge covers the slice's warm-up too.
+            // The noise gauge covers the slice's warm-up too; the CPU per interaction only
+            // the measured window, whose interactions are the ones counted.
             let length = (slice.warmup + slice.duration).as_secs_f64();
-            let before = cpu::sample(instance.ours());
-            let rec = load::run(
-                workloads[i].clone(),
-                &instance.base,
-                &instance.bearer,
-                slice,
-            )
-            .await?;
-            let noise = cpu::others_share(before, cpu::sample(instance.ours())) * length;
+            let ours = instance.ours();
+            let before = cpu::sample(ours);
+            let window_start = tokio::time::Instant::now() + slice.warmup;
+            let window = async {
+                tokio::time::sleep_until(window_start).await;
+                let start = cpu::sample(ours);
+                tokio::time::sleep_until(window_start + slice.duration).await;
+                cpu::parts_between(start, cpu::sample(ours))
+            };
+            let (rec, ticks) = tokio::join!(
+                load::run(
+                    workloads[i].clone(),
+                    &instance.base,
+                    &instance.bearer,
+                    slice,
+                ),
+                window
+            );
+            let rec = rec?;
+            let noise = cpu::others_share(before, cpu::sample(ours)) * length;
             totals[i] = Some(match totals[i].take() {
-                None => (rec, noise, length),
-                Some((mut total, n, l)) => {
+                None => (rec, noise, length, ticks),
+                Some((mut total, n, l, mut t)) => {
                     total.append(rec)?;
-                    (total, n + noise, l + length)
+                    t.add(ticks);
+                    (total, n + noise, l + length, t)
                 }
             });
         }
@@ -586,26 +602,40 @@ async fn measure_all(
     Ok(totals
         .into_iter()
         .flatten()
-        .map(|(rec, noise, length)| (rec, noise / length))
+        .map(|(rec, noise, length, ticks)| {
+            let cpu = cpu::PerInteraction::of(ticks, rec.ok, hz);
+            Measured {
+                rec,
+                noise: noise / length,
+                cpu,
+            }
+        })
         .collect())
+}
+
+/// One instance's measurement of one workload.
+struct Measured {
+    rec: Recorded,
+    /// Share of the machine's CPU other processes used meanwhile (0..1).
+    noise: f64,
+    /// CPU time per successful interaction of Haven, PostgreSQL and the harness, over the
+    /// measured windows.
+    cpu: Option<cpu::PerInteraction>,
 }
 
 /// Reports one measurement of every instance: a progress line each, and their rows.
 fn rows(
     instances: &[Instance],
-    results: Vec<(Recorded, f64)>,
+    results: Vec<Measured>,
     what: &str,
     variant: Option<&str>,
     out: &mut Vec<Row>,
 ) {
-    for (instance, (rec, noise)) in instances.iter().zip(results) {
-        progress(&instance.label, what, &rec);
-        out.push(Row::new(
-            &instance.label,
-            variant.map(str::to_owned),
-            rec,
-            noise,
-        ));
+    for (instance, m) in instances.iter().zip(results) {
+        progress(&instance.label, what, &m.rec);
+        let mut row = Row::new(&instance.label, variant.map(str::to_owned), m.rec, m.noise);
+        row.cpu = m.cpu;
+        out.push(row);
     }
 }
 

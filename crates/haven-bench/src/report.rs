@@ -19,6 +19,8 @@ pub struct Row {
     pub rec: Recorded,
     /// Share of the machine's CPU that other processes used meanwhile (0..1).
     pub noise: f64,
+    /// CPU time per successful interaction (Haven, PostgreSQL, harness), when gauged.
+    pub cpu: Option<crate::cpu::PerInteraction>,
 }
 
 impl Row {
@@ -28,6 +30,7 @@ impl Row {
             variant,
             rec,
             noise,
+            cpu: None,
         }
     }
 }
@@ -262,19 +265,78 @@ impl Report {
             writeln!(
                 o,
                 "The same build started with `{flag}`, measured in the same run. Throughput \
-                 with {what}, as a share of throughput without; the target is at least 85 %.\n"
+                 with {what}, as a share of throughput without; the target is at least 85 %. \
+                 Server CPU: what Haven and, on PostgreSQL, the benchmark database's PostgreSQL \
+                 processes used per successful interaction in the measured windows (from \
+                 `/proc`), with {what} and without; \"added\" is the difference, what {what} \
+                 costs each interaction.\n"
             )?;
             writeln!(
                 o,
-                "| backend | scenario | with {what} | without | share |\n|---|---|---:|---:|---:|"
+                "| backend | scenario | with {what} | without | share | server CPU µs, with / without | added |\n|---|---|---:|---:|---:|---:|---:|"
             )?;
             for (backend, scenario, on, off) in costs {
+                let (on_rate, off_rate) = (on.rec.rate(), off.rec.rate());
+                let cpu = match (on.cpu, off.cpu) {
+                    (Some(a), Some(b)) => format!(
+                        "{:.0} / {:.0} | {:+.0} µs",
+                        a.server_side(),
+                        b.server_side(),
+                        a.server_side() - b.server_side()
+                    ),
+                    _ => "— | —".to_owned(),
+                };
                 writeln!(
                     o,
-                    "| {backend} | {scenario} | {} | {} | {:.0} % |",
-                    rate(on),
-                    rate(off),
-                    100.0 * on / off
+                    "| {backend} | {scenario} | {} | {} | {:.0} % | {cpu} |",
+                    rate(on_rate),
+                    rate(off_rate),
+                    100.0 * on_rate / off_rate
+                )?;
+            }
+            writeln!(o)?;
+        }
+
+        let gauged: Vec<(&str, &Row, crate::cpu::PerInteraction)> = [
+            ("read by id", &self.read),
+            ("CRUD", &self.crud),
+            ("history", &self.history),
+            ("import", &self.import),
+        ]
+        .into_iter()
+        .flat_map(|(scenario, rows)| {
+            rows.iter()
+                .filter_map(move |r| r.cpu.map(|c| (scenario, r, c)))
+        })
+        .collect();
+        if !gauged.is_empty() {
+            writeln!(o, "## CPU per interaction\n")?;
+            writeln!(
+                o,
+                "CPU time per successful interaction in the measured windows, from `/proc/<pid>/stat` \
+                 (clock ticks, summed over the slices): Haven's process; PostgreSQL's processes \
+                 working for the benchmark database (its client backends and the cluster's \
+                 background processes, which serve every database); the load generator. For \
+                 import an interaction is one Bundle.\n"
+            )?;
+            writeln!(
+                o,
+                "| server | scenario | Haven µs | PostgreSQL µs | load generator µs |\n|---|---|---:|---:|---:|"
+            )?;
+            for (scenario, r, c) in gauged {
+                let scenario = match &r.variant {
+                    Some(v) => format!("{scenario} ({v})"),
+                    None => scenario.to_owned(),
+                };
+                let pg = if r.server.starts_with("postgres") {
+                    format!("{:.0}", c.postgres)
+                } else {
+                    "—".to_owned()
+                };
+                writeln!(
+                    o,
+                    "| {} | {scenario} | {:.0} | {pg} | {:.0} |",
+                    r.server, c.server, c.harness
                 )?;
             }
             writeln!(o)?;
@@ -485,7 +547,10 @@ pub(crate) fn write_failures(o: &mut String, sections: &[(&str, &Vec<Row>)]) -> 
 
 /// (backend, scenario, rate as shipped, rate with one cost off) for each backend measured both
 /// ways; `suffix` names the variant (" (audit off)").
-fn costs(tables: &[(&str, &Vec<Row>)], suffix: &str) -> Vec<(String, String, f64, f64)> {
+fn costs<'a>(
+    tables: &[(&str, &'a Vec<Row>)],
+    suffix: &str,
+) -> Vec<(String, String, &'a Row, &'a Row)> {
     let mut out = Vec::new();
     for (scenario, rows) in tables {
         for off in rows.iter().filter(|r| r.server.ends_with(suffix)) {
@@ -493,12 +558,7 @@ fn costs(tables: &[(&str, &Vec<Row>)], suffix: &str) -> Vec<(String, String, f64
             if let Some(on) = rows.iter().find(|r| r.server == backend)
                 && off.rec.rate() > 0.0
             {
-                out.push((
-                    backend.to_owned(),
-                    (*scenario).to_owned(),
-                    on.rec.rate(),
-                    off.rec.rate(),
-                ));
+                out.push((backend.to_owned(), (*scenario).to_owned(), on, off));
             }
         }
     }
