@@ -55,7 +55,9 @@ pub fn unsealed(
     finish(sql, args, ph)
 }
 
-/// Appends links in one statement.
+/// Appends links in one statement, a `VALUES` row each: SQLite's sealer. (PostgreSQL binds the
+/// links as arrays instead, so that the text does not change with their number:
+/// `haven-store-postgres` `audit::seal`.)
 #[must_use]
 pub fn insert_links(links: &[ChainLink], ph: Placeholders) -> Statement {
     let mut sql = String::from("INSERT INTO audit_chain (seq, event_id, hash) VALUES ");
