@@ -11,14 +11,22 @@
 use std::path::Path;
 
 /// Clock ticks at one moment.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Sample {
     busy: u64,
     steal: u64,
     total: u64,
     ours: u64,
-    /// Of `ours`: the server under test, the PostgreSQL processes, the harness itself.
-    parts: Parts,
+    /// The processes in `ours`, each with its part and its ticks so far.
+    procs: Vec<(u32, Part, u64)>,
+}
+
+/// Which part of a run a process is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    Server,
+    Postgres,
+    Harness,
 }
 
 /// CPU clock ticks of each part of a run, or (as [`PerInteraction`]) microseconds per interaction.
@@ -30,11 +38,11 @@ pub struct Parts {
 }
 
 impl Parts {
-    fn since(self, before: Parts) -> Parts {
-        Parts {
-            server: self.server.saturating_sub(before.server),
-            postgres: self.postgres.saturating_sub(before.postgres),
-            harness: self.harness.saturating_sub(before.harness),
+    fn of(&mut self, part: Part) -> &mut u64 {
+        match part {
+            Part::Server => &mut self.server,
+            Part::Postgres => &mut self.postgres,
+            Part::Harness => &mut self.harness,
         }
     }
 
@@ -86,9 +94,17 @@ pub fn ticks_per_second() -> u64 {
         .unwrap_or(100)
 }
 
-/// CPU ticks of each part between two samples.
+/// CPU ticks of each part between two samples, process by process: one that started in
+/// between spent all its ticks there; one that ended in between is in neither sum (its last
+/// ticks are lost, rather than its whole life's being taken off its part).
 pub fn parts_between(before: Sample, after: Sample) -> Parts {
-    after.parts.since(before.parts)
+    let earlier: std::collections::HashMap<u32, u64> =
+        before.procs.iter().map(|&(pid, _, t)| (pid, t)).collect();
+    let mut parts = Parts::default();
+    for (pid, part, ticks) in after.procs {
+        *parts.of(part) += ticks.saturating_sub(earlier.get(&pid).copied().unwrap_or(0));
+    }
+    parts
 }
 
 /// The processes that belong to a measurement.
@@ -147,7 +163,7 @@ pub fn sample(ours: Ours<'_>) -> Sample {
     let total = (0..8).map(at).sum();
 
     let me = std::process::id();
-    let mut parts = Parts::default();
+    let mut procs = Vec::new();
     if let Ok(entries) = std::fs::read_dir("/proc") {
         for entry in entries.flatten() {
             let Some(pid) = entry
@@ -163,25 +179,25 @@ pub fn sample(ours: Ours<'_>) -> Sample {
                 continue;
             };
             let part = if pid == me {
-                &mut parts.harness
+                Part::Harness
             } else if pid == ours.server {
-                &mut parts.server
+                Part::Server
             } else if ours.postgres_db.is_some_and(|db| {
                 comm_of(&text) == Some("postgres") && postgres_works_for(&title_of(pid), db)
             }) {
-                &mut parts.postgres
+                Part::Postgres
             } else {
                 continue;
             };
-            *part += process_ticks(&text).unwrap_or(0);
+            procs.push((pid, part, process_ticks(&text).unwrap_or(0)));
         }
     }
     Sample {
         busy,
         steal,
         total,
-        ours: parts.server + parts.postgres + parts.harness,
-        parts,
+        ours: procs.iter().map(|p| p.2).sum(),
+        procs,
     }
 }
 
@@ -247,19 +263,31 @@ mod tests {
         assert!((others_share(before, after) - 0.12).abs() < 1e-9);
     }
 
+    fn procs(procs: &[(u32, Part, u64)]) -> Sample {
+        Sample {
+            procs: procs.to_vec(),
+            ..Sample::default()
+        }
+    }
+
     #[test]
     fn cpu_per_interaction_is_ticks_over_interactions() {
-        let before = Parts {
-            server: 1_000,
-            postgres: 50,
-            harness: 7,
-        };
-        let after = Parts {
-            server: 1_300,
-            postgres: 170,
-            harness: 67,
-        };
-        let ticks = after.since(before);
+        let before = procs(&[
+            (10, Part::Server, 1_000),
+            (20, Part::Postgres, 40),
+            (21, Part::Postgres, 10),
+            (22, Part::Postgres, 5_000),
+            (30, Part::Harness, 7),
+        ]);
+        // Backend 22 closed in between; backend 23 opened and spent 20 ticks.
+        let after = procs(&[
+            (10, Part::Server, 1_300),
+            (20, Part::Postgres, 120),
+            (21, Part::Postgres, 30),
+            (23, Part::Postgres, 20),
+            (30, Part::Harness, 67),
+        ]);
+        let ticks = parts_between(before, after);
         assert_eq!(
             ticks,
             Parts {
@@ -275,8 +303,6 @@ mod tests {
         assert!((per.harness - 60.0).abs() < 1e-9, "{per:?}");
         assert!((per.server_side() - 420.0).abs() < 1e-9);
         assert_eq!(PerInteraction::of(ticks, 0, 100), None);
-        // A counter that went back (a process gone) counts as nothing, not as a huge number.
-        assert_eq!(before.since(after), Parts::default());
     }
 
     #[test]

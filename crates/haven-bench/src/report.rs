@@ -266,10 +266,10 @@ impl Report {
                 o,
                 "The same build started with `{flag}`, measured in the same run. Throughput \
                  with {what}, as a share of throughput without; the target is at least 85 %. \
-                 Server CPU: what Haven and, on PostgreSQL, the benchmark database's PostgreSQL \
-                 processes used per successful interaction in the measured windows (from \
-                 `/proc`), with {what} and without; \"added\" is the difference, what {what} \
-                 costs each interaction.\n"
+                 Server CPU: what Haven and, on PostgreSQL, the `postgres` processes (the \
+                 benchmark database's backends and the cluster's background processes) used per \
+                 successful interaction in the measured windows (from `/proc`), with {what} and \
+                 without; \"added\" is the difference, what {what} costs each interaction.\n"
             )?;
             writeln!(
                 o,
@@ -314,10 +314,12 @@ impl Report {
             writeln!(
                 o,
                 "CPU time per successful interaction in the measured windows, from `/proc/<pid>/stat` \
-                 (clock ticks, summed over the slices): Haven's process; PostgreSQL's processes \
-                 working for the benchmark database (its client backends and the cluster's \
-                 background processes, which serve every database); the load generator. For \
-                 import an interaction is one Bundle.\n"
+                 (clock ticks, summed over the slices): Haven's process; the `postgres` \
+                 processes that are not client backends of another database (the benchmark \
+                 database's backends, and the background processes of every cluster on the \
+                 host); the load generator, which also reads Haven's standard output (its log \
+                 lines and, with audit on, the ECS audit lines). For import an interaction is \
+                 one Bundle.\n"
             )?;
             writeln!(
                 o,
@@ -545,7 +547,7 @@ pub(crate) fn write_failures(o: &mut String, sections: &[(&str, &Vec<Row>)]) -> 
     )
 }
 
-/// (backend, scenario, rate as shipped, rate with one cost off) for each backend measured both
+/// (backend, scenario, row as shipped, row with one cost off) for each backend measured both
 /// ways; `suffix` names the variant (" (audit off)").
 fn costs<'a>(
     tables: &[(&str, &'a Vec<Row>)],
