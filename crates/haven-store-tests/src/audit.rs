@@ -168,6 +168,61 @@ pub async fn sealing_takes_every_event_once_in_a_gap_free_chain(store: &dyn Reso
     assert!(again.is_err(), "a second link with seq 1 was accepted");
 }
 
+/// The service's sealer takes up to 2,000 records a round and hands them to `seal_audit` in one
+/// call: a store must take that many links at once (PostgreSQL binds them as arrays, SQLite
+/// splits its `VALUES` lists) and keep them in order.
+pub async fn a_round_of_the_sealers_size_is_sealed_in_one_call(store: &dyn ResourceStore) {
+    const N: usize = 2_500;
+    run_write(store, move |tx: &mut dyn WriteTx| {
+        Box::pin(async move {
+            for i in 0..N {
+                tx.audit(entry(&format!("r{i}"), i as i64, &[])).await?;
+            }
+            Ok::<_, StoreError>(())
+        })
+    })
+    .await
+    .unwrap();
+    let sealed = run_write(store, move |tx: &mut dyn WriteTx| {
+        Box::pin(async move {
+            let events = tx.unsealed_audit(None, N as u32).await?;
+            let links: Vec<ChainLink> = (1i64..)
+                .zip(events)
+                .map(|(seq, e)| ChainLink {
+                    seq,
+                    event_id: e.pos.id,
+                    hash: e.record,
+                })
+                .collect();
+            let n = links.len();
+            tx.seal_audit(links).await?;
+            Ok::<_, StoreError>(n)
+        })
+    })
+    .await
+    .unwrap();
+    assert_eq!(sealed, N);
+    let mut links = Vec::new();
+    loop {
+        let after = links.last().map_or(0, |(seq, _)| *seq);
+        let page = store.audit_links(after, 1_000).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        links.extend(page.into_iter().map(|l| {
+            (
+                l.seq,
+                String::from_utf8(l.record.expect("record present")).unwrap(),
+            )
+        }));
+    }
+    assert_eq!(links.len(), N);
+    for (i, (seq, label)) in links.iter().enumerate() {
+        assert_eq!(*seq, i as i64 + 1);
+        assert_eq!(label, &format!("r{i}"), "link {seq} seals the wrong record");
+    }
+}
+
 /// Like history: an event whose unit began first but commits last must still be sealed, so a
 /// sealer may not move past it while it is in flight.
 pub async fn sealing_waits_for_an_event_that_commits_late(store: &dyn ResourceStore) {

@@ -64,6 +64,7 @@ macro_rules! store_contract_tests {
             // The audit tables (`audit` module).
             audit_events_commit_and_roll_back_with_their_unit,
             sealing_takes_every_event_once_in_a_gap_free_chain,
+            a_round_of_the_sealers_size_is_sealed_in_one_call,
             sealing_waits_for_an_event_that_commits_late,
             audit_reads_serve_verification_and_accounting,
             audit_many_keeps_each_record_with_its_patients,
