@@ -32,6 +32,16 @@ async fn sslmode_require_encrypts_every_connection_of_the_store() {
     let url = format!("{}{sep}sslmode=require", db.url);
     let store = PgStore::connect(&url, PgOptions::default()).await.unwrap();
     store.ping().await.unwrap();
+    // A read's audit record: the audit writer's own connection (outside the pool) is checked
+    // with the pool's.
+    store
+        .record_audit(haven_store::AuditEntry {
+            time: haven_domain::Timestamp::now(),
+            record: b"{}".to_vec(),
+            patients: vec!["p".into()],
+        })
+        .await
+        .unwrap();
     let name = db
         .url
         .rsplit('/')
