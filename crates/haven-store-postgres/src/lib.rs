@@ -74,14 +74,38 @@ pub struct PgStore {
 /// The audit writer's connection, and what it needs to open one.
 #[derive(Clone)]
 struct AuditConnect {
+    /// The pool's options under another application name (`haven-audit`), so that operators
+    /// can tell the writer's connection apart in `pg_stat_activity`.
     options: PgConnectOptions,
     /// The connection, when open; shared with [`PgStore::close`], which closes it.
-    conn: std::sync::Arc<tokio::sync::Mutex<Option<PgConnection>>>,
+    conn: std::sync::Arc<tokio::sync::Mutex<AuditSlot>>,
     /// Longest wait to connect (the pool's acquire timeout).
     connect_timeout: Duration,
     /// Longest batch, connecting included (that plus the statement timeout).
     batch_timeout: Duration,
 }
+
+/// The audit writer's connection and its state.
+#[derive(Default)]
+struct AuditSlot {
+    conn: Option<AuditConn>,
+    /// Set by [`PgStore::close`]: no batch opens a connection after it.
+    closed: bool,
+}
+
+struct AuditConn {
+    conn: PgConnection,
+    opened: std::time::Instant,
+    used: std::time::Instant,
+}
+
+/// An idle audit connection older than this is replaced before the next batch, as the pool
+/// retires its own (sqlx: 10 minutes idle, 30 minutes old): a firewall, a proxy or
+/// `idle_session_timeout` may have dropped it meanwhile, and finding that out would cost the
+/// batch (its reads answer 503) or, on a silently dropped one, the batch's whole time limit.
+const AUDIT_CONN_IDLE: Duration = Duration::from_secs(60);
+/// ...and any audit connection older than this.
+const AUDIT_CONN_AGE: Duration = Duration::from_secs(30 * 60);
 
 impl std::fmt::Debug for PgStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -166,13 +190,13 @@ pub async fn grant_application_role(url: &str, role: &str) -> Result<(), StoreEr
 ///
 /// Why a connection of its own: with a pooled one, every batch first queued for a connection
 /// behind the requests waiting for the pool, and the reads waiting for the batch waited that
-/// long too. Measured side by side (reads by id, 32 connections, four runs each): audited reads
-/// at 83-96 % of reads without audit with its own connection, 75-83 % with a pooled one.
+/// long too. Measured (reads by id, 32 connections): audited reads at 83-96 % of reads without
+/// audit with its own connection (four runs), 75-83 % with a pooled one (ten runs that day).
 ///
 /// Why on the server's runtime and not on a thread of its own, as the SQLite writer is: every
 /// record and every acknowledgement would then cross between threads, and each wake-up of a
 /// request task from outside the runtime waits in its shared queue behind the tasks already
-/// running. Measured the same way: 60-66 % on a thread of its own. (At 64 connections the
+/// running. Measured interleaved with the four runs above: 60-66 % on a thread of its own. (At 64 connections the
 /// order turns: the batcher task then waits behind many request tasks for each of its
 /// wake-ups, and audited reads fall to about a third of reads without audit, against half on
 /// a thread of its own; docs/PERFORMANCE.md.)
@@ -180,6 +204,9 @@ pub async fn grant_application_role(url: &str, role: &str) -> Result<(), StoreEr
 /// Bounded: connecting waits at most the pool's acquire timeout, and a batch at most that plus
 /// the statement timeout; past it the batch fails (its reads are refused with 503, as when the
 /// database is unreachable) and the connection is dropped, so a hung one is never used again.
+/// A batch that timed out may still have committed on the server: its reads are then refused
+/// and recorded, never the other way round. An idle or old connection is replaced before a
+/// batch ([`AUDIT_CONN_IDLE`]), and after [`PgStore::close`] no batch opens one.
 fn audit_writer(
     connect: AuditConnect,
 ) -> (
@@ -192,10 +219,23 @@ fn audit_writer(
             async move {
                 // One batch at a time (`in_flight` 1): only `close` ever waits for the lock.
                 let mut slot = connect.conn.lock().await;
+                if slot.closed {
+                    return Err(StoreError::Unavailable("the store is closed".into()));
+                }
                 let started = std::time::Instant::now();
                 let records = entries.len();
+                if slot.conn.as_ref().is_some_and(|c| {
+                    c.used.elapsed() > AUDIT_CONN_IDLE || c.opened.elapsed() > AUDIT_CONN_AGE
+                }) && let Some(old) = slot.conn.take()
+                {
+                    let _ = tokio::time::timeout(
+                        connect.connect_timeout,
+                        sqlx::Connection::close(old.conn),
+                    )
+                    .await;
+                }
                 let written = tokio::time::timeout(connect.batch_timeout, async {
-                    if slot.is_none() {
+                    if slot.conn.is_none() {
                         let opened = tokio::time::timeout(
                             connect.connect_timeout,
                             connect.options.connect(),
@@ -208,10 +248,15 @@ fn audit_writer(
                             )
                         })?
                         .map_err(map_err)?;
-                        *slot = Some(opened);
+                        let now = std::time::Instant::now();
+                        slot.conn = Some(AuditConn {
+                            conn: opened,
+                            opened: now,
+                            used: now,
+                        });
                     }
-                    match slot.as_mut() {
-                        Some(c) => audit::insert_many(c, entries).await,
+                    match slot.conn.as_mut() {
+                        Some(c) => audit::insert_many(&mut c.conn, entries).await,
                         None => Err(StoreError::Internal("no audit connection".into())),
                     }
                 })
@@ -223,8 +268,11 @@ fn audit_writer(
                 });
                 if written.is_err() {
                     // The connection may be broken, or mid-statement after a timeout.
-                    *slot = None;
+                    slot.conn = None;
                 } else {
+                    if let Some(c) = slot.conn.as_mut() {
+                        c.used = std::time::Instant::now();
+                    }
                     // The SQLite writer's series: a commit of reads' records and no unit.
                     metrics::histogram!("haven_store_commit_seconds")
                         .record(started.elapsed().as_secs_f64());
@@ -283,7 +331,7 @@ impl PgStore {
             pool,
             audit_batch: std::sync::OnceLock::new(),
             audit_connect: AuditConnect {
-                options: opts,
+                options: opts.application_name("haven-audit"),
                 conn: std::sync::Arc::default(),
                 connect_timeout: options.acquire_timeout,
                 batch_timeout: options.acquire_timeout + options.statement_timeout,
@@ -484,9 +532,12 @@ impl ResourceStore for PgStore {
 
     async fn close(&self) {
         self.pool.close().await;
-        // After the batch in flight, if any: its reads are answered first.
-        if let Some(conn) = self.audit_connect.conn.lock().await.take() {
-            let _ = sqlx::Connection::close(conn).await;
+        // After the batch in flight, if any: its reads are answered first. Later batches
+        // are refused, as the pool now refuses work.
+        let mut slot = self.audit_connect.conn.lock().await;
+        slot.closed = true;
+        if let Some(c) = slot.conn.take() {
+            let _ = sqlx::Connection::close(c.conn).await;
         }
     }
 }
