@@ -67,18 +67,17 @@ pub struct PgStore {
     /// Group commit for reads' audit records, started on first use (`record_audit`), with a
     /// connection of its own ([`audit_writer`]).
     audit_batch: std::sync::OnceLock<Batcher<AuditEntry>>,
-    /// How the audit writer connects, and its time limits.
-    audit_connect: AuditConnect,
+    /// How the audit writer connects, and its time limits (shared with its task).
+    audit_connect: std::sync::Arc<AuditConnect>,
 }
 
 /// The audit writer's connection, and what it needs to open one.
-#[derive(Clone)]
 struct AuditConnect {
     /// The pool's options under another application name (`haven-audit`), so that operators
     /// can tell the writer's connection apart in `pg_stat_activity`.
     options: PgConnectOptions,
-    /// The connection, when open; shared with [`PgStore::close`], which closes it.
-    conn: std::sync::Arc<tokio::sync::Mutex<AuditSlot>>,
+    /// The connection, when open; [`PgStore::close`] closes it.
+    conn: tokio::sync::Mutex<AuditSlot>,
     /// Longest wait to connect (the pool's acquire timeout).
     connect_timeout: Duration,
     /// Longest batch, connecting included (that plus the statement timeout).
@@ -196,10 +195,10 @@ pub async fn grant_application_role(url: &str, role: &str) -> Result<(), StoreEr
 /// Why on the server's runtime and not on a thread of its own, as the SQLite writer is: every
 /// record and every acknowledgement would then cross between threads, and each wake-up of a
 /// request task from outside the runtime waits in its shared queue behind the tasks already
-/// running. Measured interleaved with the four runs above: 60-66 % on a thread of its own. (At 64 connections the
-/// order turns: the batcher task then waits behind many request tasks for each of its
-/// wake-ups, and audited reads fall to about a third of reads without audit, against half on
-/// a thread of its own; docs/PERFORMANCE.md.)
+/// running. Measured interleaved with the four runs above: 60-66 % on a thread of its own.
+/// (At 64 connections the order turns: the batcher task then waits behind many request tasks
+/// for each of its wake-ups, and audited reads fall to about a third of reads without audit,
+/// against half on a thread of its own; docs/PERFORMANCE.md.)
 ///
 /// Bounded: connecting waits at most the pool's acquire timeout, and a batch at most that plus
 /// the statement timeout; past it the batch fails (its reads are refused with 503, as when the
@@ -208,7 +207,7 @@ pub async fn grant_application_role(url: &str, role: &str) -> Result<(), StoreEr
 /// and recorded, never the other way round. An idle or old connection is replaced before a
 /// batch ([`AUDIT_CONN_IDLE`]), and after [`PgStore::close`] no batch opens one.
 fn audit_writer(
-    connect: AuditConnect,
+    connect: std::sync::Arc<AuditConnect>,
 ) -> (
     Batcher<AuditEntry>,
     impl std::future::Future<Output = ()> + Send + 'static,
@@ -216,71 +215,7 @@ fn audit_writer(
     Batcher::new(
         move |entries: Vec<AuditEntry>| {
             let connect = connect.clone();
-            async move {
-                // One batch at a time (`in_flight` 1): only `close` ever waits for the lock.
-                let mut slot = connect.conn.lock().await;
-                if slot.closed {
-                    return Err(StoreError::Unavailable("the store is closed".into()));
-                }
-                let started = std::time::Instant::now();
-                let records = entries.len();
-                if slot.conn.as_ref().is_some_and(|c| {
-                    c.used.elapsed() > AUDIT_CONN_IDLE || c.opened.elapsed() > AUDIT_CONN_AGE
-                }) && let Some(old) = slot.conn.take()
-                {
-                    let _ = tokio::time::timeout(
-                        connect.connect_timeout,
-                        sqlx::Connection::close(old.conn),
-                    )
-                    .await;
-                }
-                let written = tokio::time::timeout(connect.batch_timeout, async {
-                    if slot.conn.is_none() {
-                        let opened = tokio::time::timeout(
-                            connect.connect_timeout,
-                            connect.options.connect(),
-                        )
-                        .await
-                        .map_err(|_| {
-                            StoreError::Unavailable(
-                                "cannot connect to PostgreSQL to store audit records: timed out"
-                                    .into(),
-                            )
-                        })?
-                        .map_err(map_err)?;
-                        let now = std::time::Instant::now();
-                        slot.conn = Some(AuditConn {
-                            conn: opened,
-                            opened: now,
-                            used: now,
-                        });
-                    }
-                    match slot.conn.as_mut() {
-                        Some(c) => audit::insert_many(&mut c.conn, entries).await,
-                        None => Err(StoreError::Internal("no audit connection".into())),
-                    }
-                })
-                .await
-                .unwrap_or_else(|_| {
-                    Err(StoreError::Unavailable(
-                        "storing audit records timed out".into(),
-                    ))
-                });
-                if written.is_err() {
-                    // The connection may be broken, or mid-statement after a timeout.
-                    slot.conn = None;
-                } else {
-                    if let Some(c) = slot.conn.as_mut() {
-                        c.used = std::time::Instant::now();
-                    }
-                    // The SQLite writer's series: a commit of reads' records and no unit.
-                    metrics::histogram!("haven_store_commit_seconds")
-                        .record(started.elapsed().as_secs_f64());
-                    metrics::histogram!("haven_store_commit_units").record(0.0);
-                    metrics::histogram!("haven_store_commit_audit_records").record(records as f64);
-                }
-                written
-            }
+            async move { connect.write(entries).await }
         },
         BatchLimits {
             queue: 4_096,
@@ -293,6 +228,74 @@ fn audit_writer(
             in_flight: 1,
         },
     )
+}
+
+impl AuditConnect {
+    /// Writes one batch ([`audit_writer`]): on the open connection, or on a new one when there
+    /// is none, or when it is idle or old; a failed batch drops its connection.
+    async fn write(&self, entries: Vec<AuditEntry>) -> Result<(), StoreError> {
+        // One batch at a time (`in_flight` 1): only `close` ever waits for the lock.
+        let mut slot = self.conn.lock().await;
+        if slot.closed {
+            return Err(StoreError::Unavailable("the store is closed".into()));
+        }
+        let started = std::time::Instant::now();
+        let records = entries.len();
+        if slot.conn.as_ref().is_some_and(|c| {
+            c.used.elapsed() > AUDIT_CONN_IDLE || c.opened.elapsed() > AUDIT_CONN_AGE
+        }) && let Some(old) = slot.conn.take()
+        {
+            self.close_quietly(old.conn).await;
+        }
+        let written = tokio::time::timeout(self.batch_timeout, async {
+            if slot.conn.is_none() {
+                let opened = tokio::time::timeout(self.connect_timeout, self.options.connect())
+                    .await
+                    .map_err(|_| {
+                        StoreError::Unavailable(
+                            "cannot connect to PostgreSQL to store audit records: timed out".into(),
+                        )
+                    })?
+                    .map_err(map_err)?;
+                let now = std::time::Instant::now();
+                slot.conn = Some(AuditConn {
+                    conn: opened,
+                    opened: now,
+                    used: now,
+                });
+            }
+            match slot.conn.as_mut() {
+                Some(c) => audit::insert_many(&mut c.conn, entries).await,
+                None => Err(StoreError::Internal("no audit connection".into())),
+            }
+        })
+        .await
+        .unwrap_or_else(|_| {
+            Err(StoreError::Unavailable(
+                "storing audit records timed out".into(),
+            ))
+        });
+        if written.is_err() {
+            // The connection may be broken, or mid-statement after a timeout.
+            slot.conn = None;
+        } else {
+            if let Some(c) = slot.conn.as_mut() {
+                c.used = std::time::Instant::now();
+            }
+            // The SQLite writer's series: a commit of reads' records and no unit.
+            metrics::histogram!("haven_store_commit_seconds")
+                .record(started.elapsed().as_secs_f64());
+            metrics::histogram!("haven_store_commit_units").record(0.0);
+            metrics::histogram!("haven_store_commit_audit_records").record(records as f64);
+        }
+        written
+    }
+
+    /// Closes the writer's connection politely, giving up after the connect timeout (a
+    /// connection nobody answers on is then just dropped).
+    async fn close_quietly(&self, conn: PgConnection) {
+        let _ = tokio::time::timeout(self.connect_timeout, sqlx::Connection::close(conn)).await;
+    }
 }
 
 impl PgStore {
@@ -330,12 +333,12 @@ impl PgStore {
         Ok(Self {
             pool,
             audit_batch: std::sync::OnceLock::new(),
-            audit_connect: AuditConnect {
+            audit_connect: std::sync::Arc::new(AuditConnect {
                 options: opts.application_name("haven-audit"),
-                conn: std::sync::Arc::default(),
+                conn: tokio::sync::Mutex::default(),
                 connect_timeout: options.acquire_timeout,
                 batch_timeout: options.acquire_timeout + options.statement_timeout,
-            },
+            }),
         })
     }
 
@@ -537,7 +540,7 @@ impl ResourceStore for PgStore {
         let mut slot = self.audit_connect.conn.lock().await;
         slot.closed = true;
         if let Some(c) = slot.conn.take() {
-            let _ = sqlx::Connection::close(c.conn).await;
+            self.audit_connect.close_quietly(c.conn).await;
         }
     }
 }
